@@ -1,0 +1,3 @@
+// The `cascade` command. Placeholder until the engine lands.
+#include <cstdio>
+int main() { std::puts("cascade"); return 0; }

@@ -1,0 +1,1 @@
+namespace cascade { const char* version() { return "0.1.0"; } }
