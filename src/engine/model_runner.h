@@ -1,0 +1,55 @@
+// The backend interface the engine's step loop drives: one forward over a batch of new tokens, with
+// their KV written into pages first and attention following the step's CascadePlan, then sampling.
+// Implemented by the CPU reference (src/backend/cpu) and the CUDA backend (src/backend/cuda).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "cache/kv_layout.h"
+#include "model/model_config.h"
+#include "sched/cascade_plan.h"
+
+namespace cascade {
+
+// One step's input. Rows are the step's new tokens in batch order; a sequence's rows are
+// consecutive. The plan's row ids index these rows.
+struct StepBatch {
+  std::vector<std::int32_t> token_ids;     // [num_rows]
+  std::vector<std::int32_t> positions;     // [num_rows]
+  std::vector<std::int32_t> slot_mapping;  // [num_rows]: page * page_size + slot for the row's K/V
+  std::vector<std::int32_t> logit_rows;    // rows whose next-token logits are needed, in order
+  const CascadePlan* plan = nullptr;       // attention plan (must cover every row)
+
+  int num_rows() const { return static_cast<int>(token_ids.size()); }
+};
+
+// Per logit row: how to pick the next token. Counter-based randomness: the uniform draw for a row is
+// a pure function of (seed, step), so sampling is reproducible and backend-independent in its draws.
+struct RowSampling {
+  float temperature = 0.0f;  // 0: greedy
+  int top_k = 0;             // <= 0: off
+  float top_p = 1.0f;        // >= 1: off
+  float min_p = 0.0f;        // <= 0: off
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;    // index of the token being generated within its request
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const KvLayout& kv_layout() const = 0;
+  virtual const char* device_name() const = 0;
+
+  // Runs the model over batch.token_ids, writing their K/V into batch.slot_mapping and keeping the
+  // logits of batch.logit_rows for sample()/copy_logits(). Throws cascade::Error.
+  virtual void forward(const StepBatch& batch) = 0;
+  // Samples one token per logit row of the last forward (params.size() == logit_rows.size()).
+  virtual std::vector<std::int32_t> sample(const std::vector<RowSampling>& params) = 0;
+  // Copies the last forward's logits to the host: [logit_rows.size(), vocab] fp32.
+  virtual std::vector<float> copy_logits() = 0;
+};
+
+}  // namespace cascade
