@@ -38,6 +38,7 @@ struct RequestOutput {
   std::uint64_t request_id = 0;
   std::vector<std::int32_t> prompt_ids;
   std::vector<std::int32_t> token_ids;  // generated
+  std::vector<float> token_logprobs;    // with SamplingParams::logprobs: log p of each generated token
   std::string text;                     // decoded generated text (when a tokenizer is present)
   FinishReason finish_reason = FinishReason::kNone;
   int num_cached_tokens = 0;            // prompt tokens whose KV came from the cache

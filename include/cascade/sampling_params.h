@@ -19,6 +19,7 @@ struct SamplingParams {
   std::vector<std::int32_t> stop_token_ids;  // in addition to the model's EOS ids
   std::vector<std::string> stop;             // stop strings; the match is cut from the text
   bool ignore_eos = false;
+  bool logprobs = false;  // return each generated token's log-probability (costs a logits copy)
 };
 
 }  // namespace cascade

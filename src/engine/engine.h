@@ -92,6 +92,7 @@ class Engine {
     std::uint64_t seed = 0;
     std::vector<std::int32_t> prompt;
     std::vector<std::int32_t> generated;
+    std::vector<float> logprobs;
     std::vector<Part> parts;  // the shared (chunk) prefix of the prompt
     int own_start = 0;        // first position held in the sequence's own (dynamic) pages
     std::vector<PageId> dyn_pages;
