@@ -1,0 +1,78 @@
+// Device helpers shared by the CUDA kernels: warp and block reductions with a fixed order (so
+// results are deterministic run to run). Block reductions must be called by every thread of the
+// block; they return the result to all threads.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace cascade::cuda {
+
+struct SumOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct MinOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return b < a ? b : a; }
+};
+
+template <typename T, typename Op>
+__device__ inline T warp_reduce(T v, Op op) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ inline float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
+
+// `red` is shared scratch of 32 elements.
+template <typename T, typename Op>
+__device__ inline T block_reduce(T v, T* red, Op op) {
+  v = warp_reduce(v, op);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  __syncthreads();  // red may still be read by a previous reduction
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  T r = red[0];
+  for (int w = 1; w < nw; ++w) r = op(r, red[w]);
+  return r;
+}
+
+__device__ inline float block_sum(float v, float* red) { return block_reduce(v, red, SumOp{}); }
+__device__ inline int block_sum_int(int v, int* red) { return block_reduce(v, red, SumOp{}); }
+__device__ inline double block_sum_double(double v, double* red) {
+  return block_reduce(v, red, SumOp{});
+}
+__device__ inline unsigned long long block_min_u64(unsigned long long v, double* red) {
+  return block_reduce(v, reinterpret_cast<unsigned long long*>(red), MinOp{});
+}
+
+// (value, id) argmax: larger value wins, ties to the lower id; id == sentinel loses to any id.
+__device__ inline void block_argmax(float& v, int& id, float* red_v, int* red_i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, id, o);
+    if (ov > v || (ov == v && oi < id)) {
+      v = ov;
+      id = oi;
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  __syncthreads();
+  if (lane == 0) {
+    red_v[warp] = v;
+    red_i[warp] = id;
+  }
+  __syncthreads();
+  v = red_v[0];
+  id = red_i[0];
+  for (int w = 1; w < nw; ++w) {
+    if (red_v[w] > v || (red_v[w] == v && red_i[w] < id)) {
+      v = red_v[w];
+      id = red_i[w];
+    }
+  }
+}
+
+}  // namespace cascade::cuda

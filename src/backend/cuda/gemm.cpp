@@ -1,0 +1,87 @@
+#include "backend/cuda/gemm.h"
+
+#include <cublasLt.h>
+
+#include "backend/cuda/cuda_check.h"
+
+#define CUBLAS_TRY(expr)                                                                    \
+  do {                                                                                      \
+    const cublasStatus_t cascade_cublas_st_ = (expr);                                       \
+    if (cascade_cublas_st_ != CUBLAS_STATUS_SUCCESS) [[unlikely]] {                         \
+      ::cascade::throw_error(::cascade::ErrorCode::kCuda, "{}:{}: {} failed: {}", __FILE__, \
+                             __LINE__, #expr, cublasGetStatusString(cascade_cublas_st_));   \
+    }                                                                                       \
+  } while (0)
+
+namespace cascade::cuda {
+
+struct Gemm::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Plan() {
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+  }
+};
+
+Gemm::Gemm() {
+  cublasLtHandle_t h = nullptr;
+  CUBLAS_TRY(cublasLtCreate(&h));
+  handle_ = h;
+  workspace_bytes_ = 32u << 20;
+  CUDA_TRY(cudaMalloc(&workspace_, workspace_bytes_));
+}
+
+Gemm::~Gemm() {
+  plans_.clear();
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+}
+
+Gemm::Plan& Gemm::plan_for(int M, int N, int K, bool y_f32) {
+  auto key = std::make_tuple(M, N, K, y_f32);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return *it->second;
+  auto plan = std::make_unique<Plan>();
+  // Row-major y[M,N] = x[M,K]·w[N,K]ᵀ is column-major yᵀ[N,M] = op_T(w)[N,K] · x_colmajor[K,M].
+  CUBLAS_TRY(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  CUBLAS_TRY(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, K, N, K));
+  CUBLAS_TRY(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, K, M, K));
+  CUBLAS_TRY(cublasLtMatrixLayoutCreate(&plan->c, y_f32 ? CUDA_R_32F : CUDA_R_16BF, N, M, N));
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&pref));
+  CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                  &workspace_bytes_, sizeof(workspace_bytes_)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+      static_cast<cublasLtHandle_t>(handle_), plan->desc, plan->a, plan->b, plan->c, plan->c,
+      pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    throw_error(ErrorCode::kCuda, "cuBLASLt has no algorithm for GEMM M={} N={} K={} ({} out): {}",
+                M, N, K, y_f32 ? "fp32" : "bf16", cublasGetStatusString(st));
+  }
+  plan->algo = result.algo;
+  auto& ref = *plan;
+  plans_.emplace(key, std::move(plan));
+  return ref;
+}
+
+void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
+               int K, cudaStream_t stream) {
+  if (M == 0 || N == 0) return;
+  Plan& plan = plan_for(M, N, K, y_f32);
+  const float alpha = 1.0f, beta = 0.0f;
+  CUBLAS_TRY(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan.desc, &alpha, w, plan.a, x,
+                            plan.b, &beta, y, plan.c, y, plan.c, &plan.algo, workspace_,
+                            workspace_bytes_, stream));
+}
+
+}  // namespace cascade::cuda

@@ -1,0 +1,37 @@
+// GEMM through cuBLASLt: y[M, N] = x[M, K] · w[N, K]ᵀ with bf16 inputs, fp32 accumulation and a
+// bf16 or fp32 output. The plan (descriptors + heuristic algorithm) is cached per shape, so after
+// warm-up a call does no host allocation and is safe inside CUDA-graph capture.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
+
+namespace cascade::cuda {
+
+class Gemm {
+ public:
+  Gemm();
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  // y = x · wᵀ (row-major). `y` is bf16 unless y_f32. Throws cascade::Error(kCuda) on failure.
+  void run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
+           int K, cudaStream_t stream);
+
+ private:
+  struct Plan;
+  Plan& plan_for(int M, int N, int K, bool y_f32);
+
+  void* handle_ = nullptr;  // cublasLtHandle_t
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
+  std::map<std::tuple<int, int, int, bool>, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace cascade::cuda

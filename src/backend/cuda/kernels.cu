@@ -1,0 +1,393 @@
+#include "backend/cuda/kernels.h"
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+
+#include "backend/cuda/device_utils.cuh"
+#include "engine/sampler.h"
+
+namespace cascade::cuda {
+namespace {
+
+__global__ void convert_kernel(ConvertParams p) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < p.n;
+       i += stride) {
+    p.out[i] = __float2bfloat16_rn(p.in[i]);
+  }
+}
+
+__global__ void fill_kernel(float* out, std::int64_t n, float value) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += stride) {
+    out[i] = value;
+  }
+}
+
+__global__ void embedding_kernel(EmbeddingParams p) {
+  const int r = blockIdx.x;
+  const bf16* src = p.table + static_cast<std::int64_t>(p.ids[r]) * p.dim;
+  float* dst = p.residual + static_cast<std::int64_t>(r) * p.dim;
+  for (int i = threadIdx.x; i < p.dim; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
+}
+
+constexpr int kNormThreads = 256;
+
+__global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormParams p) {
+  const int j = blockIdx.x;
+  const int r = p.row_index != nullptr ? p.row_index[j] : j;
+  float* res = p.residual + static_cast<std::int64_t>(r) * p.dim;
+  const bf16* x = p.x != nullptr ? p.x + static_cast<std::int64_t>(r) * p.dim : nullptr;
+  __shared__ float red[32];
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
+    float v = res[i];
+    if (x != nullptr) v += __bfloat162float(x[i]);
+    if (p.write_residual) res[i] = v;
+    ss += v * v;
+  }
+  ss = block_sum(ss, red);
+  const float inv = rsqrtf(ss / static_cast<float>(p.dim) + p.eps);
+  bf16* out = p.out + static_cast<std::int64_t>(j) * p.dim;
+  // Re-read (our own writes, or the unchanged input) so no row has to fit in registers.
+  for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
+    float v = p.write_residual || x == nullptr ? res[i] : res[i] + __bfloat162float(x[i]);
+    const float n = __bfloat162float(__float2bfloat16_rn(v * inv));
+    out[i] = __float2bfloat16_rn(__bfloat162float(p.weight[i]) * n);
+  }
+}
+
+// One warp per head; lane holds dims lane + 32 * j. kD/32 values per lane.
+template <int kD>
+__global__ void __launch_bounds__(128) qk_norm_rope_kernel(QkNormRopeParams p) {
+  constexpr int kPer = kD / 32;
+  constexpr int kHalf = kD / 2;
+  const int r = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  const int total_heads = p.num_heads + 2 * p.num_kv_heads;
+  const bf16* row = p.qkv + static_cast<std::int64_t>(r) * total_heads * kD;
+  const int slot = p.slot_mapping[r];
+  const float pos = static_cast<float>(p.positions[r]);
+  for (int h = warp; h < total_heads; h += nwarps) {
+    float v[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int d = lane + 32 * j;
+      v[j] = __bfloat162float(row[h * kD + d]);
+      if (p.bias != nullptr) v[j] = __bfloat162float(__float2bfloat16_rn(v[j] + __bfloat162float(p.bias[h * kD + d])));
+    }
+    if (h >= p.num_heads + p.num_kv_heads) {  // V head: copy into the page
+      if (slot >= 0) {
+        bf16* dst = p.v_cache + (static_cast<std::int64_t>(slot) * p.num_kv_heads + (h - p.num_heads - p.num_kv_heads)) * kD;
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) dst[lane + 32 * j] = __float2bfloat16_rn(v[j]);
+      }
+      continue;
+    }
+    const bool is_q = h < p.num_heads;
+    const bf16* w = is_q ? p.q_norm : p.k_norm;
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) ss += v[j] * v[j];
+    ss = warp_sum(ss);
+    const float inv = rsqrtf(ss / static_cast<float>(kD) + p.eps);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const float n = __bfloat162float(__float2bfloat16_rn(v[j] * inv));
+      v[j] = __bfloat162float(__float2bfloat16_rn(__bfloat162float(w[lane + 32 * j]) * n));
+    }
+    // Rotate-half: dims d and d + kHalf pair up; both live in this lane (j and j + kPer/2).
+    float o[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer / 2; ++j) {
+      const int i = lane + 32 * j;  // < kHalf
+      const float angle = pos * p.inv_freq[i];
+      const float c = cosf(angle), s = sinf(angle);
+      const float a = v[j], b = v[j + kPer / 2];
+      o[j] = a * c - b * s;
+      o[j + kPer / 2] = b * c + a * s;
+    }
+    bf16* dst;
+    if (is_q) {
+      dst = p.q_out + (static_cast<std::int64_t>(r) * p.num_heads + h) * kD;
+    } else {
+      if (slot < 0) continue;
+      dst = p.k_cache + (static_cast<std::int64_t>(slot) * p.num_kv_heads + (h - p.num_heads)) * kD;
+    }
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) dst[lane + 32 * j] = __float2bfloat16_rn(o[j]);
+  }
+  (void)kHalf;
+}
+
+__global__ void silu_mul_kernel(SiluMulParams p) {
+  const std::int64_t n = static_cast<std::int64_t>(p.rows) * p.inter;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += stride) {
+    const std::int64_t r = idx / p.inter;
+    const std::int64_t i = idx - r * p.inter;
+    const float g = __bfloat162float(p.gate_up[r * 2 * p.inter + i]);
+    const float u = __bfloat162float(p.gate_up[r * 2 * p.inter + p.inter + i]);
+    p.out[idx] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+// One block per (row, head); threads over head_dim.
+__global__ void merge_states_kernel(MergeStatesParams p) {
+  const int rh = blockIdx.x;  // row * heads + head
+  const int ns = p.num_states_dev != nullptr ? *p.num_states_dev : p.num_states;
+  const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.heads;
+  float m = -INFINITY;
+  for (int s = 0; s < ns; ++s) m = fmaxf(m, p.lse[s * plane + rh]);
+  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
+    float acc = 0.0f, den = 0.0f;
+    if (m > -INFINITY) {
+      for (int s = 0; s < ns; ++s) {
+        const float l = p.lse[s * plane + rh];
+        if (!(l > -INFINITY)) continue;  // empty state: its o may be anything
+        const float w = expf(l - m);
+        den += w;
+        acc += w * p.o[(s * plane + rh) * p.head_dim + d];
+      }
+    }
+    const float v = den > 0.0f ? acc / den : 0.0f;
+    if (p.out != nullptr) p.out[static_cast<std::int64_t>(rh) * p.head_dim + d] = __float2bfloat16_rn(v);
+    if (p.out_o != nullptr) p.out_o[static_cast<std::int64_t>(rh) * p.head_dim + d] = v;
+  }
+  if (p.out_lse != nullptr && threadIdx.x == 0) {
+    float den = 0.0f;
+    if (m > -INFINITY) {
+      for (int s = 0; s < ns; ++s) {
+        const float l = p.lse[s * plane + rh];
+        if (l > -INFINITY) den += expf(l - m);
+      }
+    }
+    p.out_lse[rh] = m > -INFINITY ? m + logf(den) : -INFINITY;
+  }
+}
+
+// ---- sampling ---------------------------------------------------------------------------------
+
+constexpr int kSampleThreads = 1024;
+
+__device__ inline unsigned float_key(float f) {
+  const unsigned b = __float_as_uint(f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ inline float key_float(unsigned k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// A candidate set: tokens with weight w > 0, w >= min_w, logit >= thr, and inside the nucleus
+// bound (key(w) > nk, or key(w) == nk and id <= nid).
+struct CandidateSet {
+  float thr;
+  double min_w;
+  unsigned long long nk;
+  int nid;
+};
+
+struct Crossing {
+  unsigned long long key;
+  int id;
+  double mass;  // cumulative weight through the crossing token
+};
+
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) {
+  __shared__ double red_d[32];
+  __shared__ float red_f[32];
+  __shared__ int red_i[32];
+  const int row = blockIdx.x;
+  const float* x = p.logits + static_cast<std::int64_t>(row) * p.vocab;
+  const int V = p.vocab;
+
+  // Argmax, NaN skipped, lowest id on ties.
+  float best = -INFINITY;
+  int best_id = V;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    if (x[i] > best) {
+      best = x[i];
+      best_id = i;
+    }
+  }
+  block_argmax(best, best_id, red_f, red_i);
+  if (best_id >= V) {
+    if (threadIdx.x == 0) p.out[row] = -1;
+    return;
+  }
+  const float temperature = p.temperature[row];
+  if (!(temperature > 0.0f)) {
+    if (threadIdx.x == 0) p.out[row] = best_id;
+    return;
+  }
+  const float max_logit = best;
+  const bool max_is_inf = isinf(max_logit);
+  const double T = temperature;
+  auto weight = [&](float v) -> double {
+    if (max_is_inf) return v == max_logit ? 1.0 : 0.0;
+    if (!(v > -INFINITY)) return 0.0;
+    return exp((static_cast<double>(v) - static_cast<double>(max_logit)) / T);
+  };
+  CandidateSet set;
+  set.thr = -INFINITY;
+  set.min_w = p.min_p[row] > 0.0f ? fmin(static_cast<double>(p.min_p[row]), 1.0) : 0.0;
+  set.nk = 0;
+  set.nid = V;
+  const int top_k = p.top_k[row];
+  if (top_k > 0 && top_k < V) {
+    // k-th largest logit (NaN as -inf): the largest key K with count(key >= K) >= k.
+    unsigned k = 0;
+    for (int bit = 31; bit >= 0; --bit) {
+      const unsigned cand = k | (1u << bit);
+      int c = 0;
+      for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const float v = isnan(x[i]) ? -INFINITY : x[i];
+        c += float_key(v) >= cand;
+      }
+      if (block_sum_int(c, red_i) >= top_k) k = cand;
+    }
+    set.thr = key_float(k);
+  }
+  // Sum of weights (and count) over the set restricted to key(w) >= lo (and id <= id_hi among
+  // key == lo when tie_id is set).
+  auto in_set = [&](int i, double& w, unsigned long long& key) -> bool {
+    const float v = x[i];
+    if (!(v >= set.thr)) return false;
+    w = weight(v);
+    if (!(w > 0.0) || w < set.min_w) return false;
+    key = static_cast<unsigned long long>(__double_as_longlong(w));
+    return key > set.nk || (key == set.nk && i <= set.nid);
+  };
+  auto mass_ge = [&](unsigned long long lo) -> double {
+    double s = 0.0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+      double w;
+      unsigned long long key;
+      if (in_set(i, w, key) && key >= lo) s += w;
+    }
+    return block_sum_double(s, red_d);
+  };
+  auto count_eq = [&](unsigned long long k, int id_hi) -> int {
+    int c = 0;
+    for (int i = threadIdx.x; i < V && i <= id_hi; i += blockDim.x) {
+      double w;
+      unsigned long long key;
+      if (in_set(i, w, key) && key == k) ++c;
+    }
+    return block_sum_int(c, red_i);
+  };
+  // The first token in walk order whose cumulative weight reaches (reach) or exceeds target; the
+  // set's last token if rounding leaves the target unmet.
+  auto cross = [&](double target, bool reach) -> Crossing {
+    auto crossed = [&](double cum) { return reach ? cum >= target : cum > target; };
+    unsigned long long k = 0;
+    for (int bit = 63; bit >= 0; --bit) {
+      const unsigned long long cand = k | (1ull << bit);
+      if (crossed(mass_ge(cand))) k = cand;
+    }
+    if (k == 0) {  // unmet: the smallest weight, its highest id
+      unsigned long long mn = ~0ull;
+      for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        double w;
+        unsigned long long key;
+        if (in_set(i, w, key) && key < mn) mn = key;
+      }
+      k = block_min_u64(mn, red_d);
+    }
+    const double wk = __longlong_as_double(static_cast<long long>(k));
+    const double above = mass_ge(k + 1);
+    const int ties = count_eq(k, V);
+    double jd = reach ? ceil((target - above) / wk) : floor((target - above) / wk) + 1.0;
+    if (!(jd >= 1.0)) jd = 1.0;
+    if (jd > ties) jd = ties;
+    const int j = static_cast<int>(jd);
+    // The j-th lowest id among the ties: smallest id_hi with count_eq(k, id_hi) >= j.
+    int lo = 0, hi = V - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (count_eq(k, mid) >= j) hi = mid; else lo = mid + 1;
+    }
+    return Crossing{k, lo, above + j * wk};
+  };
+
+  double mass = mass_ge(0);
+  const float top_p = p.top_p[row];
+  if (top_p < 1.0f) {
+    const Crossing n = cross(static_cast<double>(top_p) * mass, /*reach=*/true);
+    set.nk = n.key;
+    set.nid = n.id;
+    mass = n.mass;
+  }
+  const double u = uniform_draw(p.seed[row], p.step[row]);
+  const Crossing pick = cross(u * mass, /*reach=*/false);
+  if (threadIdx.x == 0) p.out[row] = pick.id;
+}
+
+inline int grid_for(std::int64_t n, int threads) {
+  const std::int64_t b = (n + threads - 1) / threads;
+  return static_cast<int>(b < 1 ? 1 : (b > 65535 * 16 ? 65535 * 16 : b));
+}
+
+}  // namespace
+
+cudaError_t launch_convert_f32_to_bf16(const ConvertParams& p, cudaStream_t stream) {
+  if (p.n == 0) return cudaSuccess;
+  convert_kernel<<<grid_for(p.n, 256), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_fill_f32(float* out, std::int64_t n, float value, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  fill_kernel<<<grid_for(n, 256), 256, 0, stream>>>(out, n, value);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  embedding_kernel<<<p.rows, 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  add_rms_norm_kernel<<<p.rows, kNormThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  if (p.head_dim == 128) {
+    qk_norm_rope_kernel<128><<<p.rows, 128, 0, stream>>>(p);
+  } else if (p.head_dim == 64) {
+    qk_norm_rope_kernel<64><<<p.rows, 128, 0, stream>>>(p);
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
+  const std::int64_t n = static_cast<std::int64_t>(p.rows) * p.inter;
+  if (n == 0) return cudaSuccess;
+  silu_mul_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_merge_states(const MergeStatesParams& p, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  merge_states_kernel<<<p.rows * p.heads, p.head_dim >= 128 ? 128 : 64, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  sample_kernel<<<p.rows, kSampleThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace cascade::cuda

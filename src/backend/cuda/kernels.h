@@ -1,0 +1,121 @@
+// Element-wise and row-wise kernels of the CUDA backend (bf16 storage, fp32 math). Each has a CPU
+// reference in src/backend/cpu/ops.h and a test in tests/cuda/kernels_test.cpp.
+// Launchers return the launch's cudaError_t and never abort.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace cascade::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// out[i] = bf16(in[i]) (round to nearest even).
+struct ConvertParams {
+  const float* in = nullptr;
+  bf16* out = nullptr;
+  std::int64_t n = 0;
+};
+/// \brief fp32 -> bf16 conversion (weight upload).
+cudaError_t launch_convert_f32_to_bf16(const ConvertParams& p, cudaStream_t stream);
+
+// out[i] = value for i < n.
+/// \brief Fills an fp32 buffer with one value (e.g. -inf for empty attention states).
+cudaError_t launch_fill_f32(float* out, std::int64_t n, float value, cudaStream_t stream);
+
+// residual[r, :] = float(table[ids[r], :]).
+struct EmbeddingParams {
+  const bf16* table = nullptr;     // [vocab, dim]
+  const std::int32_t* ids = nullptr;  // [rows]
+  float* residual = nullptr;       // [rows, dim] fp32 residual stream
+  int rows = 0, dim = 0;
+};
+/// \brief Embedding gather into the fp32 residual stream.
+cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream);
+
+// For each output row j with source row r = row_index ? row_index[j] : j:
+//   res = residual[r] + (x ? float(x[r]) : 0);  if (write_residual) residual[r] = res;
+//   out[j] = bf16(float(w) * float(bf16(res * rsqrt(mean(res^2) + eps))))
+// The residual stream stays fp32 (more accurate than HF's bf16 residual at the cost of 4 bytes per
+// hidden value); the normalised value is rounded to bf16 before the weight multiply, as HF's
+// Qwen3RMSNorm does in bf16.
+struct AddRmsNormParams {
+  const bf16* x = nullptr;          // [*, dim] or nullptr (plain RMSNorm)
+  float* residual = nullptr;        // [*, dim]
+  const bf16* weight = nullptr;     // [dim]
+  const std::int32_t* row_index = nullptr;  // [rows] or nullptr
+  bf16* out = nullptr;              // [rows, dim]
+  float eps = 1e-6f;
+  int rows = 0, dim = 0;
+  bool write_residual = true;
+};
+/// \brief Fused residual add + RMSNorm (one block per row).
+cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream);
+
+// Per row of the fused QKV projection output [rows, (H + 2 * KVH) * D]:
+//   q heads: RMSNorm over D with q_norm, rotary embedding (rotate-half) -> q_out[row, h, :];
+//   k heads: RMSNorm with k_norm, rotary -> k_cache at slot_mapping[row];
+//   v heads: copied -> v_cache at slot_mapping[row].
+// Optional bias (attention_bias) is added first. cos/sin are computed in fp32 from
+// angle = float(position) * inv_freq[i] as the CPU reference does.
+struct QkNormRopeParams {
+  const bf16* qkv = nullptr;
+  const bf16* bias = nullptr;      // [(H + 2 KVH) * D] or nullptr
+  const bf16* q_norm = nullptr;    // [D]
+  const bf16* k_norm = nullptr;    // [D]
+  const float* inv_freq = nullptr; // [D / 2]
+  const std::int32_t* positions = nullptr;     // [rows]
+  const std::int32_t* slot_mapping = nullptr;  // [rows]; < 0 skips the KV write
+  bf16* q_out = nullptr;           // [rows, H, D]
+  bf16* k_cache = nullptr;         // layer pool: [slots, KVH, D]
+  bf16* v_cache = nullptr;
+  float eps = 1e-6f;
+  int rows = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+};
+/// \brief q/k per-head RMSNorm + RoPE + KV page write. head_dim must be 64 or 128.
+cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t stream);
+
+// out[r, i] = bf16(silu(gate_up[r, i]) * gate_up[r, inter + i]), fp32 math.
+struct SiluMulParams {
+  const bf16* gate_up = nullptr;  // [rows, 2 * inter]
+  bf16* out = nullptr;            // [rows, inter]
+  int rows = 0, inter = 0;
+};
+/// \brief SiLU-and-multiply of the fused gate/up projection.
+cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream);
+
+// Merges num_states attention states per (row, head): state s is o[s][row][head][:] (normalised
+// output, fp32) with lse[s][row][head] (natural log of the softmax denominator, -inf = empty).
+// Writes the merged output as bf16 [rows, heads * head_dim] and, if given, fp32 o/lse.
+struct MergeStatesParams {
+  const float* o = nullptr;    // [num_states, rows, heads, head_dim]
+  const float* lse = nullptr;  // [num_states, rows, heads]
+  bf16* out = nullptr;         // [rows, heads * head_dim] or nullptr
+  float* out_o = nullptr;      // [rows, heads, head_dim] or nullptr
+  float* out_lse = nullptr;    // [rows, heads] or nullptr
+  int num_states = 0, rows = 0, heads = 0, head_dim = 0;
+  const int* num_states_dev = nullptr;  // if set, overrides num_states (CUDA-graph replays)
+};
+/// \brief Exact merge of attention states (log-sum-exp weighted).
+cudaError_t launch_merge_states(const MergeStatesParams& p, cudaStream_t stream);
+
+// Per logit row: the sampling parameters of engine/model_runner.h RowSampling, as device arrays.
+struct SampleParams {
+  const float* logits = nullptr;  // [rows, vocab]
+  const float* temperature = nullptr;
+  const int* top_k = nullptr;
+  const float* top_p = nullptr;
+  const float* min_p = nullptr;
+  const unsigned long long* seed = nullptr;
+  const unsigned long long* step = nullptr;
+  std::int32_t* out = nullptr;    // [rows]; -1 when a row has no finite or +inf logit
+  int rows = 0, vocab = 0;
+};
+/// \brief Samples one token per row, following the CPU sampler's pipeline (engine/sampler.h):
+/// greedy argmax, or min-p, top-k (ties kept), top-p, then the inverse CDF of uniform_draw(seed,
+/// step) in walk order (probability descending, ties by lower id). One block per row.
+cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream);
+
+}  // namespace cascade::cuda
