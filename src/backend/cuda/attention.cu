@@ -1,0 +1,289 @@
+#include <cstdint>
+
+#include "backend/cuda/attention.h"
+
+namespace cascade::cuda {
+namespace {
+
+constexpr int kTile = 64;  // KV tokens per shared-memory tile
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ inline void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline void ldmatrix_x4_trans(unsigned (&r)[4], const void* smem) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// 16-byte global->shared copy; zero-fills when !valid.
+__device__ inline void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_size = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem),
+               "r"(src_size));
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ inline unsigned pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const unsigned*>(&v);
+}
+
+template <int kD, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) attention_level_kernel(AttentionLevelParams p) {
+  constexpr int kStride = kD + 8;  // padded smem row (bf16): conflict-free fragment loads
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kChunks = kD / 8;  // 16-byte chunks per KV row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* k_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [2][kTile][kStride]
+  __nv_bfloat16* v_s = k_s + 2 * kTile * kStride;
+  int* slot_s = reinterpret_cast<int*>(v_s + 2 * kTile * kStride);  // [2][kTile]
+
+  const LevelArrays& L = p.level;
+  const int num_items = L.counts[0], num_splits = L.counts[1], per_split = L.counts[2];
+  if (static_cast<int>(blockIdx.x) >= num_items || static_cast<int>(blockIdx.z) >= num_splits) return;
+  const int group = L.items[2 * blockIdx.x];
+  const int m_base = L.items[2 * blockIdx.x + 1];
+  const int kvh = blockIdx.y;
+  const int split = blockIdx.z;
+  const int gqa = p.num_heads / p.num_kv_heads;
+  const int q_begin = L.q_indptr[group];
+  const int m_count = (L.q_indptr[group + 1] - q_begin) * gqa;
+  const int kv_len = L.kv_len[group];
+  const int kv_start = L.kv_start_pos[group];
+  const int page_begin = L.page_indptr[group], page_end = L.page_indptr[group + 1];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, tig = lane & 3;
+
+  // This thread's two stacked rows (g and g + 8 of its warp's 16).
+  int row_id[2], head[2], qpos[2];
+  bool valid[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int m = m_base + warp * 16 + g + 8 * h;
+    valid[h] = m < m_count;
+    const int mm = valid[h] ? m : 0;
+    row_id[h] = p.row_order[q_begin + mm / gqa];
+    head[h] = kvh * gqa + mm % gqa;
+    qpos[h] = valid[h] ? p.q_pos[row_id[h]] : -2147483647;
+  }
+
+  // KV range of this split, cut by causality at the CTA's last visible key.
+  int max_q = -2147483647;
+  const int m_last = min(m_base + kWarps * 16, m_count) - 1;
+  for (int r = m_base / gqa; r <= m_last / gqa; ++r) {
+    max_q = max(max_q, p.q_pos[p.row_order[q_begin + r]]);
+  }
+  const int t_begin = split * per_split;
+  int t_end = min(kv_len, t_begin + per_split);
+  t_end = min(t_end, max_q - kv_start + 1);
+
+  // Q fragments (A operand, row-major 16 x kD per warp) straight from global memory.
+  unsigned qa[kD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int h = r & 1;          // regs 0,2: row g; 1,3: row g + 8
+      const int col = kk * 16 + tig * 2 + (r >> 1) * 8;
+      const __nv_bfloat16* src =
+          p.q + (static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h]) * kD + col;
+      qa[kk][r] = valid[h] ? *reinterpret_cast<const unsigned*>(src) : 0u;
+    }
+  }
+
+  float acc[kD / 8][4];
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.0f, 0.0f};
+  const float scale2 = p.sm_scale * kLog2e;
+
+  const int num_tiles = t_end > t_begin ? (t_end - t_begin + kTile - 1) / kTile : 0;
+
+  auto load_tile = [&](int tile, int stage) {
+    const int t0 = t_begin + tile * kTile;
+    int* slots = slot_s + stage * kTile;
+    for (int i = threadIdx.x; i < kTile; i += kThreads) {
+      const int t = t0 + i;
+      int slot = -1;
+      if (t < t_end) {
+        int lo = page_begin, hi = page_end - 1;  // last page with page_start <= t
+        while (lo < hi) {
+          const int mid = (lo + hi + 1) >> 1;
+          if (L.page_start[mid] <= t) lo = mid; else hi = mid - 1;
+        }
+        slot = L.page_ids[lo] * p.page_size + (t - L.page_start[lo]);
+      }
+      slots[i] = slot;
+    }
+    __syncthreads();
+    __nv_bfloat16* ks = k_s + stage * kTile * kStride;
+    __nv_bfloat16* vs = v_s + stage * kTile * kStride;
+    for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
+      const int r = c / kChunks, col = (c % kChunks) * 8;
+      const int slot = slots[r];
+      const std::int64_t off =
+          (static_cast<std::int64_t>(slot < 0 ? 0 : slot) * p.num_kv_heads + kvh) * kD + col;
+      cp_async16(ks + r * kStride + col, p.k_cache + off, slot >= 0);
+      cp_async16(vs + r * kStride + col, p.v_cache + off, slot >= 0);
+    }
+  };
+
+  if (num_tiles > 0) load_tile(0, 0);
+  cp_async_commit();
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = tile & 1;
+    if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const __nv_bfloat16* ks = k_s + stage * kTile * kStride;
+    const __nv_bfloat16* vs = v_s + stage * kTile * kStride;
+    const int t0 = t_begin + tile * kTile;
+
+    // S = Q K^T for 16 rows x 64 tokens: 8 n-tiles of 8 tokens.
+    float s[kTile / 8][4];
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      const __nv_bfloat16* krow = ks + (j * 8 + g) * kStride + tig * 2;
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        const unsigned b0 = *reinterpret_cast<const unsigned*>(krow + kk * 16);
+        const unsigned b1 = *reinterpret_cast<const unsigned*>(krow + kk * 16 + 8);
+        mma_bf16(s[j], qa[kk], b0, b1);
+      }
+    }
+    // Mask (split end, causality) and scale into log2 units.
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        const int t = t0 + j * 8 + tig * 2 + (e & 1);
+        const bool ok = t < t_end && kv_start + t <= qpos[h];
+        s[j][e] = ok ? s[j][e] * scale2 : -INFINITY;
+        tile_max[h] = fmaxf(tile_max[h], s[j][e]);
+      }
+    }
+    float corr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+      const float m_new = fmaxf(m_run[h], tile_max[h]);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // all masked so far: avoid inf-inf
+      corr[h] = exp2f(m_run[h] - m_use);
+      m_run[h] = m_new;
+      l_run[h] *= corr[h];
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j) {
+        s[j][2 * h] = exp2f(s[j][2 * h] - m_use);
+        s[j][2 * h + 1] = exp2f(s[j][2 * h + 1] - m_use);
+        l_run[h] += s[j][2 * h] + s[j][2 * h + 1];
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      acc[n][0] *= corr[0];
+      acc[n][1] *= corr[0];
+      acc[n][2] *= corr[1];
+      acc[n][3] *= corr[1];
+    }
+    // O += P V: P's accumulator layout is the A layout of the next mma (k = tokens).
+#pragma unroll
+    for (int kj = 0; kj < kTile / 16; ++kj) {
+      unsigned pa[4];
+      pa[0] = pack_bf16(s[2 * kj][0], s[2 * kj][1]);
+      pa[1] = pack_bf16(s[2 * kj][2], s[2 * kj][3]);
+      pa[2] = pack_bf16(s[2 * kj + 1][0], s[2 * kj + 1][1]);
+      pa[3] = pack_bf16(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+      const int vrow = kj * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+      const int vcol = (lane >> 4) * 8;
+#pragma unroll
+      for (int dn = 0; dn < kD / 16; ++dn) {
+        unsigned b[4];
+        ldmatrix_x4_trans(b, vs + vrow * kStride + dn * 16 + vcol);
+        mma_bf16(acc[2 * dn], pa, b[0], b[1]);
+        mma_bf16(acc[2 * dn + 1], pa, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // this stage is refilled by the next iteration's load
+  }
+  cp_async_wait<0>();
+
+  // Finish: the row sums were kept per thread; reduce over the 4 threads of each row.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  const int slice = p.slice_base + split;
+  const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.num_heads;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (!valid[h]) continue;
+    const std::int64_t rh = static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h];
+    const bool empty = !(l_run[h] > 0.0f);
+    const float inv = empty ? 0.0f : 1.0f / l_run[h];
+    float* o = p.o + (slice * plane + rh) * kD;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      float2 v;
+      v.x = acc[n][2 * h] * inv;
+      v.y = acc[n][2 * h + 1] * inv;
+      *reinterpret_cast<float2*>(o + n * 8 + tig * 2) = v;
+    }
+    if (tig == 0) p.lse[slice * plane + rh] = empty ? -INFINITY : (m_run[h] + log2f(l_run[h])) * kLn2;
+  }
+}
+
+template <int kD, int kWarps>
+cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
+  constexpr int kStride = kD + 8;
+  constexpr int kSmem = 2 * 2 * kTile * kStride * 2 + 2 * kTile * 4;
+  static bool configured = false;  // the attribute is per function; set once per process
+  if (!configured) {
+    const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (err != cudaSuccess) return err;
+    configured = true;
+  }
+  const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
+  attention_level_kernel<kD, kWarps><<<grid, kWarps * 32, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream) {
+  if (p.grid_items <= 0 || p.grid_splits <= 0) return cudaSuccess;
+  if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 ||
+      p.num_heads / p.num_kv_heads > 8) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.head_dim == 128) {
+    return p.warps == 4 ? launch_typed<128, 4>(p, stream) : launch_typed<128, 1>(p, stream);
+  }
+  if (p.head_dim == 64) {
+    return p.warps == 4 ? launch_typed<64, 4>(p, stream) : launch_typed<64, 1>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cascade::cuda

@@ -1,0 +1,79 @@
+// Paged attention of one cascade level on the GPU, and the device form of a CascadePlan.
+//
+// One kernel family handles every level: a CTA takes `16 * warps` stacked (query row, head) pairs
+// of one group (all heads sharing one KV head, so GQA reads each KV tile once per group) and runs
+// FlashAttention-2 style online softmax over 64-token KV tiles staged in shared memory with
+// cp.async, with bf16 mma.sync m16n8k16 tensor-core products and fp32 accumulation. Decode-like
+// levels (<= 16 stacked rows per group) use one-warp CTAs and split the KV range across CTAs
+// (split-K); the partial states are merged with the other levels' states by merge_states.
+// Supported: head_dim 64 or 128, num_heads / num_kv_heads in 1..8.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "sched/cascade_plan.h"
+
+namespace cascade::cuda {
+
+// Device arrays of one level (all pointers into device memory).
+struct LevelArrays {
+  const std::int32_t* items = nullptr;        // [num_items * 2]: (group, first stacked row)
+  const std::int32_t* q_indptr = nullptr;     // [groups + 1]
+  const std::int32_t* page_indptr = nullptr;  // [groups + 1]
+  const std::int32_t* page_ids = nullptr;     // [pages]
+  const std::int32_t* page_start = nullptr;   // [pages]: tokens before the page within its group
+  const std::int32_t* kv_len = nullptr;       // [groups]
+  const std::int32_t* kv_start_pos = nullptr; // [groups]
+  const std::int32_t* counts = nullptr;       // [3]: num_items, num_splits, tokens_per_split
+};
+
+struct AttentionLevelParams {
+  const __nv_bfloat16* q = nullptr;        // [rows, num_heads, head_dim]
+  const __nv_bfloat16* k_cache = nullptr;  // layer pool [slots, num_kv_heads, head_dim]
+  const __nv_bfloat16* v_cache = nullptr;
+  const std::int32_t* row_order = nullptr; // plan.row_order
+  const std::int32_t* q_pos = nullptr;     // plan.q_pos (by original row id)
+  LevelArrays level;
+  float* o = nullptr;    // states [num_slices, rows, num_heads, head_dim]; split s -> slice_base+s
+  float* lse = nullptr;  // [num_slices, rows, num_heads], natural log; -inf = empty
+  int slice_base = 0;
+  int rows = 0;          // plane stride of o / lse (>= plan.num_rows)
+  int num_heads = 0, num_kv_heads = 0, head_dim = 0, page_size = 0;
+  float sm_scale = 0.0f;
+  // Launch shape (grid.x >= num_items, grid.z >= num_splits; extra CTAs exit): host-known maxima.
+  int grid_items = 0, grid_splits = 0;
+  int warps = 1;         // 1 (decode-like) or 4
+};
+
+/// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
+/// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice.
+cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream);
+
+// Host-side packing of a plan into one int32 buffer (uploaded with one copy) plus per-level
+// launch metadata. Offsets are in int32 elements from the buffer start.
+struct LevelPack {
+  int items = 0, q_indptr = 0, page_indptr = 0, page_ids = 0, page_start = 0, kv_len = 0,
+      kv_start_pos = 0, counts = 0;
+  int num_items = 0, num_splits = 1, tokens_per_split = 0, warps = 1, slice_base = 0;
+};
+struct PlanPack {
+  std::vector<std::int32_t> data;
+  int row_order = 0, q_pos = 0;
+  std::vector<LevelPack> levels;
+  int num_slices = 0;  // total state slices over levels (sum of splits)
+};
+
+// Packs `plan` for a model with the given head counts; num_sms guides split-K (0: no splits).
+// max_slices caps the total number of state slices. Returns false (with *why set) if the plan is
+// malformed.
+bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num_sms,
+               int max_slices, PlanPack* out, const char** why);
+
+// Fills AttentionLevelParams::level for level `l` of a pack uploaded at `dev`.
+LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev);
+
+}  // namespace cascade::cuda

@@ -1,0 +1,133 @@
+// Host-side packing of a CascadePlan for the attention kernels (see attention.h).
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/attention.h"
+
+namespace cascade::cuda {
+namespace {
+constexpr int kTile = 64;  // must match attention.cu
+
+int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) {
+  const int off = static_cast<int>(data.size());
+  data.insert(data.end(), v.begin(), v.end());
+  return off;
+}
+}  // namespace
+
+bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num_sms,
+               int max_slices, PlanPack* out, const char** why) {
+  const int rows = plan.num_rows;
+  const int gqa = num_heads / num_kv_heads;
+  if (static_cast<int>(plan.row_order.size()) != rows || static_cast<int>(plan.q_pos.size()) != rows) {
+    *why = "row_order and q_pos must have num_rows entries";
+    return false;
+  }
+  for (std::int32_t r : plan.row_order) {
+    if (r < 0 || r >= rows) {
+      *why = "row_order holds a row id outside [0, num_rows)";
+      return false;
+    }
+  }
+  const int num_levels = static_cast<int>(plan.levels.size());
+  if (num_levels > max_slices) {
+    *why = "too many levels for the state buffer";
+    return false;
+  }
+  PlanPack& pk = *out;
+  pk.data.clear();
+  pk.levels.assign(num_levels, LevelPack{});
+  pk.row_order = append(pk.data, plan.row_order);
+  pk.q_pos = append(pk.data, plan.q_pos);
+  int used_slices = 0;
+  for (int l = 0; l < num_levels; ++l) {
+    const CascadeLevel& lv = plan.levels[l];
+    const int groups = lv.num_groups();
+    LevelPack& lp = pk.levels[l];
+    if (groups > 0 && (static_cast<int>(lv.page_indptr.size()) != groups + 1 ||
+                       static_cast<int>(lv.kv_start_pos.size()) != groups ||
+                       lv.page_ids.size() != lv.page_lens.size() ||
+                       lv.q_indptr.front() != 0 || lv.q_indptr.back() > rows ||
+                       lv.page_indptr.front() != 0 ||
+                       lv.page_indptr.back() != static_cast<int>(lv.page_ids.size()))) {
+      *why = "a level's CSR arrays are inconsistent";
+      return false;
+    }
+    std::vector<std::int32_t> page_start(lv.page_ids.size()), kv_len(groups);
+    std::vector<std::int32_t> items;
+    int max_m = 0, max_len = 0;
+    for (int g = 0; g < groups; ++g) {
+      if (lv.q_indptr[g + 1] < lv.q_indptr[g] || lv.page_indptr[g + 1] < lv.page_indptr[g]) {
+        *why = "a level's indptr arrays decrease";
+        return false;
+      }
+      int t = 0;
+      for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) {
+        if (lv.page_lens[i] <= 0) {
+          *why = "a page length is not positive";
+          return false;
+        }
+        page_start[i] = t;
+        t += lv.page_lens[i];
+      }
+      kv_len[g] = t;
+      max_len = std::max(max_len, t);
+      max_m = std::max(max_m, (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa);
+    }
+    lp.warps = max_m <= 16 ? 1 : 4;
+    const int m_tile = 16 * lp.warps;
+    for (int g = 0; g < groups; ++g) {
+      const int m = (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa;
+      if (kv_len[g] == 0) continue;  // contributes the empty state, which the fill provides
+      for (int m0 = 0; m0 < m; m0 += m_tile) {
+        items.push_back(g);
+        items.push_back(m0);
+      }
+    }
+    lp.num_items = static_cast<int>(items.size() / 2);
+    // Split-K when the level alone would leave most SMs idle.
+    int splits = 1;
+    const int ctas = lp.num_items * num_kv_heads;
+    const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
+    if (num_sms > 0 && ctas > 0 && ctas < 2 * num_sms) {
+      splits = std::min((2 * num_sms + ctas - 1) / ctas, (max_len + 2 * kTile - 1) / (2 * kTile));
+      splits = std::max(1, std::min(splits, slice_budget));
+    }
+    int per_split = std::max(1, (max_len + splits - 1) / splits);
+    if (splits > 1) {
+      per_split = (per_split + kTile - 1) / kTile * kTile;
+      splits = (max_len + per_split - 1) / per_split;
+    }
+    lp.num_splits = splits;
+    lp.tokens_per_split = per_split;
+    lp.slice_base = used_slices;
+    used_slices += splits;
+    lp.items = append(pk.data, items);
+    lp.q_indptr = append(pk.data, lv.q_indptr.empty() ? std::vector<std::int32_t>{0} : lv.q_indptr);
+    lp.page_indptr =
+        append(pk.data, lv.page_indptr.empty() ? std::vector<std::int32_t>{0} : lv.page_indptr);
+    lp.page_ids = append(pk.data, lv.page_ids);
+    lp.page_start = append(pk.data, page_start);
+    lp.kv_len = append(pk.data, kv_len);
+    lp.kv_start_pos = append(pk.data, lv.kv_start_pos);
+    lp.counts = append(pk.data, {lp.num_items, lp.num_splits, lp.tokens_per_split});
+  }
+  pk.num_slices = used_slices;
+  return true;
+}
+
+LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev) {
+  const LevelPack& lp = pack.levels[l];
+  LevelArrays a;
+  a.items = dev + lp.items;
+  a.q_indptr = dev + lp.q_indptr;
+  a.page_indptr = dev + lp.page_indptr;
+  a.page_ids = dev + lp.page_ids;
+  a.page_start = dev + lp.page_start;
+  a.kv_len = dev + lp.kv_len;
+  a.kv_start_pos = dev + lp.kv_start_pos;
+  a.counts = dev + lp.counts;
+  return a;
+}
+
+}  // namespace cascade::cuda
