@@ -9,7 +9,7 @@
     const cublasStatus_t cascade_cublas_st_ = (expr);                                       \
     if (cascade_cublas_st_ != CUBLAS_STATUS_SUCCESS) [[unlikely]] {                         \
       ::cascade::throw_error(::cascade::ErrorCode::kCuda, "{}:{}: {} failed: {}", __FILE__, \
-                             __LINE__, #expr, cublasGetStatusString(cascade_cublas_st_));   \
+                             __LINE__, #expr, cublasLtGetStatusString(cascade_cublas_st_));   \
     }                                                                                       \
   } while (0)
 
@@ -66,7 +66,7 @@ Gemm::Plan& Gemm::plan_for(int M, int N, int K, bool y_f32) {
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
     throw_error(ErrorCode::kCuda, "cuBLASLt has no algorithm for GEMM M={} N={} K={} ({} out): {}",
-                M, N, K, y_f32 ? "fp32" : "bf16", cublasGetStatusString(st));
+                M, N, K, y_f32 ? "fp32" : "bf16", cublasLtGetStatusString(st));
   }
   plan->algo = result.algo;
   auto& ref = *plan;

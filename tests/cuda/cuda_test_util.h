@@ -1,0 +1,81 @@
+// Helpers for the CUDA tests: skip without a device, bf16 rounding on the host, device round trips,
+// NaN poisoning and relative-error checks (NaN never passes).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_runner.h"
+
+#define SKIP_WITHOUT_GPU()                                                     \
+  do {                                                                         \
+    if (!::cascade::cuda_device_available()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+namespace cascade::cuda::test {
+
+using bf16 = __nv_bfloat16;
+
+inline float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+inline std::vector<float> random_vec(std::mt19937_64& rng, std::size_t n, float lo = -1.0f,
+                                     float hi = 1.0f, bool bf16_exact = true) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = bf16_exact ? round_bf16(d(rng)) : d(rng);
+  return v;
+}
+
+inline std::vector<bf16> to_bf16(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16_rn(v[i]);
+  return out;
+}
+inline std::vector<float> from_bf16(const std::vector<bf16>& v) {
+  std::vector<float> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
+  return out;
+}
+
+template <typename T>
+DeviceBuffer<T> upload(const std::vector<T>& v) {
+  DeviceBuffer<T> d(std::max<std::size_t>(v.size(), 1));
+  CUDA_TRY(cudaMemcpy(d.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+template <typename T>
+std::vector<T> download(const DeviceBuffer<T>& d, std::size_t n) {
+  std::vector<T> v(n);
+  CUDA_TRY(cudaDeviceSynchronize());
+  CUDA_TRY(cudaMemcpy(v.data(), d.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  return v;
+}
+// Fills with 0xFF bytes: NaN for both fp32 and bf16.
+template <typename T>
+void poison(DeviceBuffer<T>& d) {
+  CUDA_TRY(cudaMemset(d.get(), 0xFF, d.bytes()));
+}
+
+// ||a - b|| / ||b||, +inf if any value of a is NaN/inf where b is finite.
+inline double rel_error(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0.0, den = 0.0;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+inline double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  return rel_error(a, std::vector<double>(b.begin(), b.end()));
+}
+
+}  // namespace cascade::cuda::test

@@ -1,0 +1,308 @@
+// Every element-wise CUDA kernel and the cuBLASLt GEMM against the CPU reference ops, on fresh
+// random inputs of several shapes, with NaN-poisoned outputs.
+#include "backend/cuda/kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "backend/cpu/ops.h"
+#include "backend/cuda/gemm.h"
+#include "cuda_test_util.h"
+#include "engine/model_runner.h"
+#include "engine/sampler.h"
+
+namespace cascade::cuda::test {
+namespace {
+
+TEST(CudaKernels, DeviceAvailabilityDoesNotAbort) {
+  // Must return (true or false) on machines without a driver.
+  const bool available = cuda_device_available();
+  SUCCEED() << "device available: " << available;
+}
+
+TEST(CudaKernels, EmbeddingGathersRows) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(1);
+  for (int dim : {64, 1000}) {
+    const int vocab = 50, rows = 17;
+    auto table = random_vec(rng, vocab * dim);
+    std::vector<std::int32_t> ids(rows);
+    for (auto& id : ids) id = static_cast<int>(rng() % vocab);
+    auto d_table = upload(to_bf16(table));
+    auto d_ids = upload(ids);
+    DeviceBuffer<float> out(rows * dim);
+    poison(out);
+    ASSERT_EQ(launch_embedding({d_table.get(), d_ids.get(), out.get(), rows, dim}, nullptr), cudaSuccess);
+    std::vector<float> ref(rows * dim);
+    cpu::embedding(table.data(), ids.data(), rows, dim, ref.data());
+    EXPECT_EQ(rel_error(download(out, rows * dim), ref), 0.0);
+  }
+}
+
+TEST(CudaKernels, AddRmsNormMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(2);
+  for (int dim : {128, 1024, 2560}) {
+    for (bool with_x : {false, true}) {
+      const int rows = 9;
+      auto x = random_vec(rng, rows * dim);
+      auto res = random_vec(rng, rows * dim, -2.0f, 2.0f, false);
+      auto w = random_vec(rng, dim, 0.5f, 1.5f);
+      auto d_x = upload(to_bf16(x));
+      auto d_res = upload(res);
+      auto d_w = upload(to_bf16(w));
+      DeviceBuffer<bf16> out(rows * dim);
+      poison(out);
+      AddRmsNormParams p;
+      p.x = with_x ? d_x.get() : nullptr;
+      p.residual = d_res.get();
+      p.weight = d_w.get();
+      p.out = out.get();
+      p.eps = 1e-6f;
+      p.rows = rows;
+      p.dim = dim;
+      ASSERT_EQ(launch_add_rms_norm(p, nullptr), cudaSuccess);
+      std::vector<float> ref_res = res, ref_out(rows * dim);
+      if (with_x) {
+        cpu::add_rms_norm(x.data(), ref_res.data(), w.data(), 1e-6f, rows, dim, ref_out.data());
+      } else {
+        cpu::rms_norm(ref_res.data(), w.data(), 1e-6f, rows, dim, ref_out.data());
+      }
+      EXPECT_LT(rel_error(from_bf16(download(out, rows * dim)), ref_out), 1e-2) << dim;
+      EXPECT_LT(rel_error(download(d_res, rows * dim), ref_res), 1e-6) << dim;
+
+      // Gathered rows without writing the residual (the final norm before lm_head).
+      std::vector<std::int32_t> idx = {3, 0, 8};
+      auto d_idx = upload(idx);
+      auto d_res2 = upload(res);
+      poison(out);
+      p.residual = d_res2.get();
+      p.row_index = d_idx.get();
+      p.rows = 3;
+      p.write_residual = false;
+      ASSERT_EQ(launch_add_rms_norm(p, nullptr), cudaSuccess);
+      std::vector<float> ref_g(3 * dim);
+      for (int j = 0; j < 3; ++j) {
+        std::copy_n(ref_out.begin() + idx[j] * dim, dim, ref_g.begin() + j * dim);
+      }
+      EXPECT_LT(rel_error(from_bf16(download(out, 3 * dim)), ref_g), 1e-2);
+      EXPECT_EQ(rel_error(download(d_res2, rows * dim), res), 0.0) << "residual must be untouched";
+    }
+  }
+}
+
+TEST(CudaKernels, QkNormRopeWritesQAndPagedKv) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(3);
+  struct Shape { int h, kvh, d; };
+  for (Shape s : {Shape{4, 2, 128}, Shape{8, 1, 64}, Shape{2, 2, 64}, Shape{16, 8, 128}}) {
+    const int rows = 7, slots = 64, width = (s.h + 2 * s.kvh) * s.d;
+    RopeConfig rope;
+    rope.theta = 1000000.0;
+    auto qkv = random_vec(rng, rows * width, -3.0f, 3.0f);
+    auto qn = random_vec(rng, s.d, 0.5f, 1.5f), kn = random_vec(rng, s.d, 0.5f, 1.5f);
+    std::vector<std::int32_t> pos(rows), slot(rows);
+    for (int r = 0; r < rows; ++r) pos[r] = static_cast<int>(rng() % 40000);
+    std::vector<int> perm(slots);
+    for (int i = 0; i < slots; ++i) perm[i] = i;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (int r = 0; r < rows; ++r) slot[r] = perm[r];
+    std::vector<double> invd(s.d / 2);
+    cpu::rope_inv_freq(rope, s.d, invd.data());
+    std::vector<float> inv(invd.begin(), invd.end());
+    auto d_qkv = upload(to_bf16(qkv));
+    auto d_qn = upload(to_bf16(qn)), d_kn = upload(to_bf16(kn));
+    auto d_inv = upload(inv);
+    auto d_pos = upload(pos), d_slot = upload(slot);
+    DeviceBuffer<bf16> q(rows * s.h * s.d), kc(slots * s.kvh * s.d), vc(slots * s.kvh * s.d);
+    poison(q);
+    poison(kc);
+    poison(vc);
+    QkNormRopeParams p;
+    p.qkv = d_qkv.get();
+    p.q_norm = d_qn.get();
+    p.k_norm = d_kn.get();
+    p.inv_freq = d_inv.get();
+    p.positions = d_pos.get();
+    p.slot_mapping = d_slot.get();
+    p.q_out = q.get();
+    p.k_cache = kc.get();
+    p.v_cache = vc.get();
+    p.rows = rows;
+    p.num_heads = s.h;
+    p.num_kv_heads = s.kvh;
+    p.head_dim = s.d;
+    ASSERT_EQ(launch_qk_norm_rope_kv_write(p, nullptr), cudaSuccess);
+    // Reference: CPU RMSNorm per head, CPU RoPE.
+    std::vector<float> rq(rows * s.h * s.d), rk(rows * s.kvh * s.d), rv(rows * s.kvh * s.d);
+    for (int r = 0; r < rows; ++r) {
+      const float* row = qkv.data() + r * width;
+      std::copy_n(row, s.h * s.d, rq.begin() + r * s.h * s.d);
+      std::copy_n(row + s.h * s.d, s.kvh * s.d, rk.begin() + r * s.kvh * s.d);
+      std::copy_n(row + (s.h + s.kvh) * s.d, s.kvh * s.d, rv.begin() + r * s.kvh * s.d);
+    }
+    cpu::rms_norm(rq.data(), qn.data(), 1e-6f, rows * s.h, s.d, rq.data());
+    cpu::rms_norm(rk.data(), kn.data(), 1e-6f, rows * s.kvh, s.d, rk.data());
+    cpu::rope_rotate_half(rq.data(), pos.data(), rows, s.h, s.d, rope);
+    cpu::rope_rotate_half(rk.data(), pos.data(), rows, s.kvh, s.d, rope);
+    EXPECT_LT(rel_error(from_bf16(download(q, rq.size())), rq), 1e-2);
+    auto kh = from_bf16(download(kc, kc.size())), vh = from_bf16(download(vc, vc.size()));
+    std::vector<float> gk(rk.size()), gv(rv.size());
+    for (int r = 0; r < rows; ++r) {
+      std::copy_n(kh.begin() + slot[r] * s.kvh * s.d, s.kvh * s.d, gk.begin() + r * s.kvh * s.d);
+      std::copy_n(vh.begin() + slot[r] * s.kvh * s.d, s.kvh * s.d, gv.begin() + r * s.kvh * s.d);
+    }
+    EXPECT_LT(rel_error(gk, rk), 1e-2);
+    EXPECT_EQ(rel_error(gv, rv), 0.0);
+    EXPECT_TRUE(std::isnan(kh[perm[rows] * s.kvh * s.d])) << "an unmapped slot was written";
+  }
+}
+
+TEST(CudaKernels, SiluMulMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(4);
+  for (int inter : {96, 3072}) {
+    const int rows = 5;
+    auto gu = random_vec(rng, rows * 2 * inter, -6.0f, 6.0f);
+    auto d_gu = upload(to_bf16(gu));
+    DeviceBuffer<bf16> out(rows * inter);
+    poison(out);
+    ASSERT_EQ(launch_silu_mul({d_gu.get(), out.get(), rows, inter}, nullptr), cudaSuccess);
+    std::vector<float> ref(rows * inter);
+    cpu::silu_mul(gu.data(), rows, inter, ref.data());
+    EXPECT_LT(rel_error(from_bf16(download(out, ref.size())), ref), 1e-2);
+  }
+}
+
+TEST(CudaKernels, MergeStatesIsExactLogSumExp) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(5);
+  for (int d : {64, 128}) {
+    const int ns = 3, rows = 6, heads = 4;
+    auto o = random_vec(rng, ns * rows * heads * d, -1, 1, false);
+    auto lse = random_vec(rng, ns * rows * heads, -5, 5, false);
+    for (int i = 0; i < rows * heads; i += 3) lse[i] = -INFINITY;  // empty state 0
+    for (int i = 0; i < rows * heads; i += 5) o[i * d] = NAN;       // its o must be ignored
+    for (int s = 0; s < ns; ++s) lse[s * rows * heads + 7] = -INFINITY;  // fully empty (row 1 head 3)
+    auto d_o = upload(o), d_lse = upload(lse);
+    DeviceBuffer<float> out_o(rows * heads * d), out_lse(rows * heads);
+    poison(out_o);
+    poison(out_lse);
+    MergeStatesParams p;
+    p.o = d_o.get();
+    p.lse = d_lse.get();
+    p.out_o = out_o.get();
+    p.out_lse = out_lse.get();
+    p.num_states = ns;
+    p.rows = rows;
+    p.heads = heads;
+    p.head_dim = d;
+    // Fix the NaN o entries only where the state is empty.
+    for (int i = 0; i < rows * heads; ++i) {
+      if (lse[i] > -INFINITY && std::isnan(o[i * d])) o[i * d] = 0.25f;
+    }
+    d_o = upload(o);
+    p.o = d_o.get();
+    ASSERT_EQ(launch_merge_states(p, nullptr), cudaSuccess);
+    std::vector<double> ro(rows * heads * d), rl(rows * heads);
+    for (int rh = 0; rh < rows * heads; ++rh) {
+      double m = -INFINITY;
+      for (int s = 0; s < ns; ++s) m = std::max<double>(m, lse[s * rows * heads + rh]);
+      double den = 0;
+      for (int s = 0; s < ns; ++s) {
+        const double l = lse[s * rows * heads + rh];
+        if (l > -INFINITY) den += std::exp(l - m);
+      }
+      rl[rh] = m > -INFINITY ? m + std::log(den) : -1e30;
+      for (int k = 0; k < d; ++k) {
+        double acc = 0;
+        for (int s = 0; s < ns; ++s) {
+          const double l = lse[s * rows * heads + rh];
+          if (l > -INFINITY) acc += std::exp(l - m) * o[(s * rows * heads + rh) * d + k];
+        }
+        ro[rh * d + k] = m > -INFINITY ? acc / den : 0.0;
+      }
+    }
+    auto gl = download(out_lse, rl.size());
+    EXPECT_TRUE(std::isinf(gl[7]) && gl[7] < 0);
+    gl[7] = -1e30f;
+    EXPECT_LT(rel_error(download(out_o, ro.size()), ro), 1e-5);
+    EXPECT_LT(rel_error(gl, rl), 1e-5);
+  }
+}
+
+TEST(CudaKernels, GemmMatchesCpuMatmul) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(6);
+  Gemm gemm;
+  struct Shape { int m, n, k; };
+  for (Shape s : {Shape{1, 256, 128}, Shape{37, 520, 320}, Shape{128, 1000, 1024}}) {
+    auto x = random_vec(rng, s.m * s.k), w = random_vec(rng, s.n * s.k);
+    auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+    std::vector<float> ref(s.m * s.n);
+    cpu::matmul_nt(x.data(), w.data(), nullptr, s.m, s.n, s.k, ref.data());
+    DeviceBuffer<bf16> yb(s.m * s.n);
+    DeviceBuffer<float> yf(s.m * s.n);
+    poison(yb);
+    poison(yf);
+    gemm.run(d_x.get(), d_w.get(), yb.get(), false, s.m, s.n, s.k, nullptr);
+    gemm.run(d_x.get(), d_w.get(), yf.get(), true, s.m, s.n, s.k, nullptr);
+    EXPECT_LT(rel_error(from_bf16(download(yb, ref.size())), ref), 1e-2) << s.m;
+    EXPECT_LT(rel_error(download(yf, ref.size()), ref), 1e-5) << s.m;
+  }
+}
+
+TEST(CudaKernels, SamplingMatchesCpuSampler) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(7);
+  for (int vocab : {1000, 151936}) {
+    const int rows = 24;
+    std::vector<float> logits(static_cast<std::size_t>(rows) * vocab);
+    std::normal_distribution<float> nd(0.0f, 3.0f);
+    for (float& v : logits) v = nd(rng);
+    logits[5 * vocab + 3] = NAN;
+    for (int i = 0; i < vocab; ++i) logits[7 * static_cast<std::size_t>(vocab) + i] = -INFINITY;
+    std::vector<RowSampling> params(rows);
+    std::vector<float> t(rows), tp(rows), mp(rows);
+    std::vector<int> tk(rows);
+    std::vector<unsigned long long> seed(rows), step(rows);
+    for (int r = 0; r < rows; ++r) {
+      RowSampling& p = params[r];
+      p.temperature = r % 4 == 0 ? 0.0f : 0.3f + 0.2f * (r % 5);
+      p.top_k = r % 3 == 0 ? 0 : static_cast<int>(1 + rng() % 50);
+      p.top_p = r % 2 == 0 ? 1.0f : 0.5f + 0.1f * (r % 5);
+      p.min_p = r % 5 == 1 ? 0.05f : 0.0f;
+      p.seed = rng();
+      p.step = rng() % 1000;
+      t[r] = p.temperature;
+      tk[r] = p.top_k;
+      tp[r] = p.top_p;
+      mp[r] = p.min_p;
+      seed[r] = p.seed;
+      step[r] = p.step;
+    }
+    auto d_l = upload(logits);
+    auto d_t = upload(t), d_tp = upload(tp), d_mp = upload(mp);
+    auto d_tk = upload(tk);
+    auto d_seed = upload(seed), d_step = upload(step);
+    DeviceBuffer<std::int32_t> out(rows);
+    poison(out);
+    SampleParams sp{d_l.get(), d_t.get(), d_tk.get(), d_tp.get(), d_mp.get(), d_seed.get(),
+                    d_step.get(), out.get(), rows, vocab};
+    ASSERT_EQ(launch_sample(sp, nullptr), cudaSuccess);
+    auto got = download(out, rows);
+    for (int r = 0; r < rows; ++r) {
+      std::span<const float> row(logits.data() + static_cast<std::size_t>(r) * vocab, vocab);
+      if (r == 7) {
+        EXPECT_EQ(got[r], -1) << "all -inf row";
+        continue;
+      }
+      EXPECT_EQ(got[r], sample_token(row, params[r])) << "row " << r << " vocab " << vocab;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cascade::cuda::test
