@@ -4,6 +4,8 @@
   tests/fixtures/tokenizer/corpus.json         the test strings (>= 300, many scripts and edge cases)
   tests/fixtures/tokenizer/expected_ids.json   HF `tokenizers` ids and decodes for every string
   tests/fixtures/tokenizer/chat_template.json  Qwen3's jinja chat template rendered with jinja2
+  tests/fixtures/tokenizer/unicode_classes.json the code points HF's regex engine (Oniguruma) puts in
+                                               \p{L}, \p{N} and \s, as ranges
 
 Usage: pip install tokenizers jinja2 && python3 scripts/make_tokenizer_fixtures.py [TOKENIZER_DIR]
 TOKENIZER_DIR defaults to ../shared/data/qwen3-tokenizer next to the repository.
@@ -328,6 +330,32 @@ def chat_cases():
     return cases
 
 
+def regex_classes():
+    """Code-point ranges matched by \\p{L}, \\p{N} and \\s in HF tokenizers' regex engine."""
+    from tokenizers import Regex
+    from tokenizers.pre_tokenizers import Split
+
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+
+    def matched(pattern):
+        split = Split(Regex(pattern), behavior="removed")
+        kept = set()
+        for i in range(0, len(cps), 4096):
+            text = "".join(chr(c) for c in cps[i:i + 4096])
+            kept.update(ord(ch) for piece, _ in split.pre_tokenize_str(text) for ch in piece)
+        ranges = []
+        for c in cps:
+            if c in kept:
+                continue
+            if ranges and ranges[-1][1] == c - 1:
+                ranges[-1][1] = c
+            else:
+                ranges.append([c, c])
+        return ranges
+
+    return {"L": matched(r"\p{L}"), "N": matched(r"\p{N}"), "s": matched(r"\s")}
+
+
 def render_chat(template, messages, add_generation_prompt, enable_thinking):
     # The environment transformers uses for chat templates.
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
@@ -358,6 +386,9 @@ def main():
             "ids_no_special": ids_plain,
             "decoded": tok.decode(ids, skip_special_tokens=False),
             "decoded_skip_special": tok.decode(ids, skip_special_tokens=True),
+            # The pre-tokenizer alone on the raw text (byte-level spelling): pins down the split
+            # regex even where BPE happens to give the same ids for different splits.
+            "pieces": [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(text)],
         })
 
     # Decodes of id sequences that cut multi-byte characters, or hold ids out of range.
@@ -392,6 +423,7 @@ def main():
     (OUT / "chat_template.json").write_text(json.dumps({
         "generator": "scripts/make_tokenizer_fixtures.py (jinja2 " + jinja2.__version__ + ")",
         "cases": chats}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (OUT / "unicode_classes.json").write_text(json.dumps(regex_classes()) + "\n", encoding="utf-8")
     print(f"wrote {len(strings)} strings, {len(decode_cases)} decode cases, {len(chats)} chat cases to {OUT}")
 
 

@@ -30,6 +30,24 @@ constexpr std::string_view kWhiteSpaceRanges =
     "\\x{9}-\\x{D}\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}"
     "\\x{205F}\\x{3000}";
 
+// Letters and numbers that HF tokenizers' Oniguruma (Unicode 16) has in \p{L} / \p{N} but Debian's
+// PCRE2 10.42 (Unicode 14) lacks: scripts added in Unicode 15 and 16 (CJK Ext. H and I, Egyptian
+// hieroglyphs Ext. A, Kawi, Garay, ...). Found by the exhaustive per-code-point test in
+// tests/tokenizer/pretokenizer_test.cpp; harmless with a PCRE2 that already has them.
+constexpr std::string_view kLetterExtra =
+    "\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}"
+    "\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}\\x{10EC2}-\\x{10EC4}\\x{1123F}-\\x{11240}"
+    "\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}"
+    "\\x{113D3}\\x{11BC0}-\\x{11BE0}\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}"
+    "\\x{1342F}\\x{13441}-\\x{13446}\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}"
+    "\\x{16D40}-\\x{16D6C}\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}"
+    "\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{1E5D0}-\\x{1E5ED}\\x{1E5F0}\\x{2B739}"
+    "\\x{2EBF0}-\\x{2EE5D}\\x{31350}-\\x{323AF}";
+constexpr std::string_view kNumberExtra =
+    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}\\x{11F50}-\\x{11F59}"
+    "\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}"
+    "\\x{1E4F0}-\\x{1E4F9}\\x{1E5F1}-\\x{1E5FA}";
+
 }  // namespace
 
 bool is_nfc_quick(std::string_view text) {
@@ -94,7 +112,13 @@ std::string onig_to_pcre2(std::string_view pattern) {
         if (close == std::string_view::npos) {
           throw_error(ErrorCode::kUnsupported, "regex '{}': unterminated \\{}{{", pattern, e);
         }
-        out.append(pattern.substr(i, close + 1 - i));
+        const std::string_view escape = pattern.substr(i, close + 1 - i);
+        const std::string_view extra =
+            escape == "\\p{L}" ? kLetterExtra : escape == "\\p{N}" ? kNumberExtra : "";
+        if (!in_class && !extra.empty()) out += '[';
+        out.append(escape);
+        out.append(extra);
+        if (!in_class && !extra.empty()) out += ']';
         i = close;
       } else {
         out += c;

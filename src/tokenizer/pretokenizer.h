@@ -25,6 +25,7 @@ std::string to_nfc(std::string_view text);
 // Rewrites an Oniguruma pattern (as found in tokenizer.json) into PCRE2 syntax with the same
 // meaning: \s and \S become Unicode White_Space classes (PCRE2's \s differs, e.g. on U+180E) and
 // letters inside (?i:...) become explicit [xX] classes (Oniguruma here does not fold 'ſ' to 's').
+// \p{L} and \p{N} gain the letters and digits of Unicode 15-16 that PCRE2 10.42 lacks.
 // Throws cascade::Error(kUnsupported) on constructs it cannot translate.
 std::string onig_to_pcre2(std::string_view pattern);
 

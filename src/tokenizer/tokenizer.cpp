@@ -466,6 +466,16 @@ void Tokenizer::encode_normalized(std::string_view text, std::vector<int32_t>& o
                                  [&](std::string_view piece) { bpe_->encode_piece(piece, out); });
 }
 
+std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) const {
+  std::vector<std::string> pieces;
+  pre_tokenizer_->for_each_piece(text, [&](std::string_view piece) {
+    std::string spelled;
+    for (unsigned char b : piece) spelled += tok::byte_to_unicode_utf8()[b];
+    pieces.push_back(std::move(spelled));
+  });
+  return pieces;
+}
+
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
   std::string bytes;
   for (int32_t id : ids) {

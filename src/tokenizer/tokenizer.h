@@ -76,6 +76,10 @@ class Tokenizer {
   // empty for unknown ids. Used by StreamDecoder.
   std::string_view token_bytes(int32_t id) const;
 
+  // The pre-tokenizer stage alone (no added tokens, no normalizer) on text, each piece in
+  // byte-level spelling, like HF's pre_tokenizer.pre_tokenize_str. For tests and debugging.
+  std::vector<std::string> pre_tokenize(std::string_view text) const;
+
   // The added tokens, in file order.
   const std::vector<AddedToken>& added_tokens() const { return added_; }
 

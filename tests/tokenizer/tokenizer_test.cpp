@@ -73,6 +73,21 @@ TEST(TokenizerQwen3, EncodeWithoutParsingSpecialTokensMatchesHf) {
   EXPECT_EQ(mismatches, 0);
 }
 
+TEST(TokenizerQwen3, PreTokenizerSplitsLikeHf) {
+  CASCADE_REQUIRE_QWEN3_TOKENIZER(tok);
+  int mismatches = 0;
+  for (std::size_t i = 0; i < corpus().strings.size(); ++i) {
+    const auto expected = corpus().expected["cases"][i]["pieces"].get<std::vector<std::string>>();
+    const auto got = tok->pre_tokenize(corpus().strings[i]);
+    if (got != expected && ++mismatches <= 10) {
+      ADD_FAILURE() << "string #" << i << " " << json(corpus().strings[i]).dump()
+                    << "\n expected " << json(expected).dump() << "\n got      "
+                    << json(got).dump();
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
 TEST(TokenizerQwen3, SpecialTokensAreSingleIdsOnlyWhenParsed) {
   CASCADE_REQUIRE_QWEN3_TOKENIZER(tok);
   const auto im_start = tok->token_to_id("<|im_start|>");
