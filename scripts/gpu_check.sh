@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU check, run on the GPU machine from the repository root:
+#   scripts/gpu_check.sh                 configure + build (Release, sm_90a) and run the gpu tests
+#   PREBUILT=build-cuda scripts/gpu_check.sh   run an already built build-cuda/test_cuda (built
+#                                        elsewhere with the same CUDA major version) instead
+# Prints a short table last. Logs and the gtest XML go to $OUT (or ./out) when set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-out}"
+mkdir -p "$OUT_DIR"
+BUILD="${BUILD:-build-gpu}"
+export LD_LIBRARY_PATH="$PWD/.devlibs:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$OUT_DIR/gpu.txt"
+
+if [[ -n "${PREBUILT:-}" ]]; then
+  BIN="$PREBUILT/test_cuda"
+  build_status="prebuilt"
+else
+  # CMake 3.25 does not know that nvcc 13 accepts -std=c++20; tell it.
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCASCADE_CUDA_ARCHS=90a-real \
+    -DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20 \
+    -DCMAKE_CUDA20_EXTENSION_COMPILE_OPTION=-std=c++20 >"$OUT_DIR/configure.log" 2>&1 &&
+    cmake --build "$BUILD" -j"$(nproc)" --target test_cuda cascade_cli >"$OUT_DIR/build.log" 2>&1
+  build_status=$([[ $? -eq 0 ]] && echo ok || echo FAILED)
+  [[ "$build_status" == ok ]] || tail -40 "$OUT_DIR/configure.log" "$OUT_DIR/build.log"
+  BIN="$BUILD/test_cuda"
+fi
+
+test_status=skipped
+if [[ -x "$BIN" ]]; then
+  "$BIN" --gtest_output="xml:$OUT_DIR/test_cuda.xml" 2>&1 | tee "$OUT_DIR/test_cuda.log"
+  test_status=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
+fi
+
+echo
+echo "| step  | status |"
+echo "|-------|--------|"
+echo "| build | $build_status |"
+echo "| tests | $test_status ($(grep -c '^\[       OK \]' "$OUT_DIR/test_cuda.log" 2>/dev/null || echo 0) passed, $(grep -c '^\[  FAILED  \] [A-Z]' "$OUT_DIR/test_cuda.log" 2>/dev/null | head -1) failed, $(grep -c '^\[  SKIPPED \] [A-Z]' "$OUT_DIR/test_cuda.log" 2>/dev/null | head -1) skipped) |"
+[[ "$test_status" == ok && "$build_status" != FAILED ]]
