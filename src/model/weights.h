@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/model_config.h"
@@ -16,7 +18,7 @@ struct HostTensor {
   std::vector<std::int64_t> shape;
   std::vector<float> data;
 
-  std::int64_t numel() const;
+  std::int64_t numel() const;  // product of shape; 0 for an empty (absent) tensor
   const float* ptr() const { return data.data(); }
   float* ptr() { return data.data(); }
 };
@@ -26,6 +28,8 @@ struct LayerWeights {
   HostTensor q_proj, k_proj, v_proj;    // [q_size, hidden], [kv_size, hidden], [kv_size, hidden]
   HostTensor q_bias, k_bias, v_bias;    // empty unless attention_bias
   HostTensor o_proj;                    // [hidden, q_size]
+  HostTensor o_bias;                    // [hidden]; empty unless attention_bias (HF Qwen3 gives
+                                        // o_proj a bias too when attention_bias is set)
   HostTensor q_norm, k_norm;            // [head_dim]
   HostTensor post_attention_layernorm;  // [hidden]
   HostTensor gate_proj, up_proj;        // [intermediate, hidden]
@@ -41,11 +45,23 @@ struct Qwen3Weights {
   const HostTensor& output_weight() const { return lm_head.data.empty() ? embed_tokens : lm_head; }
 };
 
+// One expected checkpoint tensor: its Hugging Face name and shape.
+struct TensorSpec {
+  std::string name;
+  std::vector<std::int64_t> shape;
+};
+
+// Every tensor a Qwen3ForCausalLM checkpoint for `config` holds, in HF names (lm_head.weight only
+// when untied; q/k/v/o_proj.bias only when attention_bias).
+std::vector<TensorSpec> qwen3_tensor_specs(const ModelConfig& config);
+
 // Loads DIR/model.safetensors or the shards named by DIR/model.safetensors.index.json, converting
 // F32/BF16/F16 to fp32. Throws cascade::Error naming the file and tensor on any problem.
 Qwen3Weights load_qwen3_weights(const std::filesystem::path& model_dir, const ModelConfig& config);
 
-// Random weights for tests and the embedded default model (deterministic in `seed`).
+// Random weights for tests and the embedded default model (deterministic in `seed`, independent of
+// thread count). Matrices and embeddings ~ normal(0, 1/sqrt(fan_in)) (about 0.02 at real sizes, and
+// logits of O(1) spread even for tiny models), norm weights 1 + normal(0, 0.1), biases normal(0, 0.02).
 Qwen3Weights random_qwen3_weights(const ModelConfig& config, std::uint64_t seed);
 
 // Writes weights to DIR/model.safetensors in `dtype` ("F32", "BF16" or "F16"), with HF tensor names.
