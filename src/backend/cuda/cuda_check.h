@@ -1,6 +1,8 @@
 // CUDA error checking and device-memory ownership for the CUDA backend.
 // CUDA_TRY turns a failed runtime call into cascade::Error(kCuda) naming the call and file:line;
 // DeviceBuffer<T> owns one cudaMalloc allocation.
+// Include from .cpp files only: nvcc cannot compile fmt's consteval format strings in C++20 mode,
+// so .cu files hold kernels and launchers that return cudaError_t, and .cpp callers throw.
 #pragma once
 
 #include <cuda_runtime.h>
