@@ -152,6 +152,12 @@ Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
 std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::filesystem::path& tokenizer_json) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(tokenizer_json, ec)) {
+    throw_error(ErrorCode::kInvalidArgument,
+                "{}: is a directory; pass the tokenizer.json file inside it",
+                tokenizer_json.string());
+  }
   std::ifstream in(tokenizer_json, std::ios::binary);
   if (!in) {
     throw_error(ErrorCode::kNotFound, "{}: cannot open tokenizer file (does it exist?)",
@@ -359,7 +365,10 @@ void Tokenizer::load(std::string_view json_text, std::string_view source) {
 
   // ---- merges ----
   std::vector<tok::MergeRule> merges;
-  const json& merges_json = model.value("merges", json::array());
+  static const json kNoMerges = json::array();
+  const auto merges_it = model.find("merges");  // by reference: value() would copy 150k entries
+  const json& merges_json =
+      merges_it != model.end() && merges_it->is_array() ? *merges_it : kNoMerges;
   merges.reserve(merges_json.size());
   const auto model_id = [&](const std::string& token, std::size_t rank) -> int32_t {
     auto it = token_to_id_.find(token);

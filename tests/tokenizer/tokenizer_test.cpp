@@ -258,6 +258,16 @@ TEST(TokenizerErrors, MissingFileNamesThePath) {
   }
 }
 
+TEST(TokenizerErrors, DirectoryInsteadOfFile) {
+  try {
+    Tokenizer::from_file(CASCADE_SOURCE_DIR);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
+}
+
 TEST(TokenizerErrors, MalformedJsonNamesTheFile) {
   const std::string msg = load_error(R"({"model": {"type": "BPE", )", ErrorCode::kParse);
   EXPECT_NE(msg.find("bad/tokenizer.json"), std::string::npos) << msg;
