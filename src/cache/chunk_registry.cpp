@@ -314,11 +314,14 @@ std::optional<EvictedChunk> ChunkRegistry::evict_one() {
   return out;
 }
 
-void ChunkRegistry::set_pinned(const ChunkId& id, bool pinned) {
+std::vector<PageId> ChunkRegistry::set_pinned(const ChunkId& id, bool pinned) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = chunks_.find(id);
   if (it == chunks_.end()) throw_missing_locked(id);
   it->second.chunk->pinned = pinned;
+  std::vector<PageId> freed;
+  if (static_cast<int>(chunks_.size()) > options_.capacity) trim_locked(options_.capacity, freed);
+  return freed;
 }
 
 ChunkRegistryStats ChunkRegistry::stats() const {

@@ -138,8 +138,9 @@ class ChunkRegistry {
   // Evicts one unreferenced, unpinned chunk: the least recently used leaf (no cached children) if
   // any, else the least recently used one. nullopt when nothing is evictable.
   [[nodiscard]] std::optional<EvictedChunk> evict_one();
-  // Pins (never evicted by policy) or unpins a cached chunk. Throws kNotFound / kEvicted.
-  void set_pinned(const ChunkId& id, bool pinned);
+  // Pins (never evicted by policy) or unpins a cached chunk. Throws kNotFound / kEvicted. Returns
+  // the pages of chunks evicted because unpinning ended an overflow.
+  [[nodiscard]] std::vector<PageId> set_pinned(const ChunkId& id, bool pinned);
 
   ChunkRegistryStats stats() const;
   int size() const;
