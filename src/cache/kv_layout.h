@@ -37,6 +37,9 @@ struct KvLayerView {
   int page_size = 16;
   int num_kv_heads = 0;
   int head_dim = 0;
+  int num_pages = 0;  // pages in the pool; 0 = unknown (page ids are then not range-checked)
+
+  std::int64_t slot_elems() const { return static_cast<std::int64_t>(num_kv_heads) * head_dim; }
 };
 
 // An ordered run of KV tokens held in pages: token j of the run is at page pages[i], slot

@@ -11,6 +11,11 @@
 // Causal masking: key at position kp is visible to a query at position qp iff kp <= qp. Shared
 // levels hold only tokens before every query of the group, so the mask matters only in the last
 // level of a prefill.
+//
+// Rows a level does not cover: CSR ranges cannot skip rows, so a level may contain groups with no
+// pages (page_indptr[g] == page_indptr[g+1]); their rows get the empty state at that level. Rows
+// after the last group (q_indptr.back() < num_rows) are likewise not covered. A level with no
+// groups at all is allowed and contributes nothing.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +33,13 @@ struct CascadeLevel {
   std::vector<std::int32_t> kv_start_pos;  // num_groups: position of each group's first key
 
   int num_groups() const { return q_indptr.empty() ? 0 : static_cast<int>(q_indptr.size()) - 1; }
+  int group_rows(int g) const { return q_indptr[g + 1] - q_indptr[g]; }
+  // Keys (valid tokens) of group g.
+  std::int32_t group_kv_len(int g) const {
+    std::int32_t n = 0;
+    for (std::int32_t i = page_indptr[g]; i < page_indptr[g + 1]; ++i) n += page_lens[i];
+    return n;
+  }
 };
 
 struct CascadePlan {
