@@ -42,7 +42,7 @@ void matmul_nt(const float* x, const float* w, const float* bias, int M, int N, 
   constexpr int RM = 4, RN = 4;
   const int n_tiles = (N + RN - 1) / RN;
   // Parallel over output columns: each thread streams its slice of w once per block of rows.
-#pragma omp parallel for schedule(static) if (static_cast<long>(M) * N * K > 32768)
+#pragma omp parallel for schedule(static) if (static_cast<long>(M) * N * K > (1L << 20))
   for (int nt = 0; nt < n_tiles; ++nt) {
     const int n0 = nt * RN;
     const int rn = std::min(RN, N - n0);
@@ -75,7 +75,7 @@ inline void rms_norm_row(const float* x, const float* w, float eps, int dim, flo
 }  // namespace
 
 void rms_norm(const float* x, const float* w, float eps, int rows, int dim, float* out) {
-#pragma omp parallel for schedule(static) if (rows > 8)
+#pragma omp parallel for schedule(static) if (static_cast<long>(rows) * dim > (1L << 16))
   for (int r = 0; r < rows; ++r) {
     rms_norm_row(x + static_cast<long>(r) * dim, w, eps, dim, out + static_cast<long>(r) * dim);
   }
@@ -83,7 +83,7 @@ void rms_norm(const float* x, const float* w, float eps, int rows, int dim, floa
 
 void add_rms_norm(const float* x, float* residual, const float* w, float eps, int rows, int dim,
                   float* out) {
-#pragma omp parallel for schedule(static) if (rows > 8)
+#pragma omp parallel for schedule(static) if (static_cast<long>(rows) * dim > (1L << 16))
   for (int r = 0; r < rows; ++r) {
     float* res = residual + static_cast<long>(r) * dim;
     const float* xr = x + static_cast<long>(r) * dim;
@@ -104,7 +104,7 @@ void rope_rotate_half(float* x, const std::int32_t* positions, int rows, int hea
   const int half = head_dim / 2;
   std::vector<double> inv_freq(half);
   rope_inv_freq(rope, head_dim, inv_freq.data());
-#pragma omp parallel for schedule(static) if (rows > 8)
+#pragma omp parallel for schedule(static) if (static_cast<long>(rows) * heads * head_dim > (1L << 16))
   for (int r = 0; r < rows; ++r) {
     // cos/sin depend only on the position, computed in double then rounded like HF's fp32 tables.
     std::vector<float> c(half), s(half);
@@ -125,7 +125,7 @@ void rope_rotate_half(float* x, const std::int32_t* positions, int rows, int hea
 }
 
 void silu_mul(const float* gate_up, int rows, int inter, float* out) {
-#pragma omp parallel for schedule(static) if (rows > 8)
+#pragma omp parallel for schedule(static) if (static_cast<long>(rows) * inter > (1L << 16))
   for (int r = 0; r < rows; ++r) {
     const float* g = gate_up + static_cast<long>(r) * 2 * inter;
     const float* u = g + inter;
