@@ -320,6 +320,24 @@ TEST(Sampler, LargeVocabPicksMatchReferenceInverseCdf) {
   }
 }
 
+TEST(Sampler, TiedProbabilitiesWalkInIdOrder) {
+  // Logits on a coarse grid tie often; each draw must pick what the id-ordered walk picks.
+  std::mt19937_64 rng(9);
+  std::vector<float> logits(3000);
+  for (float& x : logits) x = 0.5f * static_cast<float>(rng() % 9);
+  for (const RowSampling& base : {row(1.0f, 0, 1.0f, 0.0f), row(0.8f, 700, 0.6f, 0.0f)}) {
+    const std::vector<double> probs = reference_probs(logits, base);
+    const std::vector<int> order = walk_order(probs);
+    for (std::uint64_t step = 0; step < 300; ++step) {
+      RowSampling p = base;
+      p.seed = 11;
+      p.step = step;
+      EXPECT_EQ(sample_token(logits, p), reference_pick(probs, order, uniform_draw(11, step)))
+          << "step " << step;
+    }
+  }
+}
+
 TEST(Sampler, TopKKeepsAllTiesAtTheBoundary) {
   const std::vector<float> logits = {1.0f, 2.0f, 2.0f, 0.0f, 2.0f};
   std::vector<int> counts(logits.size(), 0);
