@@ -198,7 +198,10 @@ int run_generate(const CommonOptions& common, GenerateOptions& g) {
   for (std::size_t i = 0; i < outputs.size(); ++i) {
     const RequestOutput& o = outputs[i];
     generated += static_cast<std::int64_t>(o.token_ids.size());
-    if (!o.error.empty()) ++failed;
+    if (!o.error.empty()) {
+      ++failed;
+      std::fprintf(stderr, "cascade: request %zu: error: %s\n", i, o.error.c_str());
+    }
     if (g.json_out) {
       std::cout << output_to_json(o, has_tok).dump() << "\n";
     } else {
