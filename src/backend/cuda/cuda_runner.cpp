@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <map>
 #include <string>
 
 #include "backend/cuda/attention.h"
@@ -29,8 +32,9 @@ struct LayerDev {
 
 class CudaRunner final : public ModelRunner {
  public:
-  CudaRunner(const ModelConfig& config, const Qwen3Weights& w, int num_pages, int page_size)
-      : config_(config) {
+  CudaRunner(const ModelConfig& config, const Qwen3Weights& w, int num_pages, int page_size,
+             const CudaRunnerOptions& options)
+      : config_(config), options_(options) {
     validate_config(num_pages, page_size);
     CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     int dev = 0;
@@ -64,6 +68,7 @@ class CudaRunner final : public ModelRunner {
   }
 
   ~CudaRunner() override {
+    drop_graphs();
     if (host_stage_ != nullptr) cudaFreeHost(host_stage_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
@@ -83,110 +88,16 @@ class CudaRunner final : public ModelRunner {
       throw_error(ErrorCode::kInvalidArgument, "cuda runner: invalid cascade plan: {}", why);
     }
     const int R = static_cast<int>(batch.logit_rows.size());
-    // One H2D copy: tokens | positions | slots | logit rows | plan.
-    const std::size_t off_pos = n, off_slot = 2 * n, off_logit = 3 * n, off_plan = 3 * n + R;
-    const std::size_t total = off_plan + pack.data.size();
-    stage(total * sizeof(std::int32_t));
-    auto* h = static_cast<std::int32_t*>(host_stage_);
-    std::memcpy(h, batch.token_ids.data(), n * 4);
-    std::memcpy(h + off_pos, batch.positions.data(), n * 4);
-    std::memcpy(h + off_slot, batch.slot_mapping.data(), n * 4);
-    std::memcpy(h + off_logit, batch.logit_rows.data(), R * 4);
-    std::memcpy(h + off_plan, pack.data.data(), pack.data.size() * 4);
-    batch_dev_.reserve(total);
-    CUDA_TRY(cudaMemcpyAsync(batch_dev_.get(), h, total * 4, cudaMemcpyHostToDevice, stream_));
-    const std::int32_t* d = batch_dev_.get();
-    const std::int32_t *d_tok = d, *d_pos = d + off_pos, *d_slot = d + off_slot,
-                       *d_logit = d + off_logit, *d_plan = d + off_plan;
-
-    const int H = config_.num_attention_heads, KVH = config_.num_key_value_heads,
-              D = config_.head_dim, hidden = config_.hidden_size, inter = config_.intermediate_size;
-    const int qkv_n = (H + 2 * KVH) * D;
-    const float eps = static_cast<float>(config_.rms_norm_eps);
-    residual_.reserve(static_cast<std::size_t>(n) * hidden);
-    xb_.reserve(static_cast<std::size_t>(n) * std::max(hidden, H * D));
-    tmp_.reserve(static_cast<std::size_t>(n) * std::max({qkv_n, 2 * inter, hidden}));
-    q_.reserve(static_cast<std::size_t>(n) * H * D);
-    act_.reserve(static_cast<std::size_t>(n) * inter);
-    const int slices = std::max(1, pack.num_slices);
-    states_o_.reserve(static_cast<std::size_t>(slices) * n * H * D);
-    states_lse_.reserve(static_cast<std::size_t>(slices) * n * H);
-    logits_.reserve(static_cast<std::size_t>(std::max(R, 1)) * config_.vocab_size);
-
-    // Rows a level does not cover keep the empty state; the kernels rewrite the covered ones.
-    CUDA_TRY(cuda::launch_fill_f32(states_lse_.get(), static_cast<std::int64_t>(slices) * n * H,
-                                   -INFINITY, stream_));
-    CUDA_TRY(cuda::launch_embedding({embed_.get(), d_tok, residual_.get(), n, hidden}, stream_));
-    const std::int64_t layer_elems = layout_.layer_elems();
-    bf16* mlp_out = nullptr;
-    for (int li = 0; li < config_.num_hidden_layers; ++li) {
-      const LayerDev& L = layers_[li];
-      norm(mlp_out, L.in_ln.get(), nullptr, n, xb_.get(), true, eps);
-      gemm_->run(xb_.get(), L.qkv.get(), tmp_.get(), false, n, qkv_n, hidden, stream_);
-      bf16* kc = k_pool_.get() + li * layer_elems;
-      bf16* vc = v_pool_.get() + li * layer_elems;
-      cuda::QkNormRopeParams qp;
-      qp.qkv = tmp_.get();
-      qp.bias = config_.attention_bias ? L.qkv_bias.get() : nullptr;
-      qp.q_norm = L.q_norm.get();
-      qp.k_norm = L.k_norm.get();
-      qp.inv_freq = inv_freq_.get();
-      qp.positions = d_pos;
-      qp.slot_mapping = d_slot;
-      qp.q_out = q_.get();
-      qp.k_cache = kc;
-      qp.v_cache = vc;
-      qp.eps = eps;
-      qp.rows = n;
-      qp.num_heads = H;
-      qp.num_kv_heads = KVH;
-      qp.head_dim = D;
-      CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
-      for (int l = 0; l < static_cast<int>(pack.levels.size()); ++l) {
-        const cuda::LevelPack& lp = pack.levels[l];
-        cuda::AttentionLevelParams ap;
-        ap.q = q_.get();
-        ap.k_cache = kc;
-        ap.v_cache = vc;
-        ap.row_order = d_plan + pack.row_order;
-        ap.q_pos = d_plan + pack.q_pos;
-        ap.level = cuda::level_arrays(pack, l, d_plan);
-        ap.o = states_o_.get();
-        ap.lse = states_lse_.get();
-        ap.slice_base = lp.slice_base;
-        ap.rows = n;
-        ap.num_heads = H;
-        ap.num_kv_heads = KVH;
-        ap.head_dim = D;
-        ap.page_size = layout_.page_size;
-        ap.sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
-        ap.grid_items = lp.num_items;
-        ap.grid_splits = lp.num_splits;
-        ap.warps = lp.warps;
-        CUDA_TRY(cuda::launch_attention_level(ap, stream_));
-      }
-      cuda::MergeStatesParams mp;
-      mp.o = states_o_.get();
-      mp.lse = states_lse_.get();
-      mp.out = xb_.get();
-      mp.num_states = slices;
-      mp.rows = n;
-      mp.heads = H;
-      mp.head_dim = D;
-      CUDA_TRY(cuda::launch_merge_states(mp, stream_));
-      gemm_->run(xb_.get(), L.o_proj.get(), tmp_.get(), false, n, hidden, H * D, stream_);
-      norm(tmp_.get(), L.post_ln.get(), nullptr, n, xb_.get(), true, eps);
-      gemm_->run(xb_.get(), L.gate_up.get(), tmp_.get(), false, n, 2 * inter, hidden, stream_);
-      CUDA_TRY(cuda::launch_silu_mul({tmp_.get(), act_.get(), n, inter}, stream_));
-      gemm_->run(act_.get(), L.down.get(), tmp_.get(), false, n, hidden, inter, stream_);
-      mlp_out = tmp_.get();
+    if (R == n && n > 0 && n <= options_.max_graph_rows) {
+      forward_bucketed(batch, plan, pack);
+    } else {
+      forward_eager(batch, pack);
     }
-    // Final norm only for the rows whose logits are wanted (the residual is not needed after).
-    norm(mlp_out, final_norm_.get(), d_logit, R, xb_.get(), false, eps);
-    gemm_->run(xb_.get(), lm_head_, logits_.get(), true, R, config_.vocab_size, hidden, stream_);
     CUDA_TRY(cudaStreamSynchronize(stream_));
     num_logit_rows_ = R;
   }
+
+  CudaGraphStats stats() const { return stats_; }
 
   std::vector<std::int32_t> sample(const std::vector<RowSampling>& params) override {
     const int R = static_cast<int>(params.size());
@@ -249,6 +160,405 @@ class CudaRunner final : public ModelRunner {
   }
 
  private:
+
+  // Everything one step enqueues, with device pointers resolved; shared by the eager, padded and
+  // graph paths so they launch exactly the same work.
+  struct LevelLaunch {
+    cuda::LevelArrays arrays;
+    int slice_base = 0, grid_items = 0, grid_splits = 0, warps = 1;
+  };
+  struct StepLaunch {
+    int rows = 0;        // rows of the GEMMs / row kernels (padded in the bucketed path)
+    int logit_rows = 0;  // rows of the final norm + lm_head
+    int slices = 1;      // state slices filled and merged
+    const std::int32_t *tok = nullptr, *pos = nullptr, *slot = nullptr, *logit = nullptr,
+                       *row_order = nullptr, *q_pos = nullptr;
+    std::vector<LevelLaunch> levels;
+  };
+
+  // Grows a work buffer; any growth moves buffers that captured graphs point at, so drop them.
+  template <typename T>
+  void reserve_work(DeviceBuffer<T>& b, std::size_t size) {
+    if (size <= b.size()) return;
+    b.resize(size);
+    drop_graphs();
+  }
+  void drop_graphs() {
+    for (auto& e : graphs_) {
+      if (e.exec != nullptr) cudaGraphExecDestroy(e.exec);
+    }
+    graphs_.clear();
+  }
+
+  void reserve_step(int rows, int logit_rows, int slices) {
+    const int H = config_.num_attention_heads, D = config_.head_dim, hidden = config_.hidden_size,
+              inter = config_.intermediate_size, KVH = config_.num_key_value_heads;
+    const std::size_t r = static_cast<std::size_t>(rows);
+    reserve_work(residual_, r * hidden);
+    reserve_work(xb_, r * std::max(hidden, H * D));
+    reserve_work(tmp_, r * std::max({(H + 2 * KVH) * D, 2 * inter, hidden}));
+    reserve_work(q_, r * H * D);
+    reserve_work(act_, r * inter);
+    reserve_work(states_o_, static_cast<std::size_t>(slices) * r * H * D);
+    reserve_work(states_lse_, static_cast<std::size_t>(slices) * r * H);
+    reserve_work(logits_, static_cast<std::size_t>(std::max(logit_rows, 1)) * config_.vocab_size);
+  }
+
+  void forward_eager(const StepBatch& batch, const cuda::PlanPack& pack) {
+    ++stats_.eager;
+    const int n = batch.num_rows();
+    const int R = static_cast<int>(batch.logit_rows.size());
+    // One H2D copy: tokens | positions | slots | logit rows | plan.
+    const std::size_t off_pos = n, off_slot = 2 * n, off_logit = 3 * n, off_plan = 3 * n + R;
+    const std::size_t total = off_plan + pack.data.size();
+    stage(total * sizeof(std::int32_t));
+    auto* h = static_cast<std::int32_t*>(host_stage_);
+    std::memcpy(h, batch.token_ids.data(), n * 4);
+    std::memcpy(h + off_pos, batch.positions.data(), n * 4);
+    std::memcpy(h + off_slot, batch.slot_mapping.data(), n * 4);
+    std::memcpy(h + off_logit, batch.logit_rows.data(), R * 4);
+    std::memcpy(h + off_plan, pack.data.data(), pack.data.size() * 4);
+    batch_dev_.reserve(total);  // graphs never read batch_dev_
+    CUDA_TRY(cudaMemcpyAsync(batch_dev_.get(), h, total * 4, cudaMemcpyHostToDevice, stream_));
+    const std::int32_t* d = batch_dev_.get();
+    StepLaunch s;
+    s.rows = n;
+    s.logit_rows = R;
+    s.slices = std::max(1, pack.num_slices);
+    s.tok = d;
+    s.pos = d + off_pos;
+    s.slot = d + off_slot;
+    s.logit = d + off_logit;
+    const std::int32_t* d_plan = d + off_plan;
+    s.row_order = d_plan + pack.row_order;
+    s.q_pos = d_plan + pack.q_pos;
+    for (int l = 0; l < static_cast<int>(pack.levels.size()); ++l) {
+      const cuda::LevelPack& lp = pack.levels[l];
+      s.levels.push_back({cuda::level_arrays(pack, l, d_plan), lp.slice_base, lp.num_items,
+                          lp.num_splits, lp.warps});
+    }
+    reserve_step(n, R, s.slices);
+    enqueue(s);
+  }
+
+  // Capacities of one bucketed layout: rows padded to `rows`, per level the item/group/page
+  // capacities and the split count its state slices are reserved for.
+  struct LevelCaps {
+    int warps = 1, items = 0, groups = 0, pages = 0, splits = 1;
+    bool operator==(const LevelCaps&) const = default;
+  };
+  struct Layout {
+    int rows = 0, slices = 0;
+    std::vector<LevelCaps> levels;
+    // Offsets (int32 elements) of the fixed arrays; level arrays follow in LevelPack form.
+    int tok = 0, pos = 0, slot = 0, logit = 0, row_order = 0, q_pos = 0, total = 0;
+    std::vector<cuda::LevelPack> offs;
+  };
+  struct GraphEntry {
+    Layout layout;
+    std::uint64_t generation = 0;
+    cudaGraphExec_t exec = nullptr;
+  };
+
+  static int pow2_at_least(int v) {
+    int p = 1;
+    while (p < v) p <<= 1;
+    return p;
+  }
+
+  static bool fits(const Layout& lay, int rows, const std::vector<LevelCaps>& need) {
+    if (lay.rows != rows || lay.levels.size() != need.size()) return false;
+    for (std::size_t l = 0; l < need.size(); ++l) {
+      const LevelCaps &c = lay.levels[l], &q = need[l];
+      if (c.warps != q.warps || q.items > c.items || q.groups > c.groups || q.pages > c.pages ||
+          q.splits > c.splits) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // A layout for `need` with headroom (powers of two) so that a growing context rarely forces a
+  // recapture; returns false if the state slices would exceed kMaxStateSlices.
+  static Layout make_layout(int rows, const std::vector<LevelCaps>& need) {
+    Layout lay;
+    lay.rows = rows;
+    lay.levels = need;
+    int slices = 0;
+    for (LevelCaps& c : lay.levels) {
+      c.items = pow2_at_least(std::max(1, c.items));
+      c.groups = pow2_at_least(std::max(1, c.groups));
+      c.pages = pow2_at_least(std::max(16, c.pages + c.pages / 2));
+      slices += c.splits;
+    }
+    // Spare slices go to the levels in order, doubling their splits while they fit.
+    for (LevelCaps& c : lay.levels) {
+      const int want = std::min(2 * c.splits, pow2_at_least(c.splits));
+      if (slices - c.splits + want <= kMaxStateSlices) {
+        slices += want - c.splits;
+        c.splits = want;
+      }
+    }
+    lay.slices = std::max(1, slices);
+    int off = 0;
+    auto take = [&](int count) {
+      const int o = off;
+      off += std::max(count, 1);
+      return o;
+    };
+    lay.tok = take(rows);
+    lay.pos = take(rows);
+    lay.slot = take(rows);
+    lay.logit = take(rows);
+    lay.row_order = take(rows);
+    lay.q_pos = take(rows);
+    int base = 0;
+    for (const LevelCaps& c : lay.levels) {
+      cuda::LevelPack o;
+      o.items = take(2 * c.items);
+      o.q_indptr = take(c.groups + 1);
+      o.page_indptr = take(c.groups + 1);
+      o.page_ids = take(c.pages);
+      o.page_start = take(c.pages);
+      o.kv_len = take(c.groups);
+      o.kv_start_pos = take(c.groups);
+      o.counts = take(3);
+      o.num_items = c.items;
+      o.num_splits = c.splits;
+      o.warps = c.warps;
+      o.slice_base = base;
+      base += c.splits;
+      lay.offs.push_back(o);
+    }
+    lay.total = off;
+    return lay;
+  }
+
+  void forward_bucketed(const StepBatch& batch, const CascadePlan& plan, const cuda::PlanPack& pack) {
+    const int n = batch.num_rows();
+    const int rows = pow2_at_least(n);
+    std::vector<LevelCaps> need(pack.levels.size());
+    for (std::size_t l = 0; l < need.size(); ++l) {
+      const cuda::LevelPack& lp = pack.levels[l];
+      need[l] = {lp.warps, lp.num_items, plan.levels[l].num_groups(),
+                 static_cast<int>(plan.levels[l].page_ids.size()), lp.num_splits};
+    }
+    GraphEntry* entry = nullptr;
+    for (GraphEntry& e : graphs_) {
+      if (fits(e.layout, rows, need)) {
+        entry = &e;
+        break;
+      }
+    }
+    if (entry == nullptr) {
+      // Replace an entry of this bucket and plan shape whose capacities were outgrown, or add one.
+      auto same_shape = [&](const GraphEntry& e) {
+        if (e.layout.rows != rows || e.layout.levels.size() != need.size()) return false;
+        for (std::size_t l = 0; l < need.size(); ++l) {
+          if (e.layout.levels[l].warps != need[l].warps) return false;
+        }
+        return true;
+      };
+      auto it = std::find_if(graphs_.begin(), graphs_.end(), same_shape);
+      if (it != graphs_.end()) {
+        if (it->exec != nullptr) cudaGraphExecDestroy(it->exec);
+        graphs_.erase(it);
+      }
+      GraphEntry e;
+      e.layout = make_layout(rows, need);
+      graphs_.push_back(std::move(e));
+      entry = &graphs_.back();
+    }
+    const Layout lay = entry->layout;  // a copy: buffer growth below may drop the entry
+
+    // Stage the fixed layout: padded rows get token 0, position 0, no KV write (slot -1) and
+    // logit row 0; plan arrays are copied into their capacity-sized places.
+    stage(static_cast<std::size_t>(lay.total) * 4);
+    auto* h = static_cast<std::int32_t*>(host_stage_);
+    std::fill(h, h + lay.total, 0);
+    std::memcpy(h + lay.tok, batch.token_ids.data(), n * 4);
+    std::memcpy(h + lay.pos, batch.positions.data(), n * 4);
+    std::memcpy(h + lay.slot, batch.slot_mapping.data(), n * 4);
+    std::fill(h + lay.slot + n, h + lay.slot + rows, -1);
+    std::memcpy(h + lay.logit, batch.logit_rows.data(), n * 4);
+    std::memcpy(h + lay.row_order, pack.data.data() + pack.row_order, n * 4);
+    std::memcpy(h + lay.q_pos, pack.data.data() + pack.q_pos, n * 4);
+    for (std::size_t l = 0; l < need.size(); ++l) {
+      const cuda::LevelPack& src = pack.levels[l];
+      const cuda::LevelPack& dst = lay.offs[l];
+      const int groups = need[l].groups, pages = need[l].pages;
+      auto copy = [&](int to, int from, int count) {
+        if (count > 0) std::memcpy(h + to, pack.data.data() + from, count * 4);
+      };
+      copy(dst.items, src.items, 2 * src.num_items);
+      copy(dst.q_indptr, src.q_indptr, groups + 1);
+      copy(dst.page_indptr, src.page_indptr, groups + 1);
+      copy(dst.page_ids, src.page_ids, pages);
+      copy(dst.page_start, src.page_start, pages);
+      copy(dst.kv_len, src.kv_len, groups);
+      copy(dst.kv_start_pos, src.kv_start_pos, groups);
+      copy(dst.counts, src.counts, 3);
+    }
+    // Per-bucket device buffer: its address is baked into the graph.
+    DeviceBuffer<std::int32_t>& dev = bucket_dev_[rows];
+    if (static_cast<std::size_t>(lay.total) > dev.size()) {
+      dev.resize(static_cast<std::size_t>(lay.total) * 2);
+      drop_graphs_of(rows);
+    }
+    CUDA_TRY(cudaMemcpyAsync(dev.get(), h, static_cast<std::size_t>(lay.total) * 4,
+                             cudaMemcpyHostToDevice, stream_));
+    const std::int32_t* d = dev.get();
+    StepLaunch s;
+    s.rows = rows;
+    s.logit_rows = rows;
+    s.slices = lay.slices;
+    s.tok = d + lay.tok;
+    s.pos = d + lay.pos;
+    s.slot = d + lay.slot;
+    s.logit = d + lay.logit;
+    s.row_order = d + lay.row_order;
+    s.q_pos = d + lay.q_pos;
+    for (const cuda::LevelPack& o : lay.offs) {
+      cuda::LevelArrays a;
+      a.items = d + o.items;
+      a.q_indptr = d + o.q_indptr;
+      a.page_indptr = d + o.page_indptr;
+      a.page_ids = d + o.page_ids;
+      a.page_start = d + o.page_start;
+      a.kv_len = d + o.kv_len;
+      a.kv_start_pos = d + o.kv_start_pos;
+      a.counts = d + o.counts;
+      s.levels.push_back({a, o.slice_base, o.num_items, o.num_splits, o.warps});
+    }
+    reserve_step(rows, rows, lay.slices);  // may drop graphs (buffers moved)
+    entry = find_entry(lay);
+    if (!options_.cuda_graphs) {
+      ++stats_.padded_eager;
+      enqueue(s);
+      return;
+    }
+    if (entry == nullptr) {
+      GraphEntry e;
+      e.layout = lay;
+      graphs_.push_back(std::move(e));
+      entry = &graphs_.back();
+    }
+    if (entry->exec == nullptr) {
+      capture(s, entry);
+      ++stats_.captures;
+    }
+    CUDA_TRY(cudaGraphLaunch(entry->exec, stream_));
+    ++stats_.replays;
+  }
+
+  GraphEntry* find_entry(const Layout& lay) {
+    for (GraphEntry& e : graphs_) {
+      if (e.layout.rows == lay.rows && e.layout.levels == lay.levels) return &e;
+    }
+    return nullptr;
+  }
+  void drop_graphs_of(int rows) {
+    for (GraphEntry& e : graphs_) {
+      if (e.layout.rows == rows && e.exec != nullptr) {
+        cudaGraphExecDestroy(e.exec);
+        e.exec = nullptr;
+      }
+    }
+  }
+
+  void capture(const StepLaunch& s, GraphEntry* entry) {
+    CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    cudaGraph_t graph = nullptr;
+    try {
+      enqueue(s);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      throw;
+    }
+    CUDA_TRY(cudaStreamEndCapture(stream_, &graph));
+    const cudaError_t err = cudaGraphInstantiate(&entry->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_TRY(err);
+  }
+
+  void enqueue(const StepLaunch& s) {
+    const int n = s.rows, R = s.logit_rows;
+    const int H = config_.num_attention_heads, KVH = config_.num_key_value_heads,
+              D = config_.head_dim, hidden = config_.hidden_size, inter = config_.intermediate_size;
+    const int qkv_n = (H + 2 * KVH) * D;
+    const float eps = static_cast<float>(config_.rms_norm_eps);
+    // Rows a level does not cover keep the empty state; the kernels rewrite the covered ones.
+    CUDA_TRY(cuda::launch_fill_f32(states_lse_.get(), static_cast<std::int64_t>(s.slices) * n * H,
+                                   -INFINITY, stream_));
+    CUDA_TRY(cuda::launch_embedding({embed_.get(), s.tok, residual_.get(), n, hidden}, stream_));
+    const std::int64_t layer_elems = layout_.layer_elems();
+    bf16* mlp_out = nullptr;
+    for (int li = 0; li < config_.num_hidden_layers; ++li) {
+      const LayerDev& L = layers_[li];
+      norm(mlp_out, L.in_ln.get(), nullptr, n, xb_.get(), true, eps);
+      gemm_->run(xb_.get(), L.qkv.get(), tmp_.get(), false, n, qkv_n, hidden, stream_);
+      bf16* kc = k_pool_.get() + li * layer_elems;
+      bf16* vc = v_pool_.get() + li * layer_elems;
+      cuda::QkNormRopeParams qp;
+      qp.qkv = tmp_.get();
+      qp.bias = config_.attention_bias ? L.qkv_bias.get() : nullptr;
+      qp.q_norm = L.q_norm.get();
+      qp.k_norm = L.k_norm.get();
+      qp.inv_freq = inv_freq_.get();
+      qp.positions = s.pos;
+      qp.slot_mapping = s.slot;
+      qp.q_out = q_.get();
+      qp.k_cache = kc;
+      qp.v_cache = vc;
+      qp.eps = eps;
+      qp.rows = n;
+      qp.num_heads = H;
+      qp.num_kv_heads = KVH;
+      qp.head_dim = D;
+      CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
+      for (const LevelLaunch& lv : s.levels) {
+        cuda::AttentionLevelParams ap;
+        ap.q = q_.get();
+        ap.k_cache = kc;
+        ap.v_cache = vc;
+        ap.row_order = s.row_order;
+        ap.q_pos = s.q_pos;
+        ap.level = lv.arrays;
+        ap.o = states_o_.get();
+        ap.lse = states_lse_.get();
+        ap.slice_base = lv.slice_base;
+        ap.rows = n;
+        ap.num_heads = H;
+        ap.num_kv_heads = KVH;
+        ap.head_dim = D;
+        ap.page_size = layout_.page_size;
+        ap.sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
+        ap.grid_items = lv.grid_items;
+        ap.grid_splits = lv.grid_splits;
+        ap.warps = lv.warps;
+        CUDA_TRY(cuda::launch_attention_level(ap, stream_));
+      }
+      cuda::MergeStatesParams mp;
+      mp.o = states_o_.get();
+      mp.lse = states_lse_.get();
+      mp.out = xb_.get();
+      mp.num_states = s.slices;
+      mp.rows = n;
+      mp.heads = H;
+      mp.head_dim = D;
+      CUDA_TRY(cuda::launch_merge_states(mp, stream_));
+      gemm_->run(xb_.get(), L.o_proj.get(), tmp_.get(), false, n, hidden, H * D, stream_);
+      norm(tmp_.get(), L.post_ln.get(), nullptr, n, xb_.get(), true, eps);
+      gemm_->run(xb_.get(), L.gate_up.get(), tmp_.get(), false, n, 2 * inter, hidden, stream_);
+      CUDA_TRY(cuda::launch_silu_mul({tmp_.get(), act_.get(), n, inter}, stream_));
+      gemm_->run(act_.get(), L.down.get(), tmp_.get(), false, n, hidden, inter, stream_);
+      mlp_out = tmp_.get();
+    }
+    // Final norm only for the rows whose logits are wanted (the residual is not needed after).
+    norm(mlp_out, final_norm_.get(), s.logit, R, xb_.get(), false, eps);
+    gemm_->run(xb_.get(), lm_head_, logits_.get(), true, R, config_.vocab_size, hidden, stream_);
+  }
   void validate_config(int num_pages, int page_size) const {
     const ModelConfig& c = config_;
     if (c.head_dim != 64 && c.head_dim != 128) {
@@ -417,6 +727,11 @@ class CudaRunner final : public ModelRunner {
   void* host_stage_ = nullptr;
   std::size_t host_stage_bytes_ = 0;
   int num_logit_rows_ = 0;
+
+  CudaRunnerOptions options_;
+  CudaGraphStats stats_;
+  std::deque<GraphEntry> graphs_;  // deque: entries keep their address while others are added
+  std::map<int, DeviceBuffer<std::int32_t>> bucket_dev_;
 };
 
 }  // namespace
@@ -426,7 +741,28 @@ std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig& config, const Q
   if (!cuda_device_available()) {
     throw_error(ErrorCode::kCuda, "cuda runner: no CUDA device or driver is available");
   }
-  return std::make_unique<CudaRunner>(config, weights, num_pages, page_size);
+  CudaRunnerOptions options;
+  const char* env = std::getenv("CASCADE_CUDA_GRAPHS");
+  if (env != nullptr && std::string(env) == "0") options.cuda_graphs = false;
+  return make_cuda_runner(config, weights, num_pages, page_size, options);
+}
+
+std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig& config, const Qwen3Weights& weights,
+                                              int num_pages, int page_size,
+                                              const CudaRunnerOptions& options) {
+  if (!cuda_device_available()) {
+    throw_error(ErrorCode::kCuda, "cuda runner: no CUDA device or driver is available");
+  }
+  if (options.max_graph_rows < 0) {
+    throw_error(ErrorCode::kInvalidArgument, "cuda runner: max_graph_rows {} must be >= 0",
+                options.max_graph_rows);
+  }
+  return std::make_unique<CudaRunner>(config, weights, num_pages, page_size, options);
+}
+
+CudaGraphStats cuda_graph_stats(const ModelRunner& runner) {
+  const auto* r = dynamic_cast<const CudaRunner*>(&runner);
+  return r != nullptr ? r->stats() : CudaGraphStats{};
 }
 
 }  // namespace cascade

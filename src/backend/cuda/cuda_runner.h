@@ -20,4 +20,30 @@ bool cuda_device_available();
 std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig& config, const Qwen3Weights& weights,
                                               int num_pages, int page_size);
 
+// Knobs of the CUDA runner. Decode-like steps (every row wants logits, at most max_graph_rows
+// rows) run padded to a power-of-two row bucket with fixed-capacity device arrays; with
+// cuda_graphs they replay a CUDA graph captured per bucket and plan shape (recaptured when a plan
+// outgrows the captured capacities), otherwise the same padded launches run eagerly, so both
+// modes give bit-identical results.
+struct CudaRunnerOptions {
+  bool cuda_graphs = true;   // the default factory turns this off when CASCADE_CUDA_GRAPHS=0
+  int max_graph_rows = 512;  // larger decode steps take the unpadded eager path
+};
+
+// Counters of the decode path, for tests and benchmarks.
+struct CudaGraphStats {
+  long captures = 0;        // graphs captured (each bucket/shape once, plus recaptures)
+  long replays = 0;         // steps run by replaying a graph
+  long padded_eager = 0;    // decode-like steps run padded without a graph
+  long eager = 0;           // other steps (prefill, mixed, oversized)
+};
+
+// make_cuda_runner with explicit options.
+std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig& config, const Qwen3Weights& weights,
+                                              int num_pages, int page_size,
+                                              const CudaRunnerOptions& options);
+
+// The counters of a runner made by make_cuda_runner; all zero for any other runner.
+CudaGraphStats cuda_graph_stats(const ModelRunner& runner);
+
 }  // namespace cascade
