@@ -161,7 +161,10 @@ void attend_level(const float* q, const CascadePlan& plan, int level,
   }
   const std::int64_t num_work = static_cast<std::int64_t>(items.size()) * H;
 
-#pragma omp parallel if (num_work > 1)
+  // Parallel only when there is real work: a region costs tens of microseconds to wake, more than a
+  // small decode step's whole attention.
+  const bool parallel = num_work > 1 && num_work * static_cast<std::int64_t>(max_keys) * D > (1 << 18);
+#pragma omp parallel if (parallel)
   {
     std::vector<float> scores(max_keys);
     std::vector<float> acc(D);
