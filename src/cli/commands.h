@@ -23,7 +23,7 @@ struct ServeOptions {
   std::string served_model_name;
   int max_queue = 256;
   std::size_t max_body_bytes = 8u << 20;
-  int http_threads = 8;
+  int http_threads = 64;  // each open stream holds one HTTP thread
 };
 void add_serve_options(CLI::App* app, ServeOptions& o);
 // `cascade serve`: blocks until SIGINT/SIGTERM.

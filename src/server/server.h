@@ -27,7 +27,7 @@ struct ServerOptions {
   std::string served_model_name;          // empty: the model folder's name, or "cascade-default"
   int max_queue = 256;                    // requests waiting beyond the running batch; more → 429
   std::size_t max_body_bytes = 8u << 20;  // larger bodies → 413
-  int http_threads = 8;                   // each open stream holds one
+  int http_threads = 64;                  // each open stream holds one
 };
 
 class Server {
