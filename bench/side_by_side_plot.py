@@ -34,7 +34,7 @@ def kernel_outputs(d, res, lines):
     if "flashinfer_error" in res:
         lines.append(f"FlashInfer could not run: `{res['flashinfer_error']}`\n")
     lines.append("Times in ms (median, L2 flushed). floor = distinct KV bytes / copy bandwidth. "
-                 "x = time / Cascade time.\n")
+                 "x = that kernel's time / Cascade's time (> 1: Cascade faster).\n")
     lines.append("| model | batch | levels (groups x tokens) | Cascade | FI cascade | FI flat | FI flat TC | "
                  "floor | Cascade % of floor | FI cascade x | FI flat x | match |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
