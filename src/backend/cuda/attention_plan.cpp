@@ -85,12 +85,17 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       }
     }
     lp.num_items = static_cast<int>(items.size() / 2);
-    // Split-K when the level alone would leave most SMs idle.
+    // Split-K when the level alone would leave SMs idle. One-warp CTAs (69 KB of shared memory)
+    // fit 3 per SM: aim for at least two full waves of those, splits of at least one 64-token
+    // tile, so that a level of e.g. 512 CTAs (1.3 waves) does not leave half the chip idle in its
+    // second wave. Four-warp CTAs: fill 2 per SM as before.
     int splits = 1;
     const int ctas = lp.num_items * num_kv_heads;
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
-    if (num_sms > 0 && ctas > 0 && ctas < 2 * num_sms) {
-      splits = std::min((2 * num_sms + ctas - 1) / ctas, (max_len + 2 * kTile - 1) / (2 * kTile));
+    const int target = lp.warps == 1 ? 6 * num_sms : 2 * num_sms;
+    const int min_split_tokens = lp.warps == 1 ? kTile : 2 * kTile;
+    if (num_sms > 0 && ctas > 0 && ctas < target) {
+      splits = std::min((target + ctas - 1) / ctas, (max_len + min_split_tokens - 1) / min_split_tokens);
       splits = std::max(1, std::min(splits, slice_budget));
     }
     int per_split = std::max(1, (max_len + splits - 1) / splits);

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormPa
 
 // One warp per head; lane holds dims lane + 32 * j. kD/32 values per lane.
 template <int kD>
-__global__ void __launch_bounds__(128) qk_norm_rope_kernel(QkNormRopeParams p) {
+__global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) {
   constexpr int kPer = kD / 32;
   constexpr int kHalf = kD / 2;
   const int r = blockIdx.x;
@@ -209,10 +209,24 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) 
   // Argmax, NaN skipped, lowest id on ties.
   float best = -INFINITY;
   int best_id = V;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    if (x[i] > best) {
-      best = x[i];
-      best_id = i;
+  if ((V & 3) == 0 && (reinterpret_cast<std::uintptr_t>(x) & 15) == 0) {
+    // 16-byte loads, several in flight per thread (one block streams a 600 KB row for a 152k
+    // vocabulary); each thread still visits its ids in ascending order, so ties keep the lowest.
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+#pragma unroll 4
+    for (int j = threadIdx.x; j < V / 4; j += blockDim.x) {
+      const float4 v = __ldg(x4 + j);
+      if (v.x > best) { best = v.x; best_id = 4 * j; }
+      if (v.y > best) { best = v.y; best_id = 4 * j + 1; }
+      if (v.z > best) { best = v.z; best_id = 4 * j + 2; }
+      if (v.w > best) { best = v.w; best_id = 4 * j + 3; }
+    }
+  } else {
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+      if (x[i] > best) {
+        best = x[i];
+        best_id = i;
+      }
     }
   }
   block_argmax(best, best_id, red_f, red_i);
@@ -361,10 +375,14 @@ cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream) 
 
 cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
+  // One warp per head (up to 32 warps), so a row's heads run in parallel instead of 4 warps
+  // looping over them (decode batches have few rows: latency, not bandwidth, bounds this kernel).
+  const int heads = p.num_heads + 2 * p.num_kv_heads;
+  const int threads = 32 * (heads < 32 ? heads : 32);
   if (p.head_dim == 128) {
-    qk_norm_rope_kernel<128><<<p.rows, 128, 0, stream>>>(p);
+    qk_norm_rope_kernel<128><<<p.rows, threads, 0, stream>>>(p);
   } else if (p.head_dim == 64) {
-    qk_norm_rope_kernel<64><<<p.rows, 128, 0, stream>>>(p);
+    qk_norm_rope_kernel<64><<<p.rows, threads, 0, stream>>>(p);
   } else {
     return cudaErrorInvalidValue;
   }
