@@ -33,9 +33,33 @@ if [[ -x "$BIN" ]]; then
   test_status=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
 fi
 
+# A short end-to-end run of the CLI on the GPU under compute-sanitizer (memcheck): cascade on, a
+# shared system prompt and documents, prefill and decode, with graphs.
+CLI="${PREBUILT:-$BUILD}/cascade"
+sanitizer_status=skipped
+if [[ -x "$CLI" ]] && command -v compute-sanitizer >/dev/null; then
+  python3 - "$OUT_DIR/sanitize_requests.jsonl" <<'PY'
+import json, sys
+sys_ids = [(i * 7 + 3) % 250 for i in range(40)]
+docs = [[(i * 13 + d) % 250 for i in range(30 + 9 * d)] for d in range(2)]
+with open(sys.argv[1], "w") as f:
+    for q in range(6):
+        segs = [{"kind": "system", "ids": sys_ids}, {"kind": "context", "ids": docs[q % 2]},
+                {"kind": "query", "ids": [q, q + 1]}]
+        f.write(json.dumps({"segments": segs, "max_tokens": 6, "temperature": 0, "ignore_eos": True}) + "\n")
+PY
+  compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+    "$CLI" generate --device cuda --model tests/fixtures/models/gqa --requests "$OUT_DIR/sanitize_requests.jsonl" \
+    --json --cascade on --kv-cache-mb 16 >"$OUT_DIR/sanitizer.log" 2>&1
+  rc=$?
+  sanitizer_status=$([[ $rc -eq 0 ]] && echo "ok (no errors)" || echo "FAILED (rc $rc)")
+  tail -5 "$OUT_DIR/sanitizer.log"
+fi
+
 echo
 echo "| step  | status |"
 echo "|-------|--------|"
 echo "| build | $build_status |"
 echo "| tests | $test_status ($(grep -c '^\[       OK \]' "$OUT_DIR/test_cuda.log" 2>/dev/null || echo 0) passed, $(grep -c '^\[  FAILED  \] [A-Z]' "$OUT_DIR/test_cuda.log" 2>/dev/null | head -1) failed, $(grep -c '^\[  SKIPPED \] [A-Z]' "$OUT_DIR/test_cuda.log" 2>/dev/null | head -1) skipped) |"
-[[ "$test_status" == ok && "$build_status" != FAILED ]]
+echo "| compute-sanitizer (CLI, cascade on) | $sanitizer_status |"
+[[ "$test_status" == ok && "$build_status" != FAILED && "$sanitizer_status" != FAILED* ]]
