@@ -13,7 +13,7 @@
 #include "model/model_config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
-#include "sched/cascade_plan.h"
+#include "common/single_sequence.h"
 
 namespace cascade {
 namespace {
@@ -47,32 +47,11 @@ TEST_P(CudaReference, LogitsWithinBf16ToleranceOfTransformers) {
   const SafeTensorsFile ref_logits = SafeTensorsFile::open(dir / "reference.safetensors");
   for (std::size_t p = 0; p < ref["prompts"].size(); ++p) {
     const auto ids = ref["prompts"][p].get<std::vector<std::int32_t>>();
-    const int L = static_cast<int>(ids.size());
     const int page_size = 16;
-    auto runner = make_cuda_runner(config, weights, (L + page_size - 1) / page_size + 1, page_size);
-    StepBatch batch;
-    CascadePlan plan;
-    plan.num_rows = L;
-    CascadeLevel level;
-    level.q_indptr = {0, L};
-    level.kv_start_pos = {0};
-    const int n_pages = (L + page_size - 1) / page_size;
-    level.page_indptr = {0, n_pages};
-    for (int i = 0; i < n_pages; ++i) {
-      level.page_ids.push_back(i);
-      level.page_lens.push_back(std::min(page_size, L - i * page_size));
-    }
-    plan.levels.push_back(level);
-    for (int i = 0; i < L; ++i) {
-      batch.token_ids.push_back(ids[i]);
-      batch.positions.push_back(i);
-      batch.slot_mapping.push_back(i);
-      batch.logit_rows.push_back(i);
-      plan.row_order.push_back(i);
-      plan.q_pos.push_back(i);
-    }
-    batch.plan = &plan;
-    runner->forward(batch);
+    auto runner = make_cuda_runner(config, weights, static_cast<int>(ids.size()) / page_size + 2, page_size);
+    test::SingleSequenceStep step = test::single_sequence_prefill(ids, page_size);
+    step.batch.plan = &step.plan;
+    runner->forward(step.batch);
     const std::vector<float> got = runner->copy_logits();
     const std::vector<float> want = tensor_to_f32(ref_logits.tensor("logits_" + std::to_string(p)));
     ASSERT_EQ(got.size(), want.size());

@@ -12,7 +12,7 @@
 #include "model/model_config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
-#include "sched/cascade_plan.h"
+#include "common/single_sequence.h"
 
 namespace cascade {
 namespace {
@@ -31,32 +31,10 @@ std::vector<std::string> model_names() {
   return names;
 }
 
-// One sequence over pages 0.., all rows wanting logits: the flat plan built by hand.
 std::vector<float> forward_all_logits(ModelRunner& runner, const std::vector<std::int32_t>& ids, int page_size) {
-  const int L = static_cast<int>(ids.size());
-  StepBatch batch;
-  CascadePlan plan;
-  plan.num_rows = L;
-  CascadeLevel level;
-  level.q_indptr = {0, L};
-  level.kv_start_pos = {0};
-  const int n_pages = (L + page_size - 1) / page_size;
-  level.page_indptr = {0, n_pages};
-  for (int p = 0; p < n_pages; ++p) {
-    level.page_ids.push_back(p);
-    level.page_lens.push_back(std::min(page_size, L - p * page_size));
-  }
-  plan.levels.push_back(level);
-  for (int i = 0; i < L; ++i) {
-    batch.token_ids.push_back(ids[i]);
-    batch.positions.push_back(i);
-    batch.slot_mapping.push_back(i);
-    batch.logit_rows.push_back(i);
-    plan.row_order.push_back(i);
-    plan.q_pos.push_back(i);
-  }
-  batch.plan = &plan;
-  runner.forward(batch);
+  test::SingleSequenceStep step = test::single_sequence_prefill(ids, page_size);
+  step.batch.plan = &step.plan;
+  runner.forward(step.batch);
   return runner.copy_logits();
 }
 
