@@ -156,13 +156,12 @@ std::uint64_t Engine::add_request(const Request& request) {
   auto seq = std::make_unique<Sequence>();
   for (const ResolvedPart& p : resolved) seq->prompt.insert(seq->prompt.end(), p.ids.begin(), p.ids.end());
   if (seq->prompt.empty()) throw_error(ErrorCode::kInvalidArgument, "the prompt is empty");
-  const std::int64_t need = static_cast<std::int64_t>(seq->prompt.size()) + request.sampling.max_tokens;
   if (static_cast<std::int64_t>(seq->prompt.size()) >= max_model_len_) {
     throw_error(ErrorCode::kInvalidArgument,
                 "the prompt has {} tokens, more than the model's context of {} allows", seq->prompt.size(),
                 max_model_len_);
   }
-  (void)need;  // generation stops at the context length (finish reason "length")
+  // Generation itself stops at the context length (finish reason "length").
   seq->id = next_id_++;
   seq->sampling = request.sampling;
   seq->seed = request.sampling.seed ? *request.sampling.seed : (0x9E3779B97F4A7C15ull * seq->id);
@@ -174,12 +173,13 @@ std::uint64_t Engine::add_request(const Request& request) {
     throw_error(ErrorCode::kInvalidArgument, "stop strings need a tokenizer; this model has none");
   }
   build_parts(*seq, resolved);
-  // A request that could never fit is refused now rather than waiting forever.
+  // A request that could never fit is refused now rather than waiting forever: its chunks, plus
+  // its own prompt tokens and the first generated token.
   int persistent = 0;
-  for (const Part& p : seq->parts) persistent += (p.len + config_.page_size - 1) / config_.page_size;
-  const int own = static_cast<int>(seq->prompt.size()) - seq->own_start + request.sampling.max_tokens;
-  const int dynamic = (std::min(own, max_model_len_) + config_.page_size - 1) / config_.page_size;
-  if (!pages_->can_ever_fit(persistent, std::min(dynamic, (static_cast<int>(seq->prompt.size()) - seq->own_start) / config_.page_size + 1))) {
+  for (const Part& p : seq->parts) persistent += pages_for_tokens(p.len, config_.page_size);
+  const int own_prompt = static_cast<int>(seq->prompt.size()) - seq->own_start;
+  const int dynamic = pages_for_tokens(own_prompt + 1, config_.page_size);
+  if (!pages_->can_ever_fit(persistent, dynamic)) {
     throw_error(ErrorCode::kOutOfMemory,
                 "the request needs {} chunk pages and {} sequence pages, more than the KV cache holds "
                 "({} pages of {} tokens); raise kv_cache_bytes or shorten the prompt",
