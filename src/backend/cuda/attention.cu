@@ -17,6 +17,13 @@ __device__ inline void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ inline void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 __device__ inline void ldmatrix_x4_trans(unsigned (&r)[4], const void* smem) {
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -40,8 +47,11 @@ __device__ inline unsigned pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const unsigned*>(&v);
 }
 
+// Four-warp CTAs are held to 168 registers so that three fit per SM (12 warps to hide the mma and
+// exp latency; 3 x 69.6 KB of shared memory fits too). pack_plan's split-K assumes this.
 template <int kD, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32) attention_level_kernel(AttentionLevelParams p) {
+__global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
+    attention_level_kernel(AttentionLevelParams p) {
   constexpr int kStride = kD + 8;  // padded smem row (bf16): conflict-free fragment loads
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunks = kD / 8;  // 16-byte chunks per KV row
@@ -156,16 +166,19 @@ __global__ void __launch_bounds__(kWarps * 32) attention_level_kernel(AttentionL
     const int t0 = t_begin + tile * kTile;
 
     // S = Q K^T for 16 rows x 64 tokens: 8 n-tiles of 8 tokens.
+    // K B-fragments come four 8x8 matrices per ldmatrix: token rows j*8..j*8+7, columns
+    // kk*16 + {0, 8, 16, 24}, i.e. (b0, b1) of k-steps kk and kk + 1.
     float s[kTile / 8][4];
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j) {
       s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-      const __nv_bfloat16* krow = ks + (j * 8 + g) * kStride + tig * 2;
+      const __nv_bfloat16* krow = ks + (j * 8 + (lane & 7)) * kStride + (lane >> 3) * 8;
 #pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        const unsigned b0 = *reinterpret_cast<const unsigned*>(krow + kk * 16);
-        const unsigned b1 = *reinterpret_cast<const unsigned*>(krow + kk * 16 + 8);
-        mma_bf16(s[j], qa[kk], b0, b1);
+      for (int kk = 0; kk < kD / 16; kk += 2) {
+        unsigned b[4];
+        ldmatrix_x4(b, krow + kk * 16);
+        mma_bf16(s[j], qa[kk], b[0], b[1]);
+        mma_bf16(s[j], qa[kk + 1], b[2], b[3]);
       }
     }
     // Mask (split end, causality) and scale into log2 units.

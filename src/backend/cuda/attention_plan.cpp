@@ -88,15 +88,35 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // Split-K when the level alone would leave SMs idle. One-warp CTAs (69 KB of shared memory)
     // fit 3 per SM: aim for at least two full waves of those, splits of at least one 64-token
     // tile, so that a level of e.g. 512 CTAs (1.3 waves) does not leave half the chip idle in its
-    // second wave. Four-warp CTAs: fill 2 per SM as before.
+    // second wave. Four-warp CTAs (3 per SM, see the kernel's launch bounds; these are the shared
+    // levels of big batches, compute-bound): take the split count that minimises the modelled
+    // makespan, waves x 64-token tiles per CTA, so that e.g. 64 CTAs over a 16k prefix get 6
+    // splits (384 CTAs, one wave of 396 slots) rather than a second, mostly idle wave.
     int splits = 1;
     const int ctas = lp.num_items * num_kv_heads;
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
-    const int target = lp.warps == 1 ? 6 * num_sms : 2 * num_sms;
-    const int min_split_tokens = lp.warps == 1 ? kTile : 2 * kTile;
-    if (num_sms > 0 && ctas > 0 && ctas < target) {
-      splits = std::min((target + ctas - 1) / ctas, (max_len + min_split_tokens - 1) / min_split_tokens);
-      splits = std::max(1, std::min(splits, slice_budget));
+    if (lp.warps == 1) {
+      const int target = 6 * num_sms;
+      if (num_sms > 0 && ctas > 0 && ctas < target) {
+        splits = std::min((target + ctas - 1) / ctas, (max_len + kTile - 1) / kTile);
+        splits = std::max(1, std::min(splits, slice_budget));
+      }
+    } else {
+      const int slots = 3 * num_sms;
+      if (num_sms > 0 && ctas > 0 && ctas < slots && max_len > 0) {
+        const int cap = std::max(1, std::min((max_len + 2 * kTile - 1) / (2 * kTile), slice_budget));
+        long long best_cost = -1;
+        for (int s = 1; s <= cap; ++s) {
+          const int tiles = ((max_len + s - 1) / s + kTile - 1) / kTile;  // per split, rounded
+          const int real = (max_len + tiles * kTile - 1) / (tiles * kTile);
+          const long long waves = (static_cast<long long>(ctas) * real + slots - 1) / slots;
+          const long long cost = waves * tiles;
+          if (best_cost < 0 || cost < best_cost) {
+            best_cost = cost;
+            splits = real;
+          }
+        }
+      }
     }
     int per_split = std::max(1, (max_len + splits - 1) / splits);
     if (splits > 1) {
