@@ -2,7 +2,10 @@
 
 #include <cublasLt.h>
 
+#include <cstdlib>
+
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gemv.h"
 
 #define CUBLAS_TRY(expr)                                                                    \
   do {                                                                                      \
@@ -33,6 +36,11 @@ Gemm::Gemm() {
   handle_ = h;
   workspace_bytes_ = 32u << 20;
   CUDA_TRY(cudaMalloc(&workspace_, workspace_bytes_));
+  int dev = 0;
+  CUDA_TRY(cudaGetDevice(&dev));
+  CUDA_TRY(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, dev));
+  const char* off = std::getenv("CASCADE_GEMM_NO_GEMV");
+  gemv_off_ = off != nullptr && off[0] == '1';
 }
 
 Gemm::~Gemm() {
@@ -76,6 +84,16 @@ Gemm::Plan& Gemm::plan_for(int M, int N, int K, bool y_f32) {
 
 void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
                int K, cudaStream_t stream) {
+  if (M == 0 || N == 0) return;
+  if (!gemv_off_ && gemv_supported(x, w, M, K)) {
+    CUDA_TRY(launch_gemv(x, w, y, y_f32, M, N, K, sm_count_, stream));
+    return;
+  }
+  run_cublaslt(x, w, y, y_f32, M, N, K, stream);
+}
+
+void Gemm::run_cublaslt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
+                        int N, int K, cudaStream_t stream) {
   if (M == 0 || N == 0) return;
   Plan& plan = plan_for(M, N, K, y_f32);
   const float alpha = 1.0f, beta = 0.0f;

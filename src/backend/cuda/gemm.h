@@ -1,6 +1,7 @@
-// GEMM through cuBLASLt: y[M, N] = x[M, K] · w[N, K]ᵀ with bf16 inputs, fp32 accumulation and a
-// bf16 or fp32 output. The plan (descriptors + heuristic algorithm) is cached per shape, so after
-// warm-up a call does no host allocation and is safe inside CUDA-graph capture.
+// GEMM y[M, N] = x[M, K] · w[N, K]ᵀ with bf16 inputs, fp32 accumulation and a bf16 or fp32 output.
+// M <= 8 (decode) goes to the memory-bound GEMV kernel of gemv.h when the shape allows it; larger
+// M goes through cuBLASLt, whose plan (descriptors + heuristic algorithm) is cached per shape, so
+// after warm-up a call does no host allocation and is safe inside CUDA-graph capture.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -15,6 +16,7 @@ namespace cascade::cuda {
 
 class Gemm {
  public:
+  // Creates the cuBLASLt handle and workspace on the current device.
   Gemm();
   ~Gemm();
   Gemm(const Gemm&) = delete;
@@ -24,6 +26,10 @@ class Gemm {
   void run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
            int K, cudaStream_t stream);
 
+  // Same product, always through cuBLASLt (tests compare the two paths; benchmarks time both).
+  void run_cublaslt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
+                    int N, int K, cudaStream_t stream);
+
  private:
   struct Plan;
   Plan& plan_for(int M, int N, int K, bool y_f32);
@@ -31,6 +37,8 @@ class Gemm {
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
+  int sm_count_ = 0;  // SMs of the current device, sizes the GEMV grid
+  bool gemv_off_ = false;  // CASCADE_GEMM_NO_GEMV=1: cuBLASLt for every M (A/B benchmarks)
   std::map<std::tuple<int, int, int, bool>, std::unique_ptr<Plan>> plans_;
 };
 

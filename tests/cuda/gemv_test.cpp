@@ -1,0 +1,145 @@
+// The small-M GEMV path of Gemm (M <= 8) against a float64 CPU product, for every M in 1..8 and
+// decode-like shapes (Qwen3-0.6B layer GEMMs and lm_head), ragged N and K, poisoned outputs, and
+// the cuBLASLt fallback for shapes the GEMV kernel does not take.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/gemv.h"
+#include "cuda_test_util.h"
+
+namespace cascade::cuda::test {
+namespace {
+
+// y[m][n] = sum_k x[m][k] * w[n][k] in float64 (x and w hold bf16-exact values).
+std::vector<double> matmul_f64(const std::vector<float>& x, const std::vector<float>& w, int M,
+                               int N, int K) {
+  std::vector<double> y(static_cast<std::size_t>(M) * N);
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    for (int m = 0; m < M; ++m) {
+      double acc = 0.0;
+      const float* xr = x.data() + static_cast<std::size_t>(m) * K;
+      const float* wr = w.data() + static_cast<std::size_t>(n) * K;
+      for (int k = 0; k < K; ++k) acc += static_cast<double>(xr[k]) * wr[k];
+      y[static_cast<std::size_t>(m) * N + n] = acc;
+    }
+  }
+  return y;
+}
+
+// max |a - b| / max |b|; +inf if any a is not finite (poisoned outputs never pass).
+double max_rel_error(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0.0, den = 0.0;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num = std::max(num, std::abs(a[i] - b[i]));
+    den = std::max(den, std::abs(b[i]));
+  }
+  return den > 0 ? num / den : num;
+}
+
+struct Shape {
+  int n, k;
+};
+
+// Runs Gemm::run (bf16 and fp32 out) and checks both against the float64 product.
+void check_gemm(Gemm& gemm, std::mt19937_64& rng, int M, Shape s, bool expect_gemv) {
+  auto x = random_vec(rng, static_cast<std::size_t>(M) * s.k);
+  auto w = random_vec(rng, static_cast<std::size_t>(s.n) * s.k);
+  auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+  EXPECT_EQ(gemv_supported(d_x.get(), d_w.get(), M, s.k), expect_gemv)
+      << "M=" << M << " N=" << s.n << " K=" << s.k;
+  const auto ref = matmul_f64(x, w, M, s.n, s.k);
+  DeviceBuffer<bf16> yb(ref.size());
+  DeviceBuffer<float> yf(ref.size());
+  poison(yb);
+  poison(yf);
+  gemm.run(d_x.get(), d_w.get(), yb.get(), false, M, s.n, s.k, nullptr);
+  gemm.run(d_x.get(), d_w.get(), yf.get(), true, M, s.n, s.k, nullptr);
+  const auto got_b = from_bf16(download(yb, ref.size()));
+  const auto got_f = download(yf, ref.size());
+  EXPECT_LT(rel_error(got_b, ref), 1e-2) << "bf16 out, M=" << M << " N=" << s.n << " K=" << s.k;
+  EXPECT_LT(max_rel_error(got_b, ref), 1e-2) << "bf16 out, M=" << M << " N=" << s.n << " K=" << s.k;
+  EXPECT_LT(rel_error(got_f, ref), 1e-5) << "fp32 out, M=" << M << " N=" << s.n << " K=" << s.k;
+  EXPECT_LT(max_rel_error(got_f, ref), 1e-5) << "fp32 out, M=" << M << " N=" << s.n << " K=" << s.k;
+}
+
+TEST(CudaGemv, EveryMUpTo8MatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(17);
+  Gemm gemm;
+  // N not a multiple of the 4-column block; K not a multiple of 8 * 32 lanes * 4 loads.
+  const Shape shapes[] = {{1, 8}, {3, 40}, {37, 264}, {517, 1000}, {1024, 1024}, {4099, 3072}};
+  for (int M = 1; M <= 8; ++M) {
+    for (Shape s : shapes) check_gemm(gemm, rng, M, s, true);
+  }
+}
+
+TEST(CudaGemv, Qwen3DecodeShapes) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(18);
+  Gemm gemm;
+  // qkv, o_proj, gate_up, down of Qwen3-0.6B.
+  const Shape shapes[] = {{4096, 1024}, {1024, 2048}, {6144, 1024}, {1024, 3072}};
+  for (int M : {1, 2, 5, 8}) {
+    for (Shape s : shapes) check_gemm(gemm, rng, M, s, true);
+  }
+}
+
+TEST(CudaGemv, LmHeadShape) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(19);
+  Gemm gemm;
+  for (int M : {1, 8}) check_gemm(gemm, rng, M, {151936, 1024}, true);
+}
+
+TEST(CudaGemv, WideKUsesOptInSharedMemory) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(20);
+  Gemm gemm;
+  check_gemm(gemm, rng, 8, {300, 6144}, true);  // 96 KB x tile
+  check_gemm(gemm, rng, 7, {129, 4104}, true);  // over 48 KB, padded to 8 rows
+}
+
+TEST(CudaGemv, UnsupportedShapesFallBackToCublasLt) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(21);
+  Gemm gemm;
+  check_gemm(gemm, rng, 1, {257, 1030}, false);  // K not a multiple of 8
+  check_gemm(gemm, rng, 8, {64, 6152}, false);   // x tile over 96 KB
+  check_gemm(gemm, rng, 9, {300, 1024}, false);  // M above 8
+  check_gemm(gemm, rng, 16, {1000, 1024}, false);
+}
+
+TEST(CudaGemv, MisalignedPointersAreNotTaken) {
+  SKIP_WITHOUT_GPU();
+  DeviceBuffer<bf16> x(3 * 256 + 1), w(70 * 256 + 1);
+  EXPECT_TRUE(gemv_supported(x.get(), w.get(), 3, 256));
+  // Views one element in are only 2-byte aligned: no 16-byte loads from them.
+  EXPECT_FALSE(gemv_supported(x.get() + 1, w.get(), 3, 256));
+  EXPECT_FALSE(gemv_supported(x.get(), w.get() + 1, 3, 256));
+}
+
+TEST(CudaGemv, AgreesWithCublasLtPath) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(23);
+  Gemm gemm;
+  const int M = 4, N = 2050, K = 1024;
+  auto x = random_vec(rng, M * K), w = random_vec(rng, static_cast<std::size_t>(N) * K);
+  auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+  DeviceBuffer<float> a(M * N), b(M * N);
+  poison(a);
+  poison(b);
+  gemm.run(d_x.get(), d_w.get(), a.get(), true, M, N, K, nullptr);
+  gemm.run_cublaslt(d_x.get(), d_w.get(), b.get(), true, M, N, K, nullptr);
+  const auto va = download(a, M * N), vb = download(b, M * N);
+  EXPECT_LT(max_rel_error(va, std::vector<double>(vb.begin(), vb.end())), 1e-5);
+}
+
+}  // namespace
+}  // namespace cascade::cuda::test
