@@ -49,7 +49,7 @@ with open(sys.argv[1], "w") as f:
         f.write(json.dumps({"segments": segs, "max_tokens": 6, "temperature": 0, "ignore_eos": True}) + "\n")
 PY
   compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
-    "$CLI" generate --device cuda --model tests/fixtures/models/gqa --requests "$OUT_DIR/sanitize_requests.jsonl" \
+    "$CLI" generate --device cuda --model tests/fixtures/models/gpu_hd64 --requests "$OUT_DIR/sanitize_requests.jsonl" \
     --json --cascade on --kv-cache-mb 16 >"$OUT_DIR/sanitizer.log" 2>&1
   rc=$?
   sanitizer_status=$([[ $rc -eq 0 ]] && echo "ok (no errors)" || echo "FAILED (rc $rc)")

@@ -73,6 +73,9 @@ MODELS = {
     # Linear RoPE scaling (factor 2), the one scaling type Cascade supports. Not in the lead's list:
     # skip it if the forward pass does not implement rope_scaling.
     "rope_linear": dict(rope_linear_factor=2.0, layers=2),
+    # Shapes the CUDA backend takes (head_dim 64 and 128), for the GPU end-to-end tests.
+    "gpu_hd64": dict(hidden=128, heads=2, kv_heads=1, head_dim=64, intermediate=128),
+    "gpu_hd128": dict(hidden=128, heads=2, kv_heads=1, head_dim=128, intermediate=128, dtype="bfloat16"),
 }
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

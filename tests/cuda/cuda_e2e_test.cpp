@@ -116,7 +116,7 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CudaReference);
 // Compositions with sharing: cascade on/off and cache/no-cache give the same greedy tokens on the GPU.
 TEST(CudaEngine, CascadeAndCacheKeepGreedyTokens) {
   SKIP_WITHOUT_GPU_E2E();
-  if (const int hd = load_model_config(kModels / "gqa").head_dim; hd != 64 && hd != 128) {
+  if (const int hd = load_model_config(kModels / "gpu_hd64").head_dim; hd != 64 && hd != 128) {
     GTEST_SKIP() << "needs a fixture model with head_dim 64 or 128 (not yet generated)";
   }
   std::vector<Request> reqs;
@@ -141,7 +141,7 @@ TEST(CudaEngine, CascadeAndCacheKeepGreedyTokens) {
     reqs.push_back(r);
   }
   Config base;
-  base.model_dir = (kModels / "gqa").string();
+  base.model_dir = (kModels / "gpu_hd64").string();
   base.device = Device::kCuda;
   base.kv_cache_bytes = 64 << 20;
   Config on = base, off = base, nocache = base;
