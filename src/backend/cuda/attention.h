@@ -74,6 +74,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
                int max_slices, PlanPack* out, const char** why);
 
 // Fills AttentionLevelParams::level for level `l` of a pack uploaded at `dev`.
+LevelArrays level_arrays(const LevelPack& level, const std::int32_t* dev);
 LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev);
 
 }  // namespace cascade::cuda

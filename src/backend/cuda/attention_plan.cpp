@@ -142,7 +142,10 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
 }
 
 LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev) {
-  const LevelPack& lp = pack.levels[l];
+  return level_arrays(pack.levels[l], dev);
+}
+
+LevelArrays level_arrays(const LevelPack& lp, const std::int32_t* dev) {
   LevelArrays a;
   a.items = dev + lp.items;
   a.q_indptr = dev + lp.q_indptr;

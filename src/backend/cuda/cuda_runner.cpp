@@ -419,16 +419,7 @@ class CudaRunner final : public ModelRunner {
     s.row_order = d + lay.row_order;
     s.q_pos = d + lay.q_pos;
     for (const cuda::LevelPack& o : lay.offs) {
-      cuda::LevelArrays a;
-      a.items = d + o.items;
-      a.q_indptr = d + o.q_indptr;
-      a.page_indptr = d + o.page_indptr;
-      a.page_ids = d + o.page_ids;
-      a.page_start = d + o.page_start;
-      a.kv_len = d + o.kv_len;
-      a.kv_start_pos = d + o.kv_start_pos;
-      a.counts = d + o.counts;
-      s.levels.push_back({a, o.slice_base, o.num_items, o.num_splits, o.warps});
+      s.levels.push_back({cuda::level_arrays(o, d), o.slice_base, o.num_items, o.num_splits, o.warps});
     }
     reserve_step(rows, rows, lay.slices);  // may drop graphs (buffers moved)
     entry = find_entry(lay);
