@@ -3,6 +3,7 @@
 // and HF tokenizers (tests/fixtures), errors reported with a non-zero exit and a message.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -24,9 +25,14 @@ struct RunResult {
   std::string out;
 };
 
+// ctest runs each test as its own process, several at once: every temporary file is named per process.
+fs::path temp_file(const std::string& name) {
+  return fs::temp_directory_path() / ("cascade_cli_test_" + std::to_string(::getpid()) + "_" + name);
+}
+
 RunResult run(const std::string& args) {
   RunResult r;
-  const std::string cmd = kCascade + " " + args + " 2>/tmp/cascade_cli_test_stderr";
+  const std::string cmd = kCascade + " " + args + " 2>" + temp_file("stderr").string();
   FILE* p = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf{};
   std::size_t n;
@@ -37,7 +43,7 @@ RunResult run(const std::string& args) {
 }
 
 std::string stderr_text() {
-  std::ifstream in("/tmp/cascade_cli_test_stderr");
+  std::ifstream in(temp_file("stderr"));
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -101,7 +107,7 @@ TEST(Cli, TokenizeMatchesHfTokenizers) {
 }
 
 fs::path write_requests() {
-  const fs::path p = fs::temp_directory_path() / "cascade_cli_requests.jsonl";
+  const fs::path p = temp_file("requests.jsonl");
   std::ofstream out(p);
   const json sys = json::array({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20});
   const json doc_a = json::array({30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48});
@@ -151,7 +157,7 @@ TEST(Cli, RequestsFileCacheAndCascadeKeepTokens) {
 }
 
 TEST(Cli, ChunkSession) {
-  const fs::path script = fs::temp_directory_path() / "cascade_cli_chunks.jsonl";
+  const fs::path script = temp_file("chunks.jsonl");
   {
     std::ofstream out(script);
     out << R"({"op":"register","kind":"system","ids":[1,2,3,4,5,6,7],"metadata":{"name":"sys"}})" << "\n";

@@ -141,8 +141,24 @@ def main():
     print(f"pages after clear  {pages_after} (cleared {cleared.get('deleted') if isinstance(cleared, dict) else cleared})")
     for e in sorted(set(errors))[:10]:
         print("  ", e)
-    failed = bool(errors) or pages_after != 0 or status != 200 or cancelled_server != outcomes.count("cancelled") \
-        or len(results) != args.clients * args.requests or outcomes.count("cancelled") != hung_up
+    problems = []
+    if errors:
+        problems.append(f"{len(errors)} requests failed")
+    if len(results) != args.clients * args.requests:
+        problems.append(f"{len(results)} results for {args.clients * args.requests} requests")
+    if outcomes.count("cancelled") != hung_up:
+        problems.append(f"{outcomes.count('cancelled')} streams hung up, {hung_up} planned")
+    if cancelled_server != outcomes.count("cancelled"):
+        problems.append(f"the server counted {cancelled_server} cancellations for {outcomes.count('cancelled')} hang-ups")
+    if status != 200:
+        problems.append(f"DELETE /v1/chunks answered {status}: {cleared}")
+    if pages_after != 0:
+        problems.append(f"{pages_after} pages still used after clearing the chunks")
+    failed = bool(problems)
+    for p in problems:
+        print("problem:", p)
+    if failed:
+        print("the server's last output:\n" + srv.log_tail())
     print("load_test:", "FAILED" if failed else "OK")
     return 1 if failed else 0
 

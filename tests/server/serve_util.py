@@ -4,9 +4,14 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+
+
+# Loopback calls never go through a proxy, whatever http_proxy says in the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Served:
@@ -18,22 +23,49 @@ class Served:
         if api_key:
             cmd += ["--api-key", api_key]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Both pipes are drained for the server's whole life: a full pipe would block the server's
+        # logging and with it the engine. What it said is kept for failure messages (log_tail()).
+        self._log = []
+        self._log_lock = threading.Lock()
+        first_line = threading.Event()
+        self._stdout_first = None
+
+        def drain(stream, name):
+            for text in stream:
+                with self._log_lock:
+                    if name == "stdout" and self._stdout_first is None:
+                        self._stdout_first = text
+                        first_line.set()
+                    self._log.append(f"[{name}] {text}")
+                    del self._log[:-200]
+            if name == "stdout":
+                first_line.set()
+
+        self._drainers = [threading.Thread(target=drain, args=(self.proc.stdout, "stdout"), daemon=True),
+                          threading.Thread(target=drain, args=(self.proc.stderr, "stderr"), daemon=True)]
+        for t in self._drainers:
+            t.start()
         deadline = time.monotonic() + timeout
-        line = self.proc.stdout.readline()  # the server prints its address once bound
-        m = re.search(r"listening on (http://\S+)", line)
+        first_line.wait(timeout)  # the server prints its address once bound
+        m = re.search(r"listening on (http://\S+)", self._stdout_first or "")
         if not m:
             self.stop()
-            raise RuntimeError(f"cascade serve did not start: {line!r} {self.proc.stderr.read()}")
+            raise RuntimeError(f"cascade serve did not start: {self._stdout_first!r}\n{self.log_tail()}")
         self.url = m.group(1)
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                with _OPENER.open(self.url + "/health", timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError("cascade serve never became healthy")
+        raise RuntimeError(f"cascade serve never became healthy\n{self.log_tail()}")
+
+    def log_tail(self):
+        """The last lines the server wrote to stdout and stderr."""
+        with self._log_lock:
+            return "".join(self._log[-50:])
 
     def request(self, method, path, body=None, timeout=60):
         """(status, parsed JSON or text) of one plain HTTP call."""
@@ -43,7 +75,7 @@ class Served:
         if self.api_key:
             req.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with _OPENER.open(req, timeout=timeout) as r:
                 status, text = r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             status, text = e.code, e.read().decode()
@@ -70,7 +102,7 @@ class Served:
             if m["cascade_running_sequences"] == 0 and m["cascade_queue_depth"] == 0:
                 return m
             if time.monotonic() > deadline:
-                raise AssertionError(f"server still busy after {timeout} s: {m}")
+                raise AssertionError(f"server still busy after {timeout} s: {m}\n{self.log_tail()}")
             time.sleep(0.05)
 
     def stop(self):
