@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-out}"
 mkdir -p "$OUT_DIR"
 BUILD="${BUILD:-build-gpu}"
+export CASCADE_SOURCE_DIR="$PWD"  # fixtures for binaries built on another machine
 export LD_LIBRARY_PATH="$PWD/.devlibs:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$OUT_DIR/gpu.txt"

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -25,7 +27,13 @@ namespace fs = std::filesystem;
     if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
-const fs::path kModels = fs::path(CASCADE_SOURCE_DIR) / "tests" / "fixtures" / "models";
+// The fixtures of the source tree this was built from, or of $CASCADE_SOURCE_DIR when set (the GPU
+// machine runs binaries built elsewhere from its own copy of the repository: scripts/gpu_check.sh).
+fs::path models_dir() {
+  const char* env = std::getenv("CASCADE_SOURCE_DIR");
+  return fs::path(env && *env ? env : CASCADE_SOURCE_DIR) / "tests" / "fixtures" / "models";
+}
+const fs::path kModels = models_dir();
 
 std::vector<std::string> names() {
   std::vector<std::string> out;
@@ -121,9 +129,10 @@ TEST(CudaEngine, CascadeAndCacheKeepGreedyTokens) {
   }
   std::vector<Request> reqs;
   std::vector<std::int32_t> sys, docs[3];
-  for (int i = 0; i < 300; ++i) sys.push_back((i * 7 + 3) % 250);
+  // Longest request: 48 + 40 + 3 prompt + 8 generated = 99 tokens, inside the fixture's 128 positions.
+  for (int i = 0; i < 48; ++i) sys.push_back((i * 7 + 3) % 250);
   for (int d = 0; d < 3; ++d) {
-    for (int i = 0; i < 200 + 37 * d; ++i) docs[d].push_back((i * 13 + 5 * d + 1) % 250);
+    for (int i = 0; i < 24 + 8 * d; ++i) docs[d].push_back((i * 13 + 5 * d + 1) % 250);
   }
   for (int q = 0; q < 24; ++q) {
     Request r;
@@ -138,6 +147,7 @@ TEST(CudaEngine, CascadeAndCacheKeepGreedyTokens) {
     r.sampling.temperature = 0;
     r.sampling.max_tokens = 8;
     r.sampling.ignore_eos = true;
+    r.sampling.logprobs = true;
     reqs.push_back(r);
   }
   Config base;
@@ -150,16 +160,32 @@ TEST(CudaEngine, CascadeAndCacheKeepGreedyTokens) {
   nocache.enable_prefix_cache = false;
   LLM a(on), b(off), c(nocache);
   const auto oa = a.generate(reqs), ob = b.generate(reqs), oc = c.generate(reqs);
-  int same_ab = 0, same_ac = 0;
-  for (std::size_t i = 0; i < reqs.size(); ++i) {
-    same_ab += oa[i].token_ids == ob[i].token_ids;
-    same_ac += oa[i].token_ids == oc[i].token_ids;
-  }
+  // Along the tokens two runs share, the chosen tokens' log-probabilities agree within bf16
+  // rounding; where they first part, the two choices must be a near-tie (equal log-probabilities
+  // within the same tolerance), since a real difference in the attention would show as a gap.
+  // A random model of this size has many near-ties, so whole sequences may differ.
+  constexpr float kTol = 0.05f;
+  auto compare = [&](const std::vector<RequestOutput>& x, const std::vector<RequestOutput>& y, const char* what) {
+    int identical = 0;
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+      ASSERT_EQ(x[i].token_ids.size(), 8u) << what << " request " << i << ": " << x[i].error;
+      ASSERT_EQ(y[i].token_ids.size(), 8u) << what << " request " << i << ": " << y[i].error;
+      ASSERT_EQ(x[i].token_logprobs.size(), 8u);
+      ASSERT_EQ(y[i].token_logprobs.size(), 8u);
+      for (std::size_t j = 0; j < 8; ++j) {
+        EXPECT_NEAR(x[i].token_logprobs[j], y[i].token_logprobs[j], kTol)
+            << what << " request " << i << " token " << j << " (" << x[i].token_ids[j] << " vs "
+            << y[i].token_ids[j] << ")";
+        if (x[i].token_ids[j] != y[i].token_ids[j]) break;
+      }
+      identical += x[i].token_ids == y[i].token_ids;
+    }
+    std::printf("  %s: %d of %zu requests token for token identical\n", what, identical, reqs.size());
+  };
+  compare(oa, ob, "cascade on vs off");
+  compare(oa, oc, "prefix cache on vs off");
   EXPECT_GT(a.stats().cascade_steps, 0);
   EXPECT_EQ(a.stats().max_levels_used, 3);
-  // bf16 rounding may flip a near-tie; demand agreement on nearly every request.
-  EXPECT_GE(same_ab, static_cast<int>(reqs.size()) - 1);
-  EXPECT_GE(same_ac, static_cast<int>(reqs.size()) - 1);
 }
 
 }  // namespace
