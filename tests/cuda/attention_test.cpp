@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <stdexcept>
 
 #include "backend/cuda/kernels.h"
 #include "cuda_test_util.h"
@@ -30,6 +31,7 @@ struct PageAlloc {
   // Appends a run of `len` tokens to (pages, lens).
   void run(int len, int page_size, std::vector<std::int32_t>& pages, std::vector<std::int32_t>& lens) {
     while (len > 0) {
+      if (free.empty()) throw std::runtime_error("test page pool exhausted");
       pages.push_back(free.back());
       free.pop_back();
       lens.push_back(std::min(len, page_size));
@@ -172,7 +174,10 @@ struct Fixture {
   }
 };
 
-const Model kModels[] = {{8, 2, 128}, {4, 4, 64}, {16, 2, 128}, {6, 2, 64}, {16, 8, 128}};
+// Page sizes 1 and 4 as well as 16: a 64-token tile then spans more than 32 pages (the kernel
+// maps tokens to slots 32 pages per round) or many partial ones.
+const Model kModels[] = {{8, 2, 128}, {4, 4, 64}, {16, 2, 128}, {6, 2, 64}, {16, 8, 128},
+                         {8, 2, 128, 1, 8192}, {4, 4, 64, 4, 2048}};
 
 TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {
   SKIP_WITHOUT_GPU();

@@ -10,6 +10,7 @@
 
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
+#include "backend/cuda/kernels.h"
 #include "cuda_test_util.h"
 
 namespace cascade::cuda::test {
@@ -73,8 +74,9 @@ TEST(CudaGemv, EveryMUpTo8MatchesFloat64) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(17);
   Gemm gemm;
-  // N not a multiple of the 4-column block; K not a multiple of 8 * 32 lanes * 4 loads.
-  const Shape shapes[] = {{1, 8}, {3, 40}, {37, 264}, {517, 1000}, {1024, 1024}, {4099, 3072}};
+  // N not a multiple of the 4-column block; K not a multiple of 8 * 32 lanes * 8 loads.
+  const Shape shapes[] = {{1, 8},       {3, 40},       {37, 264},   {517, 1000},
+                          {1024, 1024}, {2047, 1032}, {3001, 520}, {4099, 3072}};
   for (int M = 1; M <= 8; ++M) {
     for (Shape s : shapes) check_gemm(gemm, rng, M, s, true);
   }
@@ -139,6 +141,47 @@ TEST(CudaGemv, AgreesWithCublasLtPath) {
   gemm.run_cublaslt(d_x.get(), d_w.get(), b.get(), true, M, N, K, nullptr);
   const auto va = download(a, M * N), vb = download(b, M * N);
   EXPECT_LT(max_rel_error(va, std::vector<double>(vb.begin(), vb.end())), 1e-5);
+}
+
+// The down projection with silu(gate) * up formed while staging x: against a float64 product of the
+// bf16-rounded activation, and bit for bit against the two-kernel path (silu_mul, then the GEMV).
+TEST(CudaGemv, SiluGemvMatchesFloat64AndTheTwoKernelPath) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(29);
+  Gemm gemm;
+  for (const int M : {1, 3, 8}) {
+    for (const Shape s : {Shape{1024, 3072}, Shape{50, 136}}) {
+      const int N = s.n, K = s.k;
+      auto gu = random_vec(rng, static_cast<std::size_t>(M) * 2 * K, -3.0f, 3.0f);
+      auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+      const auto gu_b = to_bf16(gu);
+      gu = from_bf16(gu_b);
+      std::vector<float> act(static_cast<std::size_t>(M) * K);
+      for (int m = 0; m < M; ++m) {
+        for (int k = 0; k < K; ++k) {
+          const float g = gu[static_cast<std::size_t>(m) * 2 * K + k], u = gu[static_cast<std::size_t>(m) * 2 * K + K + k];
+          act[static_cast<std::size_t>(m) * K + k] = g / (1.0f + std::exp(-g)) * u;
+        }
+      }
+      const auto ref = matmul_f64(from_bf16(to_bf16(act)), w, M, N, K);
+      auto d_gu = upload(gu_b), d_w = upload(to_bf16(w));
+      DeviceBuffer<bf16> fused(ref.size()), act_d(static_cast<std::size_t>(M) * K), two(ref.size());
+      poison(fused);
+      poison(two);
+      ASSERT_TRUE(gemm.run_silu_gemv(d_gu.get(), d_w.get(), fused.get(), M, N, K, nullptr));
+      ASSERT_EQ(launch_silu_mul({d_gu.get(), act_d.get(), M, K}, nullptr), cudaSuccess);
+      gemm.run(act_d.get(), d_w.get(), two.get(), false, M, N, K, nullptr);
+      const auto got = from_bf16(download(fused, ref.size()));
+      const auto want_two = from_bf16(download(two, ref.size()));
+      EXPECT_LT(max_rel_error(got, ref), 1e-2) << "M=" << M << " N=" << N << " K=" << K;
+      EXPECT_EQ(got, want_two) << "M=" << M << " N=" << N << " K=" << K;
+    }
+  }
+  // Shapes the GEMV does not take are refused, so the caller runs the two kernels.
+  auto d = upload(to_bf16(random_vec(rng, 9 * 2 * 64)));
+  auto dw = upload(to_bf16(random_vec(rng, 16 * 64)));
+  DeviceBuffer<bf16> y(9 * 16);
+  EXPECT_FALSE(gemm.run_silu_gemv(d.get(), dw.get(), y.get(), 9, 16, 64, nullptr));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <utility>
 #include <limits>
 
 #include "backend/cpu/ops.h"
@@ -44,7 +45,8 @@ TEST(CudaKernels, EmbeddingGathersRows) {
 TEST(CudaKernels, AddRmsNormMatchesCpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(2);
-  for (int dim : {128, 1024, 2560}) {
+  // 1030 (not a multiple of 8) and 8200 (over the register path's limit) take the looping kernel.
+  for (int dim : {128, 1024, 2560, 1030, 8200}) {
     for (bool with_x : {false, true}) {
       const int rows = 9;
       auto x = random_vec(rng, rows * dim);
@@ -179,13 +181,14 @@ TEST(CudaKernels, SiluMulMatchesCpu) {
 TEST(CudaKernels, MergeStatesIsExactLogSumExp) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(5);
-  for (int d : {64, 128}) {
-    const int ns = 3, rows = 6, heads = 4;
+  // 40 states: more than one per lane of the merging warp; 30 (row, head) pairs: a partial block.
+  for (const auto [d, ns] : {std::pair{64, 3}, std::pair{128, 3}, std::pair{64, 40}, std::pair{128, 40}}) {
+    const int rows = 6, heads = 5;
     auto o = random_vec(rng, ns * rows * heads * d, -1, 1, false);
     auto lse = random_vec(rng, ns * rows * heads, -5, 5, false);
     for (int i = 0; i < rows * heads; i += 3) lse[i] = -INFINITY;  // empty state 0
     for (int i = 0; i < rows * heads; i += 5) o[i * d] = NAN;       // its o must be ignored
-    for (int s = 0; s < ns; ++s) lse[s * rows * heads + 7] = -INFINITY;  // fully empty (row 1 head 3)
+    for (int s = 0; s < ns; ++s) lse[s * rows * heads + 7] = -INFINITY;  // fully empty (row 1, head 2)
     auto d_o = upload(o), d_lse = upload(lse);
     DeviceBuffer<float> out_o(rows * heads * d), out_lse(rows * heads);
     poison(out_o);

@@ -1,11 +1,17 @@
 #include <cstdint>
 
 #include "backend/cuda/attention.h"
+#include "backend/cuda/launch.cuh"
 
 namespace cascade::cuda {
 namespace {
 
-constexpr int kTile = 64;  // KV tokens per shared-memory tile
+// KV tokens per shared-memory tile: 64 for the four-warp kernel (shared levels, many rows), 32 for
+// the one-warp decode kernel, whose occupancy is set by shared memory (two stages of K and V
+// tiles): 35 KB lets 6 CTAs share an SM instead of 3, so twice the warps hide the latency of this
+// issue-bound kernel. attention_plan.cpp cuts splits at multiples of 64, a multiple of both.
+template <int kWarps>
+inline constexpr int kTileFor = kWarps == 1 ? 32 : 64;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -55,11 +61,14 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   constexpr int kStride = kD + 8;  // padded smem row (bf16): conflict-free fragment loads
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunks = kD / 8;  // 16-byte chunks per KV row
+  constexpr int kTile = kTileFor<kWarps>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* k_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [2][kTile][kStride]
   __nv_bfloat16* v_s = k_s + 2 * kTile * kStride;
   int* slot_s = reinterpret_cast<int*>(v_s + 2 * kTile * kStride);  // [2][kTile]
 
+  pdl_wait();  // launch.cuh: the level arrays, q and the pages come from earlier work
+  pdl_release();
   const LevelArrays& L = p.level;
   const int num_items = L.counts[0], num_splits = L.counts[1], per_split = L.counts[2];
   if (static_cast<int>(blockIdx.x) >= num_items || static_cast<int>(blockIdx.z) >= num_splits) return;
@@ -123,21 +132,50 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
 
   const int num_tiles = t_end > t_begin ? (t_end - t_begin + kTile - 1) / kTile : 0;
 
+  // Page cursor (warp 0): the page holding the next tile's first token. A 32-way search finds the
+  // split's first page (each round the 32 lanes probe evenly spaced pages, so a 1024-page list
+  // takes two rounds of loads, not the ten dependent ones of a binary search); after that each
+  // tile's slots come from one round of loads (a lane per page, 32 pages a round).
+  int cursor = page_begin;
+  if (warp == 0 && num_tiles > 0) {
+    int lo = page_begin, n = page_end - page_begin;  // last page with page_start <= t_begin is in [lo, lo + n)
+    while (n > 1) {
+      const int stride = (n + 31) / 32;
+      const int probe = lo + lane * stride;
+      // page_start is non-decreasing, so the lanes that pass form a prefix; lane 0 always passes.
+      const unsigned pass = __ballot_sync(0xffffffffu, probe < lo + n && L.page_start[probe] <= t_begin);
+      const int k = 31 - __clz(pass);
+      const int end = lo + n;
+      lo += k * stride;
+      n = min(stride, end - lo);
+    }
+    cursor = lo;
+  }
+
   auto load_tile = [&](int tile, int stage) {
     const int t0 = t_begin + tile * kTile;
     int* slots = slot_s + stage * kTile;
-    for (int i = threadIdx.x; i < kTile; i += kThreads) {
-      const int t = t0 + i;
-      int slot = -1;
-      if (t < t_end) {
-        int lo = page_begin, hi = page_end - 1;  // last page with page_start <= t
-        while (lo < hi) {
-          const int mid = (lo + hi + 1) >> 1;
-          if (L.page_start[mid] <= t) lo = mid; else hi = mid - 1;
+    if (warp == 0) {
+      for (int i = lane; i < kTile; i += 32) slots[i] = -1;
+      __syncwarp();
+      const int t_hi = min(t0 + kTile, t_end);  // tokens [t0, t_hi) are read
+      const int t_next = t0 + kTile;
+      int next = -1;
+      for (int win = cursor; win < page_end; win += 32) {
+        const int pidx = win + lane;
+        const bool in = pidx < page_end;
+        const int ps = in ? L.page_start[pidx] : 0x7fffffff;
+        const int pe = !in ? 0x7fffffff : pidx + 1 < page_end ? L.page_start[pidx + 1] : kv_len;
+        const int pid = in ? L.page_ids[pidx] : 0;
+        for (int t = max(ps, t0); t < min(pe, t_hi); ++t) slots[t - t0] = pid * p.page_size + (t - ps);
+        const unsigned holds_next = __ballot_sync(0xffffffffu, in && pe > t_next);
+        if (next < 0 && holds_next != 0u) next = win + __ffs(holds_next) - 1;
+        if (__shfl_sync(0xffffffffu, pe, 31) >= t_hi) {
+          if (next < 0) next = win + 32;  // the window's last page ends at t_next or beyond t_end
+          break;
         }
-        slot = L.page_ids[lo] * p.page_size + (t - L.page_start[lo]);
       }
-      slots[i] = slot;
+      cursor = next < 0 ? page_end : next;
     }
     __syncthreads();
     __nv_bfloat16* ks = k_s + stage * kTile * kStride;
@@ -269,6 +307,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
 template <int kD, int kWarps>
 cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
   constexpr int kStride = kD + 8;
+  constexpr int kTile = kTileFor<kWarps>;
   constexpr int kSmem = 2 * 2 * kTile * kStride * 2 + 2 * kTile * 4;
   static bool configured = false;  // the attribute is per function; set once per process
   if (!configured) {
@@ -278,8 +317,7 @@ cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
     configured = true;
   }
   const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
-  attention_level_kernel<kD, kWarps><<<grid, kWarps * 32, kSmem, stream>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(attention_level_kernel<kD, kWarps>, grid, dim3(kWarps * 32), kSmem, stream, p);
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 
 namespace cascade::cuda {
 namespace {
-constexpr int kTile = 64;  // must match attention.cu
+constexpr int kTile = 64;  // split granularity: a multiple of attention.cu's tiles (32 and 64)
 
 int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) {
   const int off = static_cast<int>(data.size());
@@ -85,10 +85,10 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       }
     }
     lp.num_items = static_cast<int>(items.size() / 2);
-    // Split-K when the level alone would leave SMs idle. One-warp CTAs (69 KB of shared memory)
-    // fit 3 per SM: aim for at least two full waves of those, splits of at least one 64-token
-    // tile, so that a level of e.g. 512 CTAs (1.3 waves) does not leave half the chip idle in its
-    // second wave. Four-warp CTAs (3 per SM, see the kernel's launch bounds; these are the shared
+    // Split-K when the level alone would leave SMs idle. One-warp CTAs (35 KB of shared memory)
+    // fit 6 per SM: aim for at least two full waves of those, splits of at least 64 tokens, so
+    // that a level of e.g. 512 CTAs (0.65 of a wave of 792) does not leave a third of the chip
+    // idle. Four-warp CTAs (3 per SM, see the kernel's launch bounds; these are the shared
     // levels of big batches, compute-bound): take the split count that minimises the modelled
     // makespan, waves x 64-token tiles per CTA, so that e.g. 64 CTAs over a 16k prefix get 6
     // splits (384 CTAs, one wave of 396 slots) rather than a second, mostly idle wave.
@@ -96,7 +96,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     const int ctas = lp.num_items * num_kv_heads;
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
     if (lp.warps == 1) {
-      const int target = 6 * num_sms;
+      const int target = 12 * num_sms;
       if (num_sms > 0 && ctas > 0 && ctas < target) {
         splits = std::min((target + ctas - 1) / ctas, (max_len + kTile - 1) / kTile);
         splits = std::max(1, std::min(splits, slice_budget));

@@ -542,9 +542,15 @@ class CudaRunner final : public ModelRunner {
       gemm_->run(xb_.get(), L.o_proj.get(), tmp_.get(), false, n, hidden, H * D, stream_);
       norm(tmp_.get(), L.post_ln.get(), nullptr, n, xb_.get(), true, eps);
       gemm_->run(xb_.get(), L.gate_up.get(), tmp_.get(), false, n, 2 * inter, hidden, stream_);
-      CUDA_TRY(cuda::launch_silu_mul({tmp_.get(), act_.get(), n, inter}, stream_));
-      gemm_->run(act_.get(), L.down.get(), tmp_.get(), false, n, hidden, inter, stream_);
-      mlp_out = tmp_.get();
+      // Small batches: silu(gate) * up is formed while the down GEMV stages its input (one kernel
+      // less per layer); its output goes to act_, which holds [n, inter] >= [n, hidden].
+      if (inter >= hidden && gemm_->run_silu_gemv(tmp_.get(), L.down.get(), act_.get(), n, hidden, inter, stream_)) {
+        mlp_out = act_.get();
+      } else {
+        CUDA_TRY(cuda::launch_silu_mul({tmp_.get(), act_.get(), n, inter}, stream_));
+        gemm_->run(act_.get(), L.down.get(), tmp_.get(), false, n, hidden, inter, stream_);
+        mlp_out = tmp_.get();
+      }
     }
     // Final norm only for the rows whose logits are wanted (the residual is not needed after).
     norm(mlp_out, final_norm_.get(), s.logit, R, xb_.get(), false, eps);

@@ -92,6 +92,14 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
   run_cublaslt(x, w, y, y_f32, M, N, K, stream);
 }
 
+bool Gemm::run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
+                         int N, int K, cudaStream_t stream) {
+  if (M == 0 || N == 0) return true;
+  if (gemv_off_ || !gemv_supported(gate_up, w, M, K)) return false;
+  CUDA_TRY(launch_gemv_silu(gate_up, w, y, M, N, K, sm_count_, stream));
+  return true;
+}
+
 void Gemm::run_cublaslt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
                         int N, int K, cudaStream_t stream) {
   if (M == 0 || N == 0) return;

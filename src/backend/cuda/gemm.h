@@ -26,6 +26,12 @@ class Gemm {
   void run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
            int K, cudaStream_t stream);
 
+  // y = (silu(gate) * up) · wᵀ for gate_up [M, 2K] in one GEMV kernel (small M). Returns false,
+  // doing nothing, when the GEMV path does not take the shape: the caller then runs silu_mul and
+  // run(). y (bf16) must not overlap gate_up.
+  bool run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N,
+                     int K, cudaStream_t stream);
+
   // Same product, always through cuBLASLt (tests compare the two paths; benchmarks time both).
   void run_cublaslt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
                     int N, int K, cudaStream_t stream);

@@ -2,11 +2,13 @@
 
 #include <cstdint>
 
+#include "backend/cuda/launch.cuh"
+
 namespace cascade::cuda {
 namespace {
 
 constexpr int kWarps = 4;                     // warps per block, one output column each at a time
-constexpr int kUnroll = 4;                    // 16-byte loads of w in flight per lane
+constexpr int kUnroll = 8;                    // 16-byte loads of w in flight per lane
 constexpr int kMaxSmemBytes = 96 * 1024;      // x tile limit (opted in per instantiation)
 constexpr int kSmemPerSm = 227 * 1024;        // usable shared memory per SM on sm_90
 constexpr int kMaxBlocksPerSm = 2048 / (kWarps * 32);
@@ -41,11 +43,28 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
   return acc;
 }
 
+// bf16(silu(g) * u) for the 8 pairs of two 16-byte chunks, rounded as the silu_mul kernel rounds.
+__device__ __forceinline__ uint4 silu_mul8(const uint4& g, const uint4& u) {
+  const unsigned gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
+  unsigned out[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 gf = bf2(gw[i]), uf = bf2(uw[i]);
+    const __nv_bfloat162 o =
+        __floats2bfloat162_rn(gf.x / (1.0f + expf(-gf.x)) * uf.x, gf.y / (1.0f + expf(-gf.y)) * uf.y);
+    __builtin_memcpy(&out[i], &o, sizeof(o));
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
 // MT: rows padded up to 1/2/4/8; rows >= M are zero in shared memory and never written.
+// gated: x is [M, 2K] (gate then up, the gate_up projection's output) and the product is taken
+// with silu(gate) * up, computed while staging x (the MLP's down projection without a separate
+// silu_mul kernel).
 template <int MT>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                void* __restrict__ y, bool y_f32, int M, int N, int K) {
+                void* __restrict__ y, bool y_f32, bool gated, int M, int N, int K) {
   extern __shared__ uint4 xs[];  // [MT][K / 8]
   const int nch = K / 8;
   const int lane = threadIdx.x & 31;
@@ -62,13 +81,19 @@ __global__ void __launch_bounds__(kWarps * 32)
       wv[u] = c < nch ? load_stream(wr + c) : make_uint4(0, 0, 0, 0);
     }
   }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");  // x (and y's last readers) are done
-#endif
+  pdl_wait();  // x is written and y's last readers are done (launch.cuh)
+  pdl_release();
   const uint4* xg = reinterpret_cast<const uint4*>(x);
-  for (int i = threadIdx.x; i < MT * nch; i += blockDim.x) {
-    const int m = i / nch;
-    xs[i] = m < M ? xg[i] : make_uint4(0, 0, 0, 0);
+  if (!gated) {
+    for (int i = threadIdx.x; i < MT * nch; i += blockDim.x) {
+      const int m = i / nch;
+      xs[i] = m < M ? xg[i] : make_uint4(0, 0, 0, 0);
+    }
+  } else {
+    for (int i = threadIdx.x; i < MT * nch; i += blockDim.x) {
+      const int m = i / nch, c = i - m * nch;
+      xs[i] = m < M ? silu_mul8(xg[2 * m * nch + c], xg[2 * m * nch + nch + c]) : make_uint4(0, 0, 0, 0);
+    }
   }
   __syncthreads();
   bool prefetched = true;
@@ -118,8 +143,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 int padded_rows(int M) { return M <= 1 ? 1 : M <= 2 ? 2 : M <= 4 ? 4 : 8; }
 
 template <int MT>
-cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
-                      int N, int K, int sm_count, cudaStream_t stream) {
+cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, bool gated,
+                      int M, int N, int K, int sm_count, cudaStream_t stream) {
   const int smem = MT * K * 2;
   if (smem > 48 * 1024) {
     // Opt in to more than 48 KB of dynamic shared memory, once per instantiation and only when a
@@ -133,19 +158,10 @@ cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, b
   const std::int64_t need = (static_cast<std::int64_t>(N) + kWarps - 1) / kWarps;
   const std::int64_t resident = static_cast<std::int64_t>(sm_count > 0 ? sm_count : 1) * per_sm;
   const int grid = static_cast<int>(need < resident ? need : resident);
-  // Programmatic dependent launch: this grid may start while the previous kernel in the stream
-  // finishes; the kernel waits (griddepcontrol.wait) before touching x or y.
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, gemv_kernel<MT>, x, w, y, y_f32, M, N, K);
+  // Programmatic dependent launch (launch.cuh): this grid may start while the previous kernel in
+  // the stream finishes; it streams its first columns of w, then waits before touching x or y.
+  return launch_pdl(gemv_kernel<MT>, dim3(grid), dim3(kWarps * 32), static_cast<std::size_t>(smem), stream,
+                    x, w, y, y_f32, gated, M, N, K);
 }
 
 }  // namespace
@@ -157,15 +173,29 @@ bool gemv_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int K
   return static_cast<std::int64_t>(padded_rows(M)) * K * 2 <= kMaxSmemBytes;
 }
 
-cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
-                        int N, int K, int sm_count, cudaStream_t stream) {
+namespace {
+
+cudaError_t launch_any(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, bool gated,
+                       int M, int N, int K, int sm_count, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   switch (padded_rows(M)) {
-    case 1: return launch_mt<1>(x, w, y, y_f32, M, N, K, sm_count, stream);
-    case 2: return launch_mt<2>(x, w, y, y_f32, M, N, K, sm_count, stream);
-    case 4: return launch_mt<4>(x, w, y, y_f32, M, N, K, sm_count, stream);
-    default: return launch_mt<8>(x, w, y, y_f32, M, N, K, sm_count, stream);
+    case 1: return launch_mt<1>(x, w, y, y_f32, gated, M, N, K, sm_count, stream);
+    case 2: return launch_mt<2>(x, w, y, y_f32, gated, M, N, K, sm_count, stream);
+    case 4: return launch_mt<4>(x, w, y, y_f32, gated, M, N, K, sm_count, stream);
+    default: return launch_mt<8>(x, w, y, y_f32, gated, M, N, K, sm_count, stream);
   }
+}
+
+}  // namespace
+
+cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
+                        int N, int K, int sm_count, cudaStream_t stream) {
+  return launch_any(x, w, y, y_f32, false, M, N, K, sm_count, stream);
+}
+
+cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
+                             int N, int K, int sm_count, cudaStream_t stream) {
+  return launch_any(gate_up, w, y, false, true, M, N, K, sm_count, stream);
 }
 
 }  // namespace cascade::cuda

@@ -21,4 +21,10 @@ bool gemv_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int K
 cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
                         int N, int K, int sm_count, cudaStream_t stream);
 
+// y = (silu(gate) * up) · wᵀ where gate_up is [M, 2K] (gate in the first K columns of a row, up
+// in the last K), bf16 y; silu(gate) * up is rounded to bf16 as launch_silu_mul rounds it. Same
+// shape rules as launch_gemv (gemv_supported(gate_up, w, M, K)). y must not overlap gate_up.
+cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
+                             int N, int K, int sm_count, cudaStream_t stream);
+
 }  // namespace cascade::cuda

@@ -5,12 +5,15 @@
 #include <cstdint>
 
 #include "backend/cuda/device_utils.cuh"
+#include "backend/cuda/launch.cuh"
 #include "engine/sampler.h"
 
 namespace cascade::cuda {
 namespace {
 
 __global__ void convert_kernel(ConvertParams p) {
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < p.n;
        i += stride) {
@@ -19,6 +22,8 @@ __global__ void convert_kernel(ConvertParams p) {
 }
 
 __global__ void fill_kernel(float* out, std::int64_t n, float value) {
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += stride) {
@@ -27,6 +32,8 @@ __global__ void fill_kernel(float* out, std::int64_t n, float value) {
 }
 
 __global__ void embedding_kernel(EmbeddingParams p) {
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
   const int r = blockIdx.x;
   const bf16* src = p.table + static_cast<std::int64_t>(p.ids[r]) * p.dim;
   float* dst = p.residual + static_cast<std::int64_t>(r) * p.dim;
@@ -36,6 +43,8 @@ __global__ void embedding_kernel(EmbeddingParams p) {
 constexpr int kNormThreads = 256;
 
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormParams p) {
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
   const int j = blockIdx.x;
   const int r = p.row_index != nullptr ? p.row_index[j] : j;
   float* res = p.residual + static_cast<std::int64_t>(r) * p.dim;
@@ -59,9 +68,78 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormPa
   }
 }
 
+// The same for rows whose dim is a multiple of 8 up to kNormThreads * 8 * kNormMaxChunks, with
+// 16-byte aligned rows: each thread keeps its chunks of 8 in registers (one pass over memory, all
+// loads in flight at once), since at decode batch sizes this kernel is bound by memory latency.
+constexpr int kNormMaxChunks = 4;
+
+__device__ __forceinline__ void unpack_bf16x8(const uint4& u, float* f) {
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+__global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNormParams p) {
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
+  const int j = blockIdx.x;
+  const int r = p.row_index != nullptr ? p.row_index[j] : j;
+  float* res = p.residual + static_cast<std::int64_t>(r) * p.dim;
+  const bf16* x = p.x != nullptr ? p.x + static_cast<std::int64_t>(r) * p.dim : nullptr;
+  const int nch = p.dim / 8;
+  __shared__ float red[32];
+  float v[kNormMaxChunks][8];
+  float ss = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kNormMaxChunks; ++k) {
+    const int c = threadIdx.x + k * kNormThreads;
+    if (c >= nch) continue;
+    const float4 a = reinterpret_cast<const float4*>(res)[2 * c];
+    const float4 b = reinterpret_cast<const float4*>(res)[2 * c + 1];
+    v[k][0] = a.x, v[k][1] = a.y, v[k][2] = a.z, v[k][3] = a.w;
+    v[k][4] = b.x, v[k][5] = b.y, v[k][6] = b.z, v[k][7] = b.w;
+    if (x != nullptr) {
+      float xf[8];
+      unpack_bf16x8(reinterpret_cast<const uint4*>(x)[c], xf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[k][e] += xf[e];
+      if (p.write_residual) {
+        reinterpret_cast<float4*>(res)[2 * c] = make_float4(v[k][0], v[k][1], v[k][2], v[k][3]);
+        reinterpret_cast<float4*>(res)[2 * c + 1] = make_float4(v[k][4], v[k][5], v[k][6], v[k][7]);
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += v[k][e] * v[k][e];
+  }
+  ss = block_sum(ss, red);
+  const float inv = rsqrtf(ss / static_cast<float>(p.dim) + p.eps);
+  bf16* out = p.out + static_cast<std::int64_t>(j) * p.dim;
+#pragma unroll
+  for (int k = 0; k < kNormMaxChunks; ++k) {
+    const int c = threadIdx.x + k * kNormThreads;
+    if (c >= nch) continue;
+    float wf[8];
+    unpack_bf16x8(reinterpret_cast<const uint4*>(p.weight)[c], wf);
+    unsigned packed[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float n0 = __bfloat162float(__float2bfloat16_rn(v[k][2 * e] * inv));
+      const float n1 = __bfloat162float(__float2bfloat16_rn(v[k][2 * e + 1] * inv));
+      const __nv_bfloat162 o = __floats2bfloat162_rn(wf[2 * e] * n0, wf[2 * e + 1] * n1);
+      packed[e] = *reinterpret_cast<const unsigned*>(&o);
+    }
+    reinterpret_cast<uint4*>(out)[c] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+  }
+}
+
 // One warp per head; lane holds dims lane + 32 * j. kD/32 values per lane.
 template <int kD>
 __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) {
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
   constexpr int kPer = kD / 32;
   constexpr int kHalf = kD / 2;
   const int r = blockIdx.x;
@@ -125,6 +203,8 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
 }
 
 __global__ void silu_mul_kernel(SiluMulParams p) {
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
   const std::int64_t n = static_cast<std::int64_t>(p.rows) * p.inter;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < n;
@@ -137,38 +217,51 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
   }
 }
 
-// One block per (row, head); threads over head_dim.
+// One block per (row, head), a thread per dim. One pass over the states, eight at a time: the
+// eight lse and eight o loads of a batch are independent, so they are in flight together, and
+// the running (max, sum, acc) is rescaled per batch. A decode step merges up to 16 split-K slices
+// per head, and a loop of one dependent load per state made this kernel latency-bound.
+constexpr int kMergeBatch = 8;
+
 __global__ void merge_states_kernel(MergeStatesParams p) {
-  const int rh = blockIdx.x;  // row * heads + head
-  const int ns = p.num_states_dev != nullptr ? *p.num_states_dev : p.num_states;
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
+  const std::int64_t rh = blockIdx.x;  // row * heads + head
+  const int d = threadIdx.x;
   const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.heads;
-  float m = -INFINITY;
-  for (int s = 0; s < ns; ++s) m = fmaxf(m, p.lse[s * plane + rh]);
-  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-    float acc = 0.0f, den = 0.0f;
-    if (m > -INFINITY) {
-      for (int s = 0; s < ns; ++s) {
-        const float l = p.lse[s * plane + rh];
-        if (!(l > -INFINITY)) continue;  // empty state: its o may be anything
-        const float w = expf(l - m);
+  const int ns = p.num_states_dev != nullptr ? *p.num_states_dev : p.num_states;
+  float m = -INFINITY, den = 0.0f, acc = 0.0f;
+  for (int s0 = 0; s0 < ns; s0 += kMergeBatch) {
+    float l[kMergeBatch], v[kMergeBatch];
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const int s = s0 + i;
+      l[i] = s < ns ? p.lse[s * plane + rh] : -INFINITY;
+      v[i] = s < ns && d < p.head_dim ? p.o[(s * plane + rh) * p.head_dim + d] : 0.0f;
+    }
+    float bm = m;
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) bm = fmaxf(bm, l[i]);
+    if (!(bm > -INFINITY)) continue;  // nothing but empty states so far
+    const float scale = m > -INFINITY ? expf(m - bm) : 0.0f;
+    den *= scale;
+    acc *= scale;
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      if (l[i] > -INFINITY) {  // an empty state (lse -inf) has weight 0 and its o may be anything
+        const float w = expf(l[i] - bm);
         den += w;
-        acc += w * p.o[(s * plane + rh) * p.head_dim + d];
+        acc += w * v[i];
       }
     }
-    const float v = den > 0.0f ? acc / den : 0.0f;
-    if (p.out != nullptr) p.out[static_cast<std::int64_t>(rh) * p.head_dim + d] = __float2bfloat16_rn(v);
-    if (p.out_o != nullptr) p.out_o[static_cast<std::int64_t>(rh) * p.head_dim + d] = v;
+    m = bm;
   }
-  if (p.out_lse != nullptr && threadIdx.x == 0) {
-    float den = 0.0f;
-    if (m > -INFINITY) {
-      for (int s = 0; s < ns; ++s) {
-        const float l = p.lse[s * plane + rh];
-        if (l > -INFINITY) den += expf(l - m);
-      }
-    }
-    p.out_lse[rh] = m > -INFINITY ? m + logf(den) : -INFINITY;
+  if (d < p.head_dim) {
+    const float out = den > 0.0f ? acc / den : 0.0f;
+    if (p.out != nullptr) p.out[rh * p.head_dim + d] = __float2bfloat16_rn(out);
+    if (p.out_o != nullptr) p.out_o[rh * p.head_dim + d] = out;
   }
+  if (p.out_lse != nullptr && d == 0) p.out_lse[rh] = m > -INFINITY ? m + logf(den) : -INFINITY;
 }
 
 // ---- sampling ---------------------------------------------------------------------------------
@@ -199,6 +292,8 @@ struct Crossing {
 };
 
 __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) {
+  pdl_wait();  // launch.cuh: before any read or write of step data
+  pdl_release();
   __shared__ double red_d[32];
   __shared__ float red_f[32];
   __shared__ int red_i[32];
@@ -351,26 +446,26 @@ inline int grid_for(std::int64_t n, int threads) {
 
 cudaError_t launch_convert_f32_to_bf16(const ConvertParams& p, cudaStream_t stream) {
   if (p.n == 0) return cudaSuccess;
-  convert_kernel<<<grid_for(p.n, 256), 256, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(convert_kernel, dim3(grid_for(p.n, 256)), dim3(256), 0, stream, p);
 }
 
 cudaError_t launch_fill_f32(float* out, std::int64_t n, float value, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  fill_kernel<<<grid_for(n, 256), 256, 0, stream>>>(out, n, value);
-  return cudaGetLastError();
+  return launch_pdl(fill_kernel, dim3(grid_for(n, 256)), dim3(256), 0, stream, out, n, value);
 }
 
 cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  embedding_kernel<<<p.rows, 256, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(embedding_kernel, dim3(p.rows), dim3(256), 0, stream, p);
 }
 
 cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  add_rms_norm_kernel<<<p.rows, kNormThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  const auto aligned = [](const void* q) { return (reinterpret_cast<std::uintptr_t>(q) & 15) == 0; };
+  const bool vec = p.dim % 8 == 0 && p.dim <= kNormThreads * 8 * kNormMaxChunks && aligned(p.residual) &&
+                   aligned(p.out) && aligned(p.weight) && (p.x == nullptr || aligned(p.x));
+  return launch_pdl(vec ? add_rms_norm_vec_kernel : add_rms_norm_kernel, dim3(p.rows), dim3(kNormThreads), 0,
+                    stream, p);
 }
 
 cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t stream) {
@@ -380,32 +475,29 @@ cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t
   const int heads = p.num_heads + 2 * p.num_kv_heads;
   const int threads = 32 * (heads < 32 ? heads : 32);
   if (p.head_dim == 128) {
-    qk_norm_rope_kernel<128><<<p.rows, threads, 0, stream>>>(p);
-  } else if (p.head_dim == 64) {
-    qk_norm_rope_kernel<64><<<p.rows, threads, 0, stream>>>(p);
-  } else {
-    return cudaErrorInvalidValue;
+    return launch_pdl(qk_norm_rope_kernel<128>, dim3(p.rows), dim3(threads), 0, stream, p);
   }
-  return cudaGetLastError();
+  if (p.head_dim == 64) {
+    return launch_pdl(qk_norm_rope_kernel<64>, dim3(p.rows), dim3(threads), 0, stream, p);
+  }
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
   const std::int64_t n = static_cast<std::int64_t>(p.rows) * p.inter;
   if (n == 0) return cudaSuccess;
-  silu_mul_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(silu_mul_kernel, dim3(grid_for(n, 256)), dim3(256), 0, stream, p);
 }
 
 cudaError_t launch_merge_states(const MergeStatesParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  merge_states_kernel<<<p.rows * p.heads, p.head_dim >= 128 ? 128 : 64, 0, stream>>>(p);
-  return cudaGetLastError();
+const int threads = (p.head_dim + 31) / 32 * 32;
+  return launch_pdl(merge_states_kernel, dim3(static_cast<unsigned>(p.rows * p.heads)), dim3(threads), 0, stream, p);
 }
 
 cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  sample_kernel<<<p.rows, kSampleThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(sample_kernel, dim3(p.rows), dim3(kSampleThreads), 0, stream, p);
 }
 
 }  // namespace cascade::cuda

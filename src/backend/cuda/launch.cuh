@@ -1,0 +1,68 @@
+// Programmatic dependent launch (PDL, sm_90): every kernel of the backend is launched with
+// programmatic stream serialization, so the next kernel's CTAs can be scheduled while the current
+// one drains instead of after it has fully retired (a decode step at batch 1 is ~300 small
+// dependent kernels; the launch gap between them was a large part of the step).
+//
+// The contract, kept by every kernel that launch_pdl launches:
+//   1. `pdl_wait()` runs in every thread before the kernel reads anything an earlier kernel wrote
+//      or writes anything an earlier kernel reads, and before any early return: it blocks until
+//      the previous grid in the stream has completed and its writes are visible. Completion is
+//      transitive (the previous grid itself waited on its own predecessor before finishing).
+//   2. `pdl_release()` comes after `pdl_wait()`: it lets the next grid be scheduled. Its CTAs then
+//      sit in their own pdl_wait(), so the chain runs at most one kernel ahead.
+// Work that touches only data constant across the step (weights) may come before pdl_wait().
+// On older architectures (the compute_80 PTX) both are no-ops and launches are ordinary.
+// CASCADE_NO_PDL=1 launches without the attribute (ordinary stream order), for A/B timing.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <utility>
+
+namespace cascade::cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// PDL needs compute capability 9.0; the attribute is left off on older devices (and when
+// CASCADE_NO_PDL=1). Read once per process, for the device current at the first launch.
+inline bool pdl_enabled() {
+  static const bool on = [] {
+    const char* off = std::getenv("CASCADE_NO_PDL");
+    if (off != nullptr && off[0] == '1') return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+    return major >= 9;
+  }();
+  return on;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed.
+template <typename... KernelArgs, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem,
+                       cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace cascade::cuda
