@@ -35,6 +35,8 @@ def one_request(url, prompt, max_tokens, hang_up_after, timeout):
     t0 = time.monotonic()
     ttft = None
     try:
+        conn.connect()
+        sock = conn.sock  # ours to shut down: http.client drops conn.sock when a response will close
         conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
         if resp.status in (429, 503):
@@ -58,12 +60,12 @@ def one_request(url, prompt, max_tokens, hang_up_after, timeout):
                 ttft = time.monotonic() - t0
             events += 1
             if hang_up_after is not None and events >= hang_up_after:
-                conn.sock.shutdown(socket.SHUT_RDWR)  # hang up mid-stream (close alone waits for resp)
+                sock.shutdown(socket.SHUT_RDWR)  # hang up mid-stream (close alone waits for resp)
                 return "cancelled", time.monotonic() - t0, ttft, events
         if not done:
             return "error: stream ended without [DONE]", 0, None, events
         return "ok", time.monotonic() - t0, ttft, events
-    except (OSError, http.client.HTTPException, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure is an outcome to report, not a dead thread
         return f"error: {type(e).__name__}: {e}", 0, None, 0
     finally:
         conn.close()
