@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     const __nv_bfloat16* vs = v_s + stage * kTile * kStride;
     const int t0 = t_begin + tile * kTile;
 
-    // S = Q K^T for 16 rows x 64 tokens: 8 n-tiles of 8 tokens.
+    // S = Q K^T for 16 rows x kTile tokens: kTile / 8 n-tiles of 8 tokens.
     // K B-fragments come four 8x8 matrices per ldmatrix: token rows j*8..j*8+7, columns
     // kk*16 + {0, 8, 16, 24}, i.e. (b0, b1) of k-steps kk and kk + 1.
     float s[kTile / 8][4];

@@ -2,8 +2,9 @@
 //
 // One kernel family handles every level: a CTA takes `16 * warps` stacked (query row, head) pairs
 // of one group (all heads sharing one KV head, so GQA reads each KV tile once per group) and runs
-// FlashAttention-2 style online softmax over 64-token KV tiles staged in shared memory with
-// cp.async, with bf16 mma.sync m16n8k16 tensor-core products and fp32 accumulation. Decode-like
+// FlashAttention-2 style online softmax over KV tiles (32 tokens for one-warp CTAs, 64 for
+// four-warp ones) staged in shared memory with cp.async, with bf16 mma.sync m16n8k16 tensor-core
+// products and fp32 accumulation. Decode-like
 // levels (<= 16 stacked rows per group) use one-warp CTAs and split the KV range across CTAs
 // (split-K); the partial states are merged with the other levels' states by merge_states.
 // Supported: head_dim 64 or 128, num_heads / num_kv_heads in 1..8.

@@ -491,7 +491,8 @@ cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
 
 cudaError_t launch_merge_states(const MergeStatesParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-const int threads = (p.head_dim + 31) / 32 * 32;
+if (p.head_dim <= 0 || p.head_dim > 1024) return cudaErrorInvalidValue;  // a thread per dim
+  const int threads = (p.head_dim + 31) / 32 * 32;
   return launch_pdl(merge_states_kernel, dim3(static_cast<unsigned>(p.rows * p.heads)), dim3(threads), 0, stream, p);
 }
 

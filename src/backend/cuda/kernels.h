@@ -98,7 +98,8 @@ struct MergeStatesParams {
   int num_states = 0, rows = 0, heads = 0, head_dim = 0;
   const int* num_states_dev = nullptr;  // if set, overrides num_states (CUDA-graph replays)
 };
-/// \brief Exact merge of attention states (log-sum-exp weighted).
+/// \brief Exact merge of attention states (log-sum-exp weighted). head_dim at most 1024
+/// (cudaErrorInvalidValue otherwise).
 cudaError_t launch_merge_states(const MergeStatesParams& p, cudaStream_t stream);
 
 // Per logit row: the sampling parameters of engine/model_runner.h RowSampling, as device arrays.

@@ -11,13 +11,16 @@
 //   2. `pdl_release()` comes after `pdl_wait()`: it lets the next grid be scheduled. Its CTAs then
 //      sit in their own pdl_wait(), so the chain runs at most one kernel ahead.
 // Work that touches only data constant across the step (weights) may come before pdl_wait().
-// On older architectures (the compute_80 PTX) both are no-ops and launches are ordinary.
+// In code compiled for older architectures (the compute_80 PTX) both are no-ops, and such kernels
+// are launched without the attribute (pdl_kernel_ok), so their launches are ordinary.
 // CASCADE_NO_PDL=1 launches without the attribute (ordinary stream order), for A/B timing.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
 
 namespace cascade::cuda {
@@ -36,6 +39,8 @@ __device__ __forceinline__ void pdl_release() {
 
 // PDL needs compute capability 9.0; the attribute is left off on older devices (and when
 // CASCADE_NO_PDL=1). Read once per process, for the device current at the first launch.
+// pdl_kernel_ok() below also requires that the kernel's loaded code has the griddepcontrol
+// instructions.
 inline bool pdl_enabled() {
   static const bool on = [] {
     const char* off = std::getenv("CASCADE_NO_PDL");
@@ -46,6 +51,25 @@ inline bool pdl_enabled() {
     return major >= 9;
   }();
   return on;
+}
+
+// True when the code the driver loaded for `kernel` was compiled from PTX for sm_90 or later, so
+// that pdl_wait()/pdl_release() are real instructions in it. A build whose only image for this
+// device is the compute_80 PTX (an arch list without sm_90, or a newer GPU that cannot run the
+// sm_90a cubin) has them compiled out, and launching such a kernel with programmatic
+// serialization would let it read its predecessor's output before that is complete.
+// Looked up once per kernel (cudaFuncGetAttributes needs no launch, so this is safe during
+// CUDA-graph capture).
+inline bool pdl_kernel_ok(const void* kernel) {
+  static std::mutex mu;
+  static std::unordered_map<const void*, bool> known;
+  std::lock_guard lock(mu);
+  const auto it = known.find(kernel);
+  if (it != known.end()) return it->second;
+  cudaFuncAttributes attr{};
+  const bool ok = cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.ptxVersion >= 90;
+  known.emplace(kernel, ok);
+  return ok;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed.
@@ -61,7 +85,7 @@ cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = pdl_enabled() && pdl_kernel_ok(reinterpret_cast<const void*>(kernel)) ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
