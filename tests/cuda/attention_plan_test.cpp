@@ -1,0 +1,213 @@
+// Host-side packing of a CascadePlan for the attention kernels (pack_plan): malformed plans are
+// refused with a reason, and on random plans every packed array reproduces the plan, the work
+// items cover every (group, stacked row tile), and the split-K choice keeps its invariants (splits
+// cut at multiples of 64 tokens, none empty, within the state-slice budget). Runs without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <vector>
+
+#include "backend/cuda/attention.h"
+#include "sched/cascade_plan.h"
+
+namespace cascade::cuda {
+namespace {
+
+// A level with one group per entry of group_rows (that many consecutive rows each), each group
+// with random pages (lengths 1..page_size, partial pages anywhere).
+CascadeLevel random_level(std::mt19937_64& rng, const std::vector<int>& group_rows, int page_size,
+                          int max_tokens, int& next_page) {
+  CascadeLevel lv;
+  lv.q_indptr.push_back(0);
+  lv.page_indptr.push_back(0);
+  for (int rows : group_rows) {
+    lv.q_indptr.push_back(lv.q_indptr.back() + rows);
+    int tokens = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_tokens));
+    while (tokens > 0) {
+      const int len = std::min(tokens, 1 + static_cast<int>(rng() % static_cast<unsigned>(page_size)));
+      lv.page_ids.push_back(next_page++);
+      lv.page_lens.push_back(len);
+      tokens -= len;
+    }
+    lv.page_indptr.push_back(static_cast<int>(lv.page_ids.size()));
+    lv.kv_start_pos.push_back(static_cast<int>(rng() % 1000));
+  }
+  return lv;
+}
+
+// Rows 0..n-1 in order, a shared level over all of them, a middle level of random groups and a
+// last level of one group per row.
+CascadePlan random_plan(std::mt19937_64& rng, int rows, int max_tokens, int page_size) {
+  CascadePlan plan;
+  plan.num_rows = rows;
+  for (int r = 0; r < rows; ++r) {
+    plan.row_order.push_back(r);
+    plan.q_pos.push_back(5000 + static_cast<int>(rng() % 1000));
+  }
+  int next_page = 0;
+  plan.levels.push_back(random_level(rng, {rows}, page_size, max_tokens, next_page));
+  std::vector<int> middle;
+  for (int left = rows; left > 0;) {
+    const int g = std::min(left, 1 + static_cast<int>(rng() % 9));
+    middle.push_back(g);
+    left -= g;
+  }
+  plan.levels.push_back(random_level(rng, middle, page_size, max_tokens, next_page));
+  plan.levels.push_back(random_level(rng, std::vector<int>(static_cast<std::size_t>(rows), 1), page_size,
+                                     max_tokens / 4 + 1, next_page));
+  plan.uses_shared_levels = true;
+  return plan;
+}
+
+std::vector<std::int32_t> slice(const PlanPack& pk, int offset, std::size_t n) {
+  return {pk.data.begin() + offset, pk.data.begin() + offset + static_cast<std::ptrdiff_t>(n)};
+}
+
+void check_pack(const CascadePlan& plan, const PlanPack& pk, int gqa, int num_sms, int max_slices) {
+  EXPECT_EQ(slice(pk, pk.row_order, plan.row_order.size()), plan.row_order);
+  EXPECT_EQ(slice(pk, pk.q_pos, plan.q_pos.size()), plan.q_pos);
+  ASSERT_EQ(pk.levels.size(), plan.levels.size());
+  int slices = 0;
+  for (std::size_t l = 0; l < plan.levels.size(); ++l) {
+    const CascadeLevel& lv = plan.levels[l];
+    const LevelPack& lp = pk.levels[l];
+    const int groups = lv.num_groups();
+    EXPECT_EQ(slice(pk, lp.q_indptr, lv.q_indptr.size()), lv.q_indptr);
+    EXPECT_EQ(slice(pk, lp.page_indptr, lv.page_indptr.size()), lv.page_indptr);
+    EXPECT_EQ(slice(pk, lp.page_ids, lv.page_ids.size()), lv.page_ids);
+    EXPECT_EQ(slice(pk, lp.kv_start_pos, lv.kv_start_pos.size()), lv.kv_start_pos);
+    int max_m = 0, max_len = 0;
+    for (int g = 0; g < groups; ++g) {
+      max_m = std::max(max_m, lv.group_rows(g) * gqa);
+      max_len = std::max(max_len, lv.group_kv_len(g));
+      EXPECT_EQ(pk.data[lp.kv_len + g], lv.group_kv_len(g));
+      int t = 0;  // page_start: tokens before each page within its group
+      for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) {
+        EXPECT_EQ(pk.data[lp.page_start + i], t);
+        t += lv.page_lens[i];
+      }
+    }
+    EXPECT_EQ(lp.warps, max_m <= 16 ? 1 : 4);
+    // Items: every 16 * warps stacked rows of every group with keys, in order.
+    const int m_tile = 16 * lp.warps;
+    std::vector<std::int32_t> want_items;
+    for (int g = 0; g < groups; ++g) {
+      if (lv.group_kv_len(g) == 0) continue;
+      for (int m0 = 0; m0 < lv.group_rows(g) * gqa; m0 += m_tile) {
+        want_items.push_back(g);
+        want_items.push_back(m0);
+      }
+    }
+    EXPECT_EQ(lp.num_items, static_cast<int>(want_items.size() / 2));
+    EXPECT_EQ(slice(pk, lp.items, want_items.size()), want_items);
+    // Splits: cut at multiples of 64 tokens, every split non-empty for the longest group.
+    ASSERT_GE(lp.num_splits, 1);
+    if (lp.num_splits > 1) {
+      EXPECT_GT(num_sms, 0) << "split without SMs to fill";
+      EXPECT_EQ(lp.tokens_per_split % 64, 0);
+      EXPECT_LT(static_cast<long long>(lp.num_splits - 1) * lp.tokens_per_split, max_len);
+    }
+    EXPECT_GE(static_cast<long long>(lp.num_splits) * lp.tokens_per_split, max_len);
+    EXPECT_EQ(slice(pk, lp.counts, 3), (std::vector<std::int32_t>{lp.num_items, lp.num_splits, lp.tokens_per_split}));
+    EXPECT_EQ(lp.slice_base, slices);
+    slices += lp.num_splits;
+  }
+  EXPECT_EQ(pk.num_slices, slices);
+  EXPECT_LE(slices, max_slices);
+}
+
+TEST(CudaPlanPack, RandomPlansPackFaithfully) {
+  std::mt19937_64 rng(41);
+  for (int iter = 0; iter < 300; ++iter) {
+    const int rows = 1 + static_cast<int>(rng() % 70);
+    const int page_size = iter % 3 == 0 ? 1 : 16;
+    const int max_tokens = 1 + static_cast<int>(rng() % (page_size == 1 ? 300 : 5000));
+    const CascadePlan plan = random_plan(rng, rows, max_tokens, page_size);
+    const int heads = 16, kv_heads = iter % 2 == 0 ? 8 : 2;
+    for (const int num_sms : {0, 132}) {
+      for (const int max_slices : {3, 16, 64}) {
+        PlanPack pk;
+        const char* why = "";
+        ASSERT_TRUE(pack_plan(plan, heads, kv_heads, num_sms, max_slices, &pk, &why)) << why;
+        check_pack(plan, pk, heads / kv_heads, num_sms, max_slices);
+        if (num_sms == 0) {
+          for (const LevelPack& lp : pk.levels) EXPECT_EQ(lp.num_splits, 1);
+        }
+      }
+    }
+  }
+}
+
+// A decode level that already fills the chip (two waves of one-warp CTAs: 12 per SM) is not split;
+// one that leaves it mostly idle is.
+TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
+  for (const int seqs : {1, 64, 200}) {
+    CascadePlan plan;
+    plan.num_rows = seqs;
+    int next_page = 0;
+    for (int r = 0; r < seqs; ++r) {
+      plan.row_order.push_back(r);
+      plan.q_pos.push_back(512);
+    }
+    CascadeLevel lv;
+    lv.q_indptr.push_back(0);
+    lv.page_indptr.push_back(0);
+    for (int r = 0; r < seqs; ++r) {
+      lv.q_indptr.push_back(r + 1);
+      for (int t = 0; t < 513; t += 16) {
+        lv.page_ids.push_back(next_page++);
+        lv.page_lens.push_back(std::min(16, 513 - t));
+      }
+      lv.page_indptr.push_back(static_cast<int>(lv.page_ids.size()));
+      lv.kv_start_pos.push_back(0);
+    }
+    plan.levels.push_back(lv);
+    PlanPack pk;
+    const char* why = "";
+    const int num_sms = 132, kv_heads = 8;
+    ASSERT_TRUE(pack_plan(plan, 16, kv_heads, num_sms, 64, &pk, &why)) << why;
+    check_pack(plan, pk, 2, num_sms, 64);
+    const int ctas = seqs * kv_heads;
+    if (ctas >= 12 * num_sms) {
+      EXPECT_EQ(pk.levels[0].num_splits, 1) << seqs << " sequences";
+    } else {
+      EXPECT_GT(pk.levels[0].num_splits, 1) << seqs << " sequences";
+    }
+  }
+}
+
+TEST(CudaPlanPack, MalformedPlansAreRefusedWithAReason) {
+  std::mt19937_64 rng(43);
+  const CascadePlan good = random_plan(rng, 5, 100, 16);
+  auto refused = [](const CascadePlan& p, int max_slices = 16) {
+    PlanPack pk;
+    const char* why = "";
+    const bool ok = pack_plan(p, 16, 8, 132, max_slices, &pk, &why);
+    return !ok && why != nullptr && why[0] != '\0';
+  };
+  {
+    PlanPack pk;
+    const char* why = "";
+    EXPECT_TRUE(pack_plan(good, 16, 8, 132, 16, &pk, &why)) << why;
+  }
+  CascadePlan p = good;
+  p.q_pos.pop_back();
+  EXPECT_TRUE(refused(p));
+  p = good;
+  p.row_order[0] = 5;
+  EXPECT_TRUE(refused(p));
+  p = good;
+  p.levels[1].page_lens[0] = 0;
+  EXPECT_TRUE(refused(p));
+  p = good;
+  p.levels[1].page_indptr.back() += 1;
+  EXPECT_TRUE(refused(p));
+  p = good;
+  std::swap(p.levels[1].q_indptr[1], p.levels[1].q_indptr[2]);
+  if (p.levels[1].q_indptr[1] > p.levels[1].q_indptr[2]) EXPECT_TRUE(refused(p));
+  EXPECT_TRUE(refused(good, 2));  // three levels, two state slices
+}
+
+}  // namespace
+}  // namespace cascade::cuda
