@@ -1,6 +1,6 @@
 """Load test: many concurrent streaming clients against `cascade serve`, some hanging up mid-stream.
-Checks that every request completes or is refused cleanly (429), that hung-up streams are cancelled,
-and that no KV page is left behind: once idle, only cached chunks hold pages, and dropping them
+Checks that every request completes or is refused cleanly (429), that hung-up streams are cancelled
+(or had already run to their end), and that no KV page is left behind: once idle, only cached chunks hold pages, and dropping them
 (DELETE /v1/chunks) brings pages used to zero. Prints clients, requests, errors, latencies, pages.
 Usage: python3 load_test.py --binary build/cascade [--clients 32] [--requests 4] [--max-tokens 32]"""
 import argparse
@@ -105,8 +105,9 @@ def main():
                 if left <= 0:
                     out = ("error: time limit", 0, None, 0)
                 else:
-                    # A hung-up stream asks for many tokens so the server is still generating when we leave.
-                    out = one_request(srv.url, prompt, 2048 if hang else args.max_tokens, hang, left)
+                    # A hung-up stream asks for nearly the whole context (4096 positions, prompts of
+                    # under 200 tokens) so that the server is still generating when we leave.
+                    out = one_request(srv.url, prompt, 3800 if hang else args.max_tokens, hang, left)
                 with lock:
                     results.append(out)
 
@@ -150,7 +151,12 @@ def main():
         problems.append(f"{len(results)} results for {args.clients * args.requests} requests")
     if outcomes.count("cancelled") != hung_up:
         problems.append(f"{outcomes.count('cancelled')} streams hung up, {hung_up} planned")
-    if cancelled_server != outcomes.count("cancelled"):
+    # Every hang-up the server notices cancels its request. A stream can also run to its end before
+    # the hang-up: the server writes ahead into the socket buffer (hundreds of KB on loopback) while
+    # a client thread waits for the GIL, and on a fast machine a whole 3800-token stream may be sent
+    # before its client reads the second event. So the server may count fewer cancellations than
+    # hang-ups, never more, and never none (the path must have run); leaks show in the page checks.
+    if not 0 < cancelled_server <= outcomes.count("cancelled"):
         problems.append(f"the server counted {cancelled_server} cancellations for {outcomes.count('cancelled')} hang-ups")
     if status != 200:
         problems.append(f"DELETE /v1/chunks answered {status}: {cleared}")
