@@ -1,7 +1,7 @@
 """Load test: many concurrent streaming clients against `cascade serve`, some hanging up mid-stream.
 Checks that every request completes or is refused cleanly (429), that hung-up streams are cancelled
-(or had already run to their end), and that no KV page is left behind: once idle, only cached chunks hold pages, and dropping them
-(DELETE /v1/chunks) brings pages used to zero. Prints clients, requests, errors, latencies, pages.
+(or had already run to their end), and that no KV page is left behind: once idle, only cached
+chunks hold pages, and dropping them (DELETE /v1/chunks) brings pages used to zero. Prints clients, requests, errors, latencies, pages.
 Usage: python3 load_test.py --binary build/cascade [--clients 32] [--requests 4] [--max-tokens 32]"""
 import argparse
 import http.client
