@@ -3,7 +3,9 @@
 #   scripts/gpu_check.sh                 configure + build (Release, sm_90a) and run the gpu tests
 #   PREBUILT=build-cuda scripts/gpu_check.sh   run an already built build-cuda/test_cuda (built
 #                                        elsewhere with the same CUDA major version) instead
-# Prints a short table last. Logs and the gtest XML go to $OUT (or ./out) when set.
+# Then the two benchmarks (cuda_decode_bench, cuda_attention_bench; BENCH=0 skips them) and
+# bench/cuda_targets.py's report of the performance targets. Prints the check table, then the
+# targets table, last. Logs, the gtest XML and the benchmark JSON go to $OUT (or ./out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-out}"
@@ -22,7 +24,8 @@ else
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCASCADE_CUDA_ARCHS=90a-real \
     -DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20 \
     -DCMAKE_CUDA20_EXTENSION_COMPILE_OPTION=-std=c++20 >"$OUT_DIR/configure.log" 2>&1 &&
-    cmake --build "$BUILD" -j"$(nproc)" --target test_cuda cascade_cli >"$OUT_DIR/build.log" 2>&1
+    cmake --build "$BUILD" -j"$(nproc)" --target test_cuda cascade_cli cuda_decode_bench cuda_attention_bench \
+      >"$OUT_DIR/build.log" 2>&1
   build_status=$([[ $? -eq 0 ]] && echo ok || echo FAILED)
   [[ "$build_status" == ok ]] || tail -40 "$OUT_DIR/configure.log" "$OUT_DIR/build.log"
   BIN="$BUILD/test_cuda"
@@ -57,10 +60,25 @@ PY
   tail -5 "$OUT_DIR/sanitizer.log"
 fi
 
+# Benchmarks (after the checks, so a broken build or kernel is reported before any timing).
+DIR="${PREBUILT:-$BUILD}"
+bench_status=skipped
+if [[ "${BENCH:-1}" != 0 && -x "$DIR/cuda_decode_bench" && -x "$DIR/cuda_attention_bench" ]]; then
+  "$DIR/cuda_decode_bench" "$OUT_DIR/decode.json" >"$OUT_DIR/decode_bench.log" 2>&1 &&
+    "$DIR/cuda_attention_bench" "$OUT_DIR/attention.json" >"$OUT_DIR/attention_bench.log" 2>&1
+  bench_status=$([[ $? -eq 0 ]] && echo ok || echo FAILED)
+  [[ "$bench_status" == ok ]] || tail -20 "$OUT_DIR/decode_bench.log" "$OUT_DIR/attention_bench.log"
+fi
+
 echo
 echo "| step  | status |"
 echo "|-------|--------|"
 echo "| build | $build_status |"
 echo "| tests | $test_status ($(grep -c '^\[       OK \]' "$OUT_DIR/test_cuda.log" 2>/dev/null || echo 0) passed, $(grep -c '^\[  FAILED  \] [A-Z]' "$OUT_DIR/test_cuda.log" 2>/dev/null | head -1) failed, $(grep -c '^\[  SKIPPED \] [A-Z]' "$OUT_DIR/test_cuda.log" 2>/dev/null | head -1) skipped) |"
 echo "| compute-sanitizer (CLI, cascade on) | $sanitizer_status |"
-[[ "$test_status" == ok && "$build_status" != FAILED && "$sanitizer_status" != FAILED* ]]
+echo "| benchmarks | $bench_status |"
+if [[ "$bench_status" == ok ]]; then
+  echo
+  python3 bench/cuda_targets.py "$OUT_DIR/decode.json" "$OUT_DIR/attention.json"
+fi
+[[ "$test_status" == ok && "$build_status" != FAILED && "$sanitizer_status" != FAILED* && "$bench_status" != FAILED ]]

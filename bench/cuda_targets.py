@@ -1,0 +1,104 @@
+"""The CUDA backend's performance targets (issue 5) against one run of the two benchmarks.
+
+Reads the JSON written by `cuda_decode_bench OUT.json` and `cuda_attention_bench OUT.json` and
+prints markdown: the decode table (time per step against the weights + KV floor), the cascade
+attention table (against the shared-read floor and against flat decode), then one line per target
+saying met or not met with the worst case. Exit status 0, or with --strict 1 when a target is not
+met or the attention bench's output checks failed.
+
+usage: python3 bench/cuda_targets.py DECODE.json ATTENTION.json [--strict]
+"""
+import json
+import sys
+
+DECODE_RATIO = 1.5          # step / floor, at batch >= 64
+DECODE_MIN_BATCH = 64
+BATCH1_TOKENS_PER_S = 1000  # at batch 1
+CASCADE_RATIO = 1.25        # cascade / shared-read floor
+FLAT_SLOWDOWN = 1.05        # cascade / flat when nothing is shared
+
+
+def decode_rows(decode):
+    """The CUDA-graph rows (the engine's decode path), one per batch size."""
+    rows = [r for r in decode["results"] if r.get("cuda_graphs", True)]
+    return sorted(rows, key=lambda r: r["batch"])
+
+
+def report(decode, attention):
+    """Markdown lines and a list of (target, met, detail)."""
+    out = []
+    out.append(f"Decode step, context {decode['context']} ({decode['device']}, copy bandwidth "
+               f"{decode['copy_bandwidth_GBps'] / 1000:.2f} TB/s; CUDA graphs)")
+    out.append("")
+    out.append("| batch | step (us) | floor (us) | step / floor | tokens/s |")
+    out.append("| --- | --- | --- | --- | --- |")
+    rows = decode_rows(decode)
+    for r in rows:
+        out.append(f"| {r['batch']} | {r['step_us']:.1f} | {r['floor_us']:.1f} | {r['step_over_floor']:.2f} | "
+                   f"{r['tokens_per_s']:.0f} |")
+    out.append("")
+    out.append(f"Cascade decode attention, one layer ({attention['device']}, copy bandwidth "
+               f"{attention['copy_bandwidth_GBps'] / 1000:.2f} TB/s)")
+    out.append("")
+    out.append("| P/U/B | flat (us) | cascade (us) | shared floor (us) | cascade / floor | cascade / flat |")
+    out.append("| --- | --- | --- | --- | --- | --- |")
+    shapes = attention["shapes"]
+    for s in shapes:
+        out.append(f"| {s['prefix']}/{s['unique']}/{s['batch']} | {s['flat_us']:.1f} | {s['cascade_us']:.1f} | "
+                   f"{s['shared_floor_us']:.1f} | {s['cascade_over_floor']:.2f} | {s['cascade_over_flat']:.2f} |")
+
+    targets = []
+    big = [r for r in rows if r["batch"] >= DECODE_MIN_BATCH]
+    if big:
+        worst = max(big, key=lambda r: r["step_over_floor"])
+        targets.append((f"decode within {DECODE_RATIO}x of the floor at batch >= {DECODE_MIN_BATCH}",
+                        worst["step_over_floor"] <= DECODE_RATIO,
+                        f"worst {worst['step_over_floor']:.2f}x at batch {worst['batch']}"))
+    one = [r for r in rows if r["batch"] == 1]
+    if one:
+        tps = one[0]["tokens_per_s"]
+        targets.append((f">= {BATCH1_TOKENS_PER_S} tokens/s at batch 1", tps >= BATCH1_TOKENS_PER_S,
+                        f"{tps:.0f} tokens/s"))
+    if shapes:
+        worst = max(shapes, key=lambda s: s["cascade_over_floor"])
+        targets.append((f"cascade within {CASCADE_RATIO}x of the shared-read floor",
+                        worst["cascade_over_floor"] <= CASCADE_RATIO,
+                        f"worst {worst['cascade_over_floor']:.2f}x at "
+                        f"{worst['prefix']}/{worst['unique']}/{worst['batch']}"))
+    unshared = [s for s in shapes if s["prefix"] == 0]
+    if unshared:
+        worst = max(unshared, key=lambda s: s["cascade_over_flat"])
+        targets.append((f"cascade at most {FLAT_SLOWDOWN - 1:.0%} slower than flat with nothing shared",
+                        worst["cascade_over_flat"] <= FLAT_SLOWDOWN,
+                        f"worst {worst['cascade_over_flat']:.2f}x at "
+                        f"{worst['prefix']}/{worst['unique']}/{worst['batch']}"))
+    out.append("")
+    out.append("| target | status | measured |")
+    out.append("| --- | --- | --- |")
+    for name, met, detail in targets:
+        out.append(f"| {name} | {'met' if met else 'NOT MET'} | {detail} |")
+    if not attention.get("checks_passed", False):
+        out.append("")
+        out.append("attention bench: output checks FAILED (timings above are not valid)")
+    return out, targets
+
+
+def main(argv):
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    if len(args) != 2:
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    with open(args[0]) as f:
+        decode = json.load(f)
+    with open(args[1]) as f:
+        attention = json.load(f)
+    lines, targets = report(decode, attention)
+    print("\n".join(lines))
+    if "--strict" in argv:
+        ok = all(met for _, met, _ in targets) and attention.get("checks_passed", False)
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

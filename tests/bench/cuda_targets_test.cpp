@@ -1,0 +1,115 @@
+// bench/cuda_targets.py, the report of the CUDA backend's performance targets, on the benchmark
+// output of a real H100 run (tests/fixtures/bench/*_h100.json, written by cuda_decode_bench and
+// cuda_attention_bench on the card) and on edited copies of it: each target is judged from the
+// right rows, and --strict fails exactly when a target is not met or the output checks failed.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kSource = CASCADE_SOURCE_DIR;
+
+struct Report {
+  int status = -1;
+  std::string out;
+};
+
+Report run(const fs::path& decode, const fs::path& attention, bool strict) {
+  const std::string cmd = "python3 " + (kSource / "bench/cuda_targets.py").string() + " " + decode.string() +
+                          " " + attention.string() + (strict ? " --strict" : "") + " 2>&1";
+  Report r;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  std::size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+json load(const fs::path& p) {
+  std::ifstream in(p);
+  return json::parse(in);
+}
+
+fs::path write_temp(const json& j, const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / ("cascade_targets_" + std::to_string(::getpid()) + "_" + name);
+  std::ofstream(p) << j.dump();
+  return p;
+}
+
+bool has_line(const std::string& out, const std::string& line) { return out.find(line) != std::string::npos; }
+
+void require_python() {
+  if (std::system("command -v python3 >/dev/null 2>&1") != 0) GTEST_SKIP() << "python3 not found";
+}
+
+TEST(CudaTargets, JudgesTheH100Run) {
+  require_python();
+  const fs::path d = kSource / "tests/fixtures/bench/decode_h100.json";
+  const fs::path a = kSource / "tests/fixtures/bench/attention_h100.json";
+  const Report r = run(d, a, false);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_TRUE(has_line(r.out, "| 1 | 1184.2 | 418.9 | 2.83 | 844 |")) << r.out;
+  EXPECT_TRUE(has_line(r.out, "| 16384/128/256 | 3952.4 | 307.4 | 67.8 | 4.53 | 0.08 |")) << r.out;
+  EXPECT_TRUE(has_line(r.out, "| decode within 1.5x of the floor at batch >= 64 | NOT MET | worst 1.77x at batch 64 |"))
+      << r.out;
+  EXPECT_TRUE(has_line(r.out, "| >= 1000 tokens/s at batch 1 | NOT MET | 844 tokens/s |")) << r.out;
+  EXPECT_TRUE(has_line(r.out, "| cascade within 1.25x of the shared-read floor | NOT MET | worst 4.53x at 16384/128/256 |"))
+      << r.out;
+  EXPECT_TRUE(has_line(r.out, "| cascade at most 5% slower than flat with nothing shared | met | worst 1.01x at 0/128/64 |"))
+      << r.out;
+  EXPECT_EQ(run(d, a, true).status, 1);
+}
+
+TEST(CudaTargets, StrictPassesOnlyWhenEveryTargetIsMet) {
+  require_python();
+  json d = load(kSource / "tests/fixtures/bench/decode_h100.json");
+  json a = load(kSource / "tests/fixtures/bench/attention_h100.json");
+  for (auto& r : d["results"]) {
+    if (r["batch"].get<int>() >= 64) r["step_over_floor"] = 1.45;
+    if (r["batch"].get<int>() == 1) r["tokens_per_s"] = 1200;
+    if (r["batch"].get<int>() == 64) r["cuda_graphs"] = true;
+  }
+  // Eager rows do not count: a slow eager row must not fail the decode target.
+  json eager = d["results"][0];
+  eager["cuda_graphs"] = false;
+  eager["batch"] = 64;
+  eager["step_over_floor"] = 9.0;
+  d["results"].push_back(eager);
+  for (auto& s : a["shapes"]) {
+    s["cascade_over_floor"] = 1.2;
+    if (s["prefix"].get<int>() == 0) s["cascade_over_flat"] = 1.04;
+  }
+  const fs::path dp = write_temp(d, "decode.json"), ap = write_temp(a, "attention.json");
+  Report r = run(dp, ap, true);
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_FALSE(has_line(r.out, "NOT MET")) << r.out;
+  // One shape 1% over the flat-decode allowance, or failed output checks, and --strict fails.
+  a["shapes"][0]["cascade_over_flat"] = 1.06;
+  write_temp(a, "attention.json");
+  r = run(dp, ap, true);
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_TRUE(has_line(r.out, "with nothing shared | NOT MET | worst 1.06x at 0/128/64 |")) << r.out;
+  a["shapes"][0]["cascade_over_flat"] = 1.0;
+  a["checks_passed"] = false;
+  write_temp(a, "attention.json");
+  r = run(dp, ap, true);
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_TRUE(has_line(r.out, "output checks FAILED")) << r.out;
+  fs::remove(dp);
+  fs::remove(ap);
+}
+
+}  // namespace
