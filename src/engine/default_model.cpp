@@ -1,6 +1,7 @@
 #include "engine/default_model.h"
 
 #include <filesystem>
+#include <string>
 
 #include "backend/cpu/cpu_runner.h"
 #include "core/error.h"
@@ -50,7 +51,7 @@ LoadedModel load_model_or_default(const Config& config) {
   return m;
 }
 
-Device resolve_device(Device requested) {
+Device resolve_device(Device requested, const ModelConfig& config) {
 #if CASCADE_HAVE_CUDA
   const bool gpu = cuda_device_available();
 #else
@@ -63,14 +64,23 @@ Device resolve_device(Device requested) {
     throw_error(ErrorCode::kUnsupported, "--device cuda: this build has no CUDA backend (nvcc was not found)");
 #endif
   }
-  if (requested == Device::kAuto) return gpu ? Device::kCuda : Device::kCpu;
-  return requested;
+  if (requested != Device::kAuto) return requested;
+  if (!gpu) return Device::kCpu;
+#if CASCADE_HAVE_CUDA
+  if (const std::string why = cuda_unsupported_reason(config); !why.empty()) {
+    CASCADE_LOG_WARN("device auto: the CUDA backend cannot run this model ({}); using the CPU", why);
+    return Device::kCpu;
+  }
+#else
+  (void)config;
+#endif
+  return Device::kCuda;
 }
 
 std::unique_ptr<ModelRunner> make_runner(Device device, const ModelConfig& config,
                                          std::shared_ptr<const Qwen3Weights> weights, int num_pages,
                                          int page_size) {
-  if (resolve_device(device) == Device::kCuda) {
+  if (resolve_device(device, config) == Device::kCuda) {
 #if CASCADE_HAVE_CUDA
     return make_cuda_runner(config, *weights, num_pages, page_size);
 #endif

@@ -49,7 +49,8 @@ Engine::Engine(const Config& config) : config_(config) {
   probe.num_kv_heads = model_config_.num_key_value_heads;
   probe.head_dim = model_config_.head_dim;
   probe.page_size = config_.page_size;
-  const bool use_cuda = resolve_device(config_.device) == Device::kCuda;
+  const Device device = resolve_device(config_.device, model_config_);
+  const bool use_cuda = device == Device::kCuda;
   const int elem_bytes = use_cuda ? 2 : 4;
   const std::int64_t page_bytes = probe.token_bytes(elem_bytes) * config_.page_size;
   const int num_pages = static_cast<int>(std::min<std::int64_t>(
@@ -58,7 +59,7 @@ Engine::Engine(const Config& config) : config_(config) {
     throw_error(ErrorCode::kInvalidArgument,
                 "kv_cache_bytes {} holds fewer than 2 pages of {} bytes", config_.kv_cache_bytes, page_bytes);
   }
-  runner_ = make_runner(config_.device, model_config_, weights_, num_pages, config_.page_size);
+  runner_ = make_runner(device, model_config_, weights_, num_pages, config_.page_size);
   pages_ = std::make_unique<CascadePageManager>(num_pages, config_.enable_prefix_cache ? config_.chunk_page_ratio : 0.0);
   pages_->set_eviction_hook([this] { return evict_one_chunk(); });
   ChunkRegistryOptions ropts;

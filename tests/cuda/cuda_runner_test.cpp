@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "backend/cpu/ops.h"
+#include "engine/default_model.h"
 #include "cuda_test_util.h"
 
 namespace cascade::cuda::test {
@@ -196,6 +197,35 @@ TEST(CudaRunner, RejectsUnsupportedHeadDim) {
     EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
     EXPECT_NE(std::string(e.what()).find("head_dim 96"), std::string::npos);
   }
+}
+
+// Which models the CUDA runner takes is known without a GPU; `--device auto` uses it to fall back
+// to the CPU instead of failing (engine/default_model.h).
+TEST(CudaRunner, UnsupportedReasonNamesTheLimit) {
+  ModelConfig c = small_config(64, true);
+  EXPECT_EQ(cuda_unsupported_reason(c), "");
+  c.head_dim = 128;
+  EXPECT_EQ(cuda_unsupported_reason(c), "");
+  c.head_dim = 32;
+  EXPECT_NE(cuda_unsupported_reason(c).find("head_dim 32"), std::string::npos);
+  c.head_dim = 64;
+  c.num_attention_heads = 16;
+  c.num_key_value_heads = 1;  // a GQA group of 16
+  EXPECT_NE(cuda_unsupported_reason(c).find("16 query heads over 1 KV heads"), std::string::npos);
+  c.num_key_value_heads = 3;  // 16 over 3 does not divide
+  EXPECT_FALSE(cuda_unsupported_reason(c).empty());
+}
+
+// With a GPU present, auto picks it for a model it takes and the CPU for one it does not, while an
+// explicit --device cuda still refuses the latter with the reason.
+TEST(CudaRunner, AutoDeviceFallsBackToTheCpuForUnsupportedModels) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig ok = small_config(64, true), bad = ok;
+  bad.head_dim = 32;
+  EXPECT_EQ(resolve_device(Device::kAuto, ok), Device::kCuda);
+  EXPECT_EQ(resolve_device(Device::kAuto, bad), Device::kCpu);
+  EXPECT_EQ(resolve_device(Device::kCpu, ok), Device::kCpu);
+  EXPECT_EQ(resolve_device(Device::kCuda, bad), Device::kCuda);
 }
 
 }  // namespace

@@ -557,17 +557,8 @@ class CudaRunner final : public ModelRunner {
     gemm_->run(xb_.get(), lm_head_, logits_.get(), true, R, config_.vocab_size, hidden, stream_);
   }
   void validate_config(int num_pages, int page_size) const {
-    const ModelConfig& c = config_;
-    if (c.head_dim != 64 && c.head_dim != 128) {
-      throw_error(ErrorCode::kUnsupported,
-                  "cuda runner: head_dim {} is not supported (the attention kernels take 64 or 128)",
-                  c.head_dim);
-    }
-    if (c.num_key_value_heads <= 0 || c.num_attention_heads % c.num_key_value_heads != 0 ||
-        c.num_attention_heads / c.num_key_value_heads > 8) {
-      throw_error(ErrorCode::kUnsupported,
-                  "cuda runner: {} query heads over {} KV heads is not supported (GQA group 1..8)",
-                  c.num_attention_heads, c.num_key_value_heads);
+    if (const std::string why = cuda_unsupported_reason(config_); !why.empty()) {
+      throw_error(ErrorCode::kUnsupported, "cuda runner: {}", why);
     }
     if (num_pages <= 0 || page_size <= 0) {
       throw_error(ErrorCode::kInvalidArgument, "cuda runner: num_pages {} and page_size {} must be > 0",
@@ -732,6 +723,18 @@ class CudaRunner final : public ModelRunner {
 };
 
 }  // namespace
+
+std::string cuda_unsupported_reason(const ModelConfig& c) {
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return fmt::format("head_dim {} is not supported (the attention kernels take 64 or 128)", c.head_dim);
+  }
+  if (c.num_key_value_heads <= 0 || c.num_attention_heads % c.num_key_value_heads != 0 ||
+      c.num_attention_heads / c.num_key_value_heads > 8) {
+    return fmt::format("{} query heads over {} KV heads is not supported (GQA group 1..8)",
+                       c.num_attention_heads, c.num_key_value_heads);
+  }
+  return {};
+}
 
 std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig& config, const Qwen3Weights& weights,
                                               int num_pages, int page_size) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "engine/model_runner.h"
 #include "model/model_config.h"
@@ -13,6 +14,10 @@ namespace cascade {
 // True when a CUDA driver and at least one device are present. Never throws or aborts (CI machines
 // have no driver).
 bool cuda_device_available();
+
+// Why the CUDA runner cannot take this model (head_dim other than 64/128, a GQA group over 8), or
+// "" when it can. `--device auto` falls back to the CPU on a non-empty reason.
+std::string cuda_unsupported_reason(const ModelConfig& config);
 
 // A ModelRunner on the current CUDA device: weights converted to bf16 on upload, K/V pools of
 // `num_pages` pages of `page_size` slots per layer (bf16). head_dim must be 64 or 128 and
