@@ -23,7 +23,6 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 
 constexpr auto kPollInterval = 50ms;  // how often a waiting stream checks its client
-constexpr auto kKeepAlive = 1s;       // an SSE comment after this much silence detects a gone client
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -110,6 +109,9 @@ ApiError engine_failure(const std::string& message) {
 Server::Server(const Config& config, ServerOptions options)
     : config_(config), options_(std::move(options)), metrics_(std::make_unique<ServerMetrics>()) {
   if (options_.max_queue < 0) throw_error(ErrorCode::kInvalidArgument, "--max-queue must be >= 0, got {}", options_.max_queue);
+  if (options_.keep_alive_ms < 1) {
+    throw_error(ErrorCode::kInvalidArgument, "keep_alive_ms must be >= 1, got {}", options_.keep_alive_ms);
+  }
   if (options_.max_body_bytes < 1024) {
     throw_error(ErrorCode::kInvalidArgument, "--max-body-mb gives {} bytes; at least 1 KiB is needed", options_.max_body_bytes);
   }
@@ -126,6 +128,11 @@ int Server::start() {
   http_ = std::make_unique<httplib::Server>();
   const int threads = std::max(2, options_.http_threads);
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
+  // A generation call holds its HTTP thread until its response ends, and httplib queues new
+  // connections without limit once every thread is busy: keep some threads for /health, /metrics,
+  // chunk calls and the 429s, so a full server answers instead of hanging.
+  const int reserved = std::min(4, threads / 2);
+  max_open_calls_ = std::max(1, threads - reserved);
   http_->set_payload_max_length(options_.max_body_bytes);
   install_routes();
   if (options_.port == 0) {
@@ -246,6 +253,21 @@ void Server::install_routes() {
   // ---- generation ------------------------------------------------------------------------------
   auto generate = [this](const httplib::Request& req, httplib::Response& res, GenerationCall call) {
     const int n = static_cast<int>(call.requests.size());
+    // The call's HTTP-thread slot, released when the last holder (this handler, or the response's
+    // content provider) lets go.
+    std::shared_ptr<void> call_slot;
+    if (open_calls_->fetch_add(1) >= max_open_calls_) {
+      open_calls_->fetch_sub(1);
+      ApiError e;
+      e.status = 429;
+      e.type = "rate_limit_error";
+      e.code = "too_many_connections";
+      e.message = fmt::format("the server is serving {} generation calls, its limit for {} HTTP threads; retry later",
+                              max_open_calls_, std::max(2, options_.http_threads));
+      send_error(res, e);
+      return;
+    }
+    call_slot = std::shared_ptr<void>(nullptr, [open = open_calls_](void*) { open->fetch_sub(1); });
     if (!loop_->try_reserve(n)) {
       ApiError e;
       e.status = 429;
@@ -266,16 +288,61 @@ void Server::install_routes() {
     state->call = std::move(call);
 
     if (!state->call.stream) {
-      while (state->unfinished > 0) {
+      // Short calls: wait here and answer with the right status.
+      const std::chrono::milliseconds keep_alive(options_.keep_alive_ms);
+      const auto wait_until = std::chrono::steady_clock::now() + keep_alive;
+      while (state->unfinished > 0 && std::chrono::steady_clock::now() < wait_until) {
         for (const ChoiceEvent& ev : state->channel->wait_take(kPollInterval)) {
           apply_event(state->results, ev);
           if (ev.finished) --state->unfinished;
         }
       }
-      for (const ChoiceResult& r : state->results) {
-        if (!r.error.empty()) throw ApiException(engine_failure(r.error));
+      if (state->unfinished == 0) {
+        for (const ChoiceResult& r : state->results) {
+          if (!r.error.empty()) throw ApiException(engine_failure(r.error));
+        }
+        send_json(res, 200, completion_response(state->call, state->id, state->created, model_name_, state->results));
+        return;
       }
-      send_json(res, 200, completion_response(state->call, state->id, state->created, model_name_, state->results));
+      // Longer calls answer through a chunked body, so that a client that goes away is noticed
+      // (a write fails) and its request cancelled, as for streams. Whitespace before a JSON value
+      // is insignificant, so a space after each second of silence probes the connection without
+      // changing the document. An engine failure from here on arrives as a 200 carrying an
+      // OpenAI error object (the status line has gone out).
+      state->last_write = std::chrono::steady_clock::now();
+      res.set_header("Cache-Control", "no-cache");
+      EngineLoop* loop = loop_.get();
+      const std::string model = model_name_;
+      res.set_chunked_content_provider(
+          "application/json",
+          [state, model, call_slot, keep_alive](std::size_t, httplib::DataSink& sink) {
+            for (const ChoiceEvent& ev : state->channel->wait_take(kPollInterval)) {
+              apply_event(state->results, ev);
+              if (ev.finished) --state->unfinished;
+            }
+            if (state->unfinished == 0) {
+              const ChoiceResult* failed = nullptr;
+              for (const ChoiceResult& r : state->results) {
+                if (!r.error.empty() && failed == nullptr) failed = &r;
+              }
+              const std::string body =
+                  failed != nullptr
+                      ? dump_json(api_error_json(engine_failure(failed->error)))
+                      : dump_json(completion_response(state->call, state->id, state->created, model, state->results));
+              state->done = true;  // nothing is left to cancel, whether or not the client reads it
+              if (!sink.write(body.data(), body.size())) return false;
+              sink.done();
+              return true;
+            }
+            if (std::chrono::steady_clock::now() - state->last_write > keep_alive) {
+              state->last_write = std::chrono::steady_clock::now();
+              if (!sink.write(" ", 1)) return false;
+            }
+            return sink.is_writable();
+          },
+          [state, loop](bool) {
+            if (!state->done) loop->cancel(state->engine_ids);
+          });
       return;
     }
 
@@ -285,7 +352,8 @@ void Server::install_routes() {
     const std::string model = model_name_;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [state, model](std::size_t, httplib::DataSink& sink) {
+        [state, model, call_slot, keep_alive = std::chrono::milliseconds(options_.keep_alive_ms)](
+            std::size_t, httplib::DataSink& sink) {
           auto write = [&](const std::string& s) {
             state->last_write = std::chrono::steady_clock::now();
             return sink.write(s.data(), s.size());
@@ -319,7 +387,7 @@ void Server::install_routes() {
             return true;
           }
           // Nothing to say for a while: a comment line (ignored by SSE clients) finds a gone client.
-          if (std::chrono::steady_clock::now() - state->last_write > kKeepAlive && !write(": keep-alive\n\n")) {
+          if (std::chrono::steady_clock::now() - state->last_write > keep_alive && !write(": keep-alive\n\n")) {
             return false;
           }
           return sink.is_writable();

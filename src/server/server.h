@@ -27,7 +27,13 @@ struct ServerOptions {
   std::string served_model_name;          // empty: the model folder's name, or "cascade-default"
   int max_queue = 256;                    // requests waiting beyond the running batch; more → 429
   std::size_t max_body_bytes = 8u << 20;  // larger bodies → 413
-  int http_threads = 64;                  // each open stream holds one
+  // Silence after which an open response probes its client (an SSE comment in a stream, a space
+  // before the JSON of a non-streamed answer that has not finished): a gone client is noticed and
+  // its request cancelled. Non-streamed answers that finish sooner are sent whole.
+  int keep_alive_ms = 1000;
+  int http_threads = 64;                  // each open generation call holds one; a few are kept
+                                          // for /health, /metrics and refusals (generation calls
+                                          // beyond the rest get a 429 at once)
 };
 
 class Server {
@@ -58,6 +64,8 @@ class Server {
   std::unique_ptr<httplib::Server> http_;
   std::thread listener_;
   std::atomic<std::uint64_t> next_id_{1};
+  std::shared_ptr<std::atomic<int>> open_calls_ = std::make_shared<std::atomic<int>>(0);  // generation calls holding an HTTP thread
+  int max_open_calls_ = 1;
   std::string id_prefix_;
   int port_ = 0;
   bool started_ = false;

@@ -439,6 +439,90 @@ TEST(Server, ClientDisconnectCancelsAndFreesPages) {
   }
 }
 
+// A non-streamed call whose client goes away is cancelled too: past keep_alive_ms the answer goes
+// out as a chunked body whose probing spaces find the closed connection. (The client here hangs
+// up on the first space it receives.)
+TEST(Server, NonStreamedClientDisconnectCancels) {
+  Config config = test_config();
+  config.max_model_len = 4096;
+  config.enable_prefix_cache = false;
+  ServerOptions opts;
+  opts.keep_alive_ms = 100;
+  Running srv(config, opts);
+  {
+    auto c = srv.client();
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.set_header("Content-Type", "application/json");
+    req.body = json{{"prompt", "a long story"}, {"max_tokens", 4000}, {"ignore_eos", true}}.dump();
+    std::string got;
+    req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) {
+      got.append(data, n);
+      return false;  // hang up
+    };
+    c.send(req);
+    EXPECT_EQ(got.find_first_not_of(' '), std::string::npos) << "only probing spaces before the hang-up: " << got;
+  }
+  EXPECT_TRUE(srv.wait_metric("cascade_requests_cancelled_total", 1));
+  EXPECT_TRUE(srv.wait_metric("cascade_running_sequences", 0));
+  EXPECT_LT(srv.metric("cascade_generation_tokens_total"), 4000);
+  EXPECT_TRUE(srv.wait_metric("cascade_kv_pages_used", 0));
+}
+
+// A non-streamed call that outlives keep_alive_ms still returns the same completion, as one JSON
+// document (with insignificant leading spaces), equal to a call answered whole.
+TEST(Server, LongNonStreamedAnswerIsTheSameDocument) {
+  Config config = test_config();
+  config.max_model_len = 4096;
+  ServerOptions slow_probe, fast_probe;
+  fast_probe.keep_alive_ms = 1;
+  Running whole(config, slow_probe), chunked(config, fast_probe);
+  const json body = {{"prompt", "tell me"}, {"max_tokens", 200}, {"ignore_eos", true}, {"temperature", 0}};
+  const Reply a = whole.post("/v1/completions", body);
+  const Reply b = chunked.post("/v1/completions", body);
+  ASSERT_EQ(a.status, 200);
+  ASSERT_EQ(b.status, 200);
+  EXPECT_EQ(a.body["choices"][0]["text"], b.body["choices"][0]["text"]);
+  EXPECT_EQ(b.body["usage"]["completion_tokens"], 200);
+  EXPECT_EQ(b.body["object"], "text_completion");
+}
+
+// Every generation call holds an HTTP thread; once all but the reserved few are busy, further
+// calls are refused at once with a 429 and /health still answers.
+TEST(Server, BusyHttpThreadsGiveA429AndHealthStillAnswers) {
+  Config config = test_config();
+  config.max_model_len = 4096;
+  ServerOptions opts;
+  opts.http_threads = 4;  // 2 reserved, 2 for generation calls
+  Running srv(config, opts);
+  std::atomic<bool> release{false};
+  auto hold = [&] {
+    auto c = srv.client();
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.set_header("Content-Type", "application/json");
+    req.body = json{{"prompt", "hold"}, {"max_tokens", 4000}, {"ignore_eos", true}, {"stream", true}}.dump();
+    req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) { return !release.load(); };
+    c.send(req);
+  };
+  std::thread a(hold), b(hold);
+  const auto end = std::chrono::steady_clock::now() + 15s;
+  while (srv.metric("cascade_running_sequences") < 2 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(2ms);
+  }
+  Reply r = srv.post("/v1/completions", json{{"prompt", "third"}, {"max_tokens", 2}});
+  expect_error_shape(r, 429, "rate_limit_error");
+  EXPECT_EQ(r.body["error"]["code"], "too_many_connections");
+  EXPECT_EQ(srv.get("/health").status, 200);
+  release = true;
+  a.join();
+  b.join();
+  ASSERT_TRUE(srv.wait_metric("cascade_running_sequences", 0));
+  EXPECT_EQ(srv.post("/v1/completions", json{{"prompt", "fourth"}, {"max_tokens", 2}}).status, 200);
+}
+
 TEST(Server, FullQueueIsA429) {
   Config config = test_config();
   config.max_model_len = 4096;
