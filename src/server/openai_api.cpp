@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "cache/context_chunk.h"
 #include "core/error.h"
 #include "engine/request_json.h"
 #include "engine/sampler.h"
@@ -231,7 +232,9 @@ GenerationCall parse_completion_request(const json& body, const ModelInfo& model
         s.ids = encode(model, *s.text, "segments");
         s.text.reset();
         if (s.ids.empty()) fail("a segment's text encodes to no tokens", "segments");
-      } else if (!s.chunk_id) {
+      } else if (s.chunk_id) {
+        require_chunk_id_form(*s.chunk_id);
+      } else {
         for (std::int32_t t : s.ids) {
           if (t >= model.vocab_size) {
             fail(fmt::format("token id {} in 'segments' is outside the vocabulary [0, {})", t, model.vocab_size), "segments");
@@ -434,6 +437,12 @@ json stream_usage_chunk(const GenerationCall& call, const std::string& id, std::
               {"model", model},
               {"choices", json::array()},
               {"usage", usage_json(choices)}};
+}
+
+void require_chunk_id_form(const std::string& id) {
+  if (!chunk_id_from_hex(id)) {
+    throw_error(ErrorCode::kNotFound, "no chunk has the id '{}' (chunk ids are 64 hex digits)", id);
+  }
 }
 
 }  // namespace cascade

@@ -63,6 +63,10 @@ ChunkRegistration parse_chunk_registration(const nlohmann::json& body, const Mod
 // Parses a request body; malformed JSON or invalid UTF-8 is a 400 naming the position.
 nlohmann::json parse_body(const std::string& body);
 
+// Throws cascade::Error(kNotFound) naming `id` unless it has the form of a chunk id (64 hex
+// digits): over HTTP every id that names no chunk, malformed or not, is a 404.
+void require_chunk_id_form(const std::string& id);
+
 // Accumulated result of one choice.
 struct ChoiceResult {
   std::string text;

@@ -432,6 +432,7 @@ void Server::install_routes() {
   http.Get(R"(/v1/chunks/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
     guarded(res, [&] {
       const std::string id = req.matches[1];
+      require_chunk_id_form(id);
       json j = chunk_info_to_json(loop_->call([&id](Engine& e) { return e.get_chunk(id); }));
       j["object"] = "chunk";
       send_json(res, 200, j);
@@ -440,6 +441,7 @@ void Server::install_routes() {
   http.Delete(R"(/v1/chunks/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
     guarded(res, [&] {
       const std::string id = req.matches[1];
+      require_chunk_id_form(id);
       loop_->call([&id](Engine& e) {
         e.delete_chunk(id);
         return 0;

@@ -286,12 +286,48 @@ TEST(Server, ChunkEndpointsAndComposition) {
   expect_error_shape(bad, 404, "not_found_error");
   EXPECT_NE(bad.body["error"]["message"].get<std::string>().find("ffff"), std::string::npos);
 
+  // Ids that could not name a chunk (not 64 hex digits) are unknown too: 404s naming the id.
+  for (const std::string& odd : {std::string("doesnotexist"), std::string("abc")}) {
+    Reply g = srv.get("/v1/chunks/" + odd);
+    expect_error_shape(g, 404, "not_found_error");
+    EXPECT_NE(g.body["error"]["message"].get<std::string>().find(odd), std::string::npos);
+    expect_error_shape(srv.del("/v1/chunks/" + odd), 404, "not_found_error");
+    json odd_compose = composed;
+    odd_compose["segments"][0]["chunk_id"] = odd;
+    Reply c = srv.post("/v1/completions", odd_compose);
+    expect_error_shape(c, 404, "not_found_error");
+    EXPECT_NE(c.body["error"]["message"].get<std::string>().find(odd), std::string::npos);
+  }
+
   // Deleting: 200, then the id is gone.
   Reply d = srv.del("/v1/chunks/" + id);
   ASSERT_EQ(d.status, 200) << d.body.dump();
   EXPECT_EQ(d.body["deleted"], true);
   expect_error_shape(srv.get("/v1/chunks/" + id), 404, "not_found_error");
   expect_error_shape(srv.post("/v1/completions", composed), 404, "not_found_error");
+}
+
+// A chunk evicted by the registry's size limit is a 404 naming its id, by id and in a composition.
+TEST(Server, EvictedChunkIdsAre404s) {
+  Config config = test_config();
+  config.chunk_registry_size = 1;  // registering a second chunk evicts the first (idle) one
+  Running srv(config);
+  Reply a = srv.post("/v1/chunks", json{{"kind", "system"}, {"text", "First system prompt."}});
+  ASSERT_EQ(a.status, 200) << a.body.dump();
+  const std::string first = a.body["id"];
+  Reply b = srv.post("/v1/chunks", json{{"kind", "system"}, {"text", "Second system prompt."}});
+  ASSERT_EQ(b.status, 200) << b.body.dump();
+  EXPECT_GE(srv.metric("cascade_chunk_evictions_total"), 1);
+  Reply g = srv.get("/v1/chunks/" + first);
+  expect_error_shape(g, 404, "not_found_error");
+  EXPECT_NE(g.body["error"]["message"].get<std::string>().find(first), std::string::npos);
+  json composed{{"segments", json::array({{{"kind", "system"}, {"chunk_id", first}},
+                                          {{"kind", "query"}, {"text", "Hello?"}}})},
+                {"max_tokens", 2}};
+  Reply c = srv.post("/v1/completions", composed);
+  expect_error_shape(c, 404, "not_found_error");
+  EXPECT_NE(c.body["error"]["message"].get<std::string>().find(first), std::string::npos);
+  EXPECT_EQ(srv.get("/v1/chunks/" + b.body["id"].get<std::string>()).status, 200);
 }
 
 TEST(Server, DeletingAChunkInUseIsAConflict) {
