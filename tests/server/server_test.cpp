@@ -317,7 +317,7 @@ TEST(Server, EvictedChunkIdsAre404s) {
   const std::string first = a.body["id"];
   Reply b = srv.post("/v1/chunks", json{{"kind", "system"}, {"text", "Second system prompt."}});
   ASSERT_EQ(b.status, 200) << b.body.dump();
-  EXPECT_GE(srv.metric("cascade_chunk_evictions_total"), 1);
+  EXPECT_TRUE(srv.wait_metric("cascade_chunk_evictions_total", 1));  // metrics are published after the step
   Reply g = srv.get("/v1/chunks/" + first);
   expect_error_shape(g, 404, "not_found_error");
   EXPECT_NE(g.body["error"]["message"].get<std::string>().find(first), std::string::npos);
