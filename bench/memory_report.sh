@@ -15,14 +15,18 @@ shared = json.load(open(sys.argv[1]))["stats"]
 plain = json.load(open(sys.argv[2]))["stats"]
 bound = json.loads(sys.argv[3])
 page = 16
-print("| run | KV tokens stored | of logical | saving | peak pages | peak pages x page size |")
-print("|---|---|---|---|---|---|")
+tb = shared["kv_bytes_logical"] // max(1, shared["kv_tokens_logical"])  # K+V bytes per token, all layers
+mib = lambda n: f"{n / 2**20:.1f} MiB"
+print(f"KV bytes per token: {tb} (K and V, every layer, the pool's dtype)\n")
+print("| run | KV tokens stored | of logical | KV bytes stored | of logical | saving | peak pages | peak pages x page size |")
+print("|---|---|---|---|---|---|---|---|")
 for name, s in (("no sharing (--no-cache)", plain), ("chunk sharing", shared)):
-    print(f"| {name} | {s['kv_tokens_stored']} | {s['kv_tokens_logical']} | "
-          f"{1 - s['kv_tokens_stored'] / s['kv_tokens_logical']:.1%} | {s['peak_pages_used']} | "
-          f"{s['peak_pages_used'] * page} |")
+    print(f"| {name} | {s['kv_tokens_stored']} | {s['kv_tokens_logical']} | {mib(s['kv_bytes_stored'])} | "
+          f"{mib(s['kv_bytes_logical'])} | {1 - s['kv_tokens_stored'] / s['kv_tokens_logical']:.1%} | "
+          f"{s['peak_pages_used']} | {s['peak_pages_used'] * page} |")
 print(f"| exact bound (distinct prefix-trie tokens) | {bound['kv_tokens_bound']} | "
-      f"{bound['kv_tokens_logical']} | {1 - bound['kv_tokens_bound'] / bound['kv_tokens_logical']:.1%} | | |")
+      f"{bound['kv_tokens_logical']} | {mib(bound['kv_tokens_bound'] * tb)} | {mib(bound['kv_tokens_logical'] * tb)} | "
+      f"{1 - bound['kv_tokens_bound'] / bound['kv_tokens_logical']:.1%} | | |")
 print(f"\nchunk sharing stores {shared['kv_tokens_stored'] - bound['kv_tokens_bound']:+d} tokens against the bound; "
       f"chunk hits {shared['chunk_hits']}, misses {shared['chunk_misses']}")
 PY

@@ -50,6 +50,7 @@ struct CompositionPreview {
 struct EngineStats {
   std::int64_t kv_tokens_logical = 0;  // KV tokens all sequences held, without sharing
   std::int64_t kv_tokens_stored = 0;   // KV tokens actually written to pages
+  std::int64_t kv_token_bytes = 0;     // K and V bytes of one token over all layers (the pool's dtype)
   std::uint64_t chunk_hits = 0, chunk_misses = 0, chunk_evictions = 0;
   int peak_pages_used = 0;
   int pages_used = 0, pages_total = 0;

@@ -69,6 +69,7 @@ Engine::Engine(const Config& config) : config_(config) {
   registry_ = std::make_unique<ChunkRegistry>(ropts);
   cascade_ = std::make_unique<CascadeScheduler>(cascade_scheduler_options(config_));
   stats_.pages_total = num_pages;
+  stats_.kv_token_bytes = runner_->kv_layout().token_bytes(std::string(runner_->device_name()) == "cpu" ? 4 : 2);
   CASCADE_LOG_INFO("engine: device={} pages={} page_size={} layers={} hidden={}", runner_->device_name(),
                    num_pages, config_.page_size, model_config_.num_hidden_layers, model_config_.hidden_size);
 }

@@ -110,6 +110,8 @@ json output_to_json(const RequestOutput& out, bool with_text) {
 json stats_to_json(const EngineStats& s) {
   return json{{"kv_tokens_logical", s.kv_tokens_logical},
               {"kv_tokens_stored", s.kv_tokens_stored},
+              {"kv_bytes_logical", s.kv_tokens_logical * s.kv_token_bytes},
+              {"kv_bytes_stored", s.kv_tokens_stored * s.kv_token_bytes},
               {"chunk_hits", s.chunk_hits},
               {"chunk_misses", s.chunk_misses},
               {"chunk_evictions", s.chunk_evictions},

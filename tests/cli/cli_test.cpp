@@ -154,6 +154,16 @@ TEST(Cli, RequestsFileCacheAndCascadeKeepTokens) {
   EXPECT_EQ(st_nc["chunk_hits"].get<int>(), 0);
   EXPECT_EQ(st_nc["kv_tokens_stored"], st_nc["kv_tokens_logical"]);
   EXPECT_EQ(st_nc["kv_tokens_logical"], st["kv_tokens_logical"]);
+  // Bytes: K and V of every layer per token, fp32 on the CPU (the fixture's config.json).
+  std::ifstream cfg_in(dir / "config.json");
+  const json cfg = json::parse(cfg_in);
+  const std::int64_t token_bytes = cfg["num_hidden_layers"].get<std::int64_t>() *
+                                   cfg["num_key_value_heads"].get<std::int64_t>() *
+                                   cfg["head_dim"].get<std::int64_t>() * 2 * 4;
+  for (const json* s : {&st, &st_nc}) {
+    EXPECT_EQ((*s)["kv_bytes_stored"].get<std::int64_t>(), (*s)["kv_tokens_stored"].get<std::int64_t>() * token_bytes);
+    EXPECT_EQ((*s)["kv_bytes_logical"].get<std::int64_t>(), (*s)["kv_tokens_logical"].get<std::int64_t>() * token_bytes);
+  }
 }
 
 TEST(Cli, ChunkSession) {
