@@ -3,15 +3,13 @@
 // cuda_attention_bench on the card) and on edited copies of it: each target is judged from the
 // right rows, and --strict fails exactly when a target is not met or the output checks failed.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "common/run_command.h"
 
 namespace {
 
@@ -20,22 +18,12 @@ using nlohmann::json;
 
 const fs::path kSource = CASCADE_SOURCE_DIR;
 
-struct Report {
-  int status = -1;
-  std::string out;
-};
+using Report = cascade::test::CommandResult;
 
 Report run(const fs::path& decode, const fs::path& attention, bool strict) {
-  const std::string cmd = "python3 " + (kSource / "bench/cuda_targets.py").string() + " " + decode.string() +
-                          " " + attention.string() + (strict ? " --strict" : "") + " 2>&1";
-  Report r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  return cascade::test::run_command("python3 " + (kSource / "bench/cuda_targets.py").string() + " " +
+                                    decode.string() + " " + attention.string() + (strict ? " --strict" : "") +
+                                    " 2>&1");
 }
 
 json load(const fs::path& p) {
@@ -44,7 +32,7 @@ json load(const fs::path& p) {
 }
 
 fs::path write_temp(const json& j, const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("cascade_targets_" + std::to_string(::getpid()) + "_" + name);
+  const fs::path p = cascade::test::process_temp_file("cascade_targets", name);
   std::ofstream(p) << j.dump();
   return p;
 }

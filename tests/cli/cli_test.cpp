@@ -2,15 +2,13 @@
 // --no-cache, --cascade), tokenize, chunks; outputs compared with references made by transformers
 // and HF tokenizers (tests/fixtures), errors reported with a non-zero exit and a message.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "common/run_command.h"
 
 namespace {
 
@@ -20,26 +18,13 @@ using nlohmann::json;
 const std::string kCascade = std::string(CASCADE_BINARY_DIR) + "/cascade";
 const fs::path kSource = CASCADE_SOURCE_DIR;
 
-struct RunResult {
-  int status = -1;
-  std::string out;
-};
+using RunResult = cascade::test::CommandResult;
 
 // ctest runs each test as its own process, several at once: every temporary file is named per process.
-fs::path temp_file(const std::string& name) {
-  return fs::temp_directory_path() / ("cascade_cli_test_" + std::to_string(::getpid()) + "_" + name);
-}
+fs::path temp_file(const std::string& name) { return cascade::test::process_temp_file("cascade_cli_test", name); }
 
 RunResult run(const std::string& args) {
-  RunResult r;
-  const std::string cmd = kCascade + " " + args + " 2>" + temp_file("stderr").string();
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  return cascade::test::run_command(kCascade + " " + args + " 2>" + temp_file("stderr").string());
 }
 
 std::string stderr_text() {
