@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -132,6 +133,26 @@ RequestOutput reference(const Config& config, const std::vector<std::int32_t>& p
   r.sampling.temperature = 0.0f;
   r.sampling.max_tokens = max_tokens;
   return llm.generate({r})[0];
+}
+
+// POSTs `body` to /v1/completions and hands every piece of the response body to `receive`;
+// returning false from it hangs up.
+void post_completion_receiving(const Running& srv, const json& body,
+                               const std::function<bool(const char*, std::size_t)>& receive) {
+  auto c = srv.client();
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.set_header("Content-Type", "application/json");
+  req.body = body.dump();
+  req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) { return receive(data, n); };
+  c.send(req);
+}
+
+// Streams a long completion until `release` is set (the call holds its sequence and HTTP thread).
+void hold_stream(const Running& srv, const std::atomic<bool>& release) {
+  post_completion_receiving(srv, json{{"prompt", "hold"}, {"max_tokens", 4000}, {"ignore_eos", true}, {"stream", true}},
+                            [&](const char*, std::size_t) { return !release.load(); });
 }
 
 TEST(Server, CompletionMatchesTheLibraryAndStreamingMatchesNonStreaming) {
@@ -339,20 +360,14 @@ TEST(Server, DeletingAChunkInUseIsAConflict) {
   const std::string id = reg.body["id"];
   std::atomic<bool> streaming{false}, release{false};
   std::thread t([&] {
-    auto c = srv.client();
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/completions";
-    req.set_header("Content-Type", "application/json");
-    req.body = json{{"segments", json::array({{{"kind", "system"}, {"chunk_id", id}},
-                                              {{"kind", "query"}, {"text", "go"}}})},
-                    {"max_tokens", 4000}, {"ignore_eos", true}, {"stream", true}}
-                   .dump();
-    req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) {
-      streaming = true;
-      return !release.load();
-    };
-    c.send(req);
+    post_completion_receiving(srv,
+                              json{{"segments", json::array({{{"kind", "system"}, {"chunk_id", id}},
+                                                            {{"kind", "query"}, {"text", "go"}}})},
+                                   {"max_tokens", 4000}, {"ignore_eos", true}, {"stream", true}},
+                              [&](const char*, std::size_t) {
+                                streaming = true;
+                                return !release.load();
+                              });
   });
   while (!streaming) std::this_thread::sleep_for(5ms);
   expect_error_shape(srv.del("/v1/chunks/" + id), 409, "conflict_error");
@@ -436,15 +451,11 @@ TEST(Server, ApiKeyGuardsEverythingButHealth) {
 
 // Streams `max_tokens` tokens and hangs up after `events` events.
 void stream_and_hang_up(const Running& srv, int max_tokens, int events) {
-  auto c = srv.client();
-  httplib::Request req;
-  req.method = "POST";
-  req.path = "/v1/completions";
-  req.set_header("Content-Type", "application/json");
-  req.body = json{{"prompt", "a long story"}, {"max_tokens", max_tokens}, {"ignore_eos", true}, {"stream", true}}.dump();
   int seen = 0;
-  req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) { return ++seen < events; };
-  c.send(req);
+  post_completion_receiving(srv,
+                            json{{"prompt", "a long story"}, {"max_tokens", max_tokens}, {"ignore_eos", true},
+                                 {"stream", true}},
+                            [&](const char*, std::size_t) { return ++seen < events; });
 }
 
 TEST(Server, ClientDisconnectCancelsAndFreesPages) {
@@ -486,18 +497,12 @@ TEST(Server, NonStreamedClientDisconnectCancels) {
   opts.keep_alive_ms = 100;
   Running srv(config, opts);
   {
-    auto c = srv.client();
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/completions";
-    req.set_header("Content-Type", "application/json");
-    req.body = json{{"prompt", "a long story"}, {"max_tokens", 4000}, {"ignore_eos", true}}.dump();
     std::string got;
-    req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) {
-      got.append(data, n);
-      return false;  // hang up
-    };
-    c.send(req);
+    post_completion_receiving(srv, json{{"prompt", "a long story"}, {"max_tokens", 4000}, {"ignore_eos", true}},
+                              [&](const char* data, std::size_t n) {
+                                got.append(data, n);
+                                return false;  // hang up
+                              });
     EXPECT_EQ(got.find_first_not_of(' '), std::string::npos) << "only probing spaces before the hang-up: " << got;
   }
   EXPECT_TRUE(srv.wait_metric("cascade_requests_cancelled_total", 1));
@@ -533,17 +538,7 @@ TEST(Server, BusyHttpThreadsGiveA429AndHealthStillAnswers) {
   opts.http_threads = 4;  // 2 reserved, 2 for generation calls
   Running srv(config, opts);
   std::atomic<bool> release{false};
-  auto hold = [&] {
-    auto c = srv.client();
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/completions";
-    req.set_header("Content-Type", "application/json");
-    req.body = json{{"prompt", "hold"}, {"max_tokens", 4000}, {"ignore_eos", true}, {"stream", true}}.dump();
-    req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) { return !release.load(); };
-    c.send(req);
-  };
-  std::thread a(hold), b(hold);
+  std::thread a([&] { hold_stream(srv, release); }), b([&] { hold_stream(srv, release); });
   const auto end = std::chrono::steady_clock::now() + 15s;
   while (srv.metric("cascade_running_sequences") < 2 && std::chrono::steady_clock::now() < end) {
     std::this_thread::sleep_for(2ms);
@@ -567,17 +562,7 @@ TEST(Server, FullQueueIsA429) {
   opts.max_queue = 1;  // one running + one waiting
   Running srv(config, opts);
   std::atomic<bool> release{false};
-  auto hold = [&] {
-    auto c = srv.client();
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/completions";
-    req.set_header("Content-Type", "application/json");
-    req.body = json{{"prompt", "hold"}, {"max_tokens", 4000}, {"ignore_eos", true}, {"stream", true}}.dump();
-    req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) { return !release.load(); };
-    c.send(req);
-  };
-  std::thread a(hold), b(hold);
+  std::thread a([&] { hold_stream(srv, release); }), b([&] { hold_stream(srv, release); });
   const auto end = std::chrono::steady_clock::now() + 15s;
   while (!(srv.metric("cascade_running_sequences") == 1 && srv.metric("cascade_queue_depth") == 1) &&
          std::chrono::steady_clock::now() < end) {
