@@ -79,6 +79,16 @@ struct StreamState {
   bool head_sent = false;
   bool done = false;
   std::chrono::steady_clock::time_point last_write;
+
+  // Non-streamed calls: applies the events that arrive within one poll interval.
+  void absorb_events();
+  // The first choice that failed in the engine, or nullptr.
+  const ChoiceResult* first_failure() const {
+    for (const ChoiceResult& r : results) {
+      if (!r.error.empty()) return &r;
+    }
+    return nullptr;
+  }
 };
 
 void apply_event(std::vector<ChoiceResult>& results, const ChoiceEvent& ev) {
@@ -92,6 +102,13 @@ void apply_event(std::vector<ChoiceResult>& results, const ChoiceEvent& ev) {
     r.prompt_tokens = ev.prompt_tokens;
     r.cached_tokens = ev.cached_tokens;
     r.completion_tokens = ev.completion_tokens;
+  }
+}
+
+void StreamState::absorb_events() {
+  for (const ChoiceEvent& ev : channel->wait_take(kPollInterval)) {
+    apply_event(results, ev);
+    if (ev.finished) --unfinished;
   }
 }
 
@@ -291,16 +308,9 @@ void Server::install_routes() {
       // Short calls: wait here and answer with the right status.
       const std::chrono::milliseconds keep_alive(options_.keep_alive_ms);
       const auto wait_until = std::chrono::steady_clock::now() + keep_alive;
-      while (state->unfinished > 0 && std::chrono::steady_clock::now() < wait_until) {
-        for (const ChoiceEvent& ev : state->channel->wait_take(kPollInterval)) {
-          apply_event(state->results, ev);
-          if (ev.finished) --state->unfinished;
-        }
-      }
+      while (state->unfinished > 0 && std::chrono::steady_clock::now() < wait_until) state->absorb_events();
       if (state->unfinished == 0) {
-        for (const ChoiceResult& r : state->results) {
-          if (!r.error.empty()) throw ApiException(engine_failure(r.error));
-        }
+        if (const ChoiceResult* failed = state->first_failure()) throw ApiException(engine_failure(failed->error));
         send_json(res, 200, completion_response(state->call, state->id, state->created, model_name_, state->results));
         return;
       }
@@ -316,15 +326,9 @@ void Server::install_routes() {
       res.set_chunked_content_provider(
           "application/json",
           [state, model, call_slot, keep_alive](std::size_t, httplib::DataSink& sink) {
-            for (const ChoiceEvent& ev : state->channel->wait_take(kPollInterval)) {
-              apply_event(state->results, ev);
-              if (ev.finished) --state->unfinished;
-            }
+            state->absorb_events();
             if (state->unfinished == 0) {
-              const ChoiceResult* failed = nullptr;
-              for (const ChoiceResult& r : state->results) {
-                if (!r.error.empty() && failed == nullptr) failed = &r;
-              }
+              const ChoiceResult* failed = state->first_failure();
               const std::string body =
                   failed != nullptr
                       ? dump_json(api_error_json(engine_failure(failed->error)))
