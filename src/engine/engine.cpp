@@ -69,7 +69,7 @@ Engine::Engine(const Config& config) : config_(config) {
   registry_ = std::make_unique<ChunkRegistry>(ropts);
   cascade_ = std::make_unique<CascadeScheduler>(cascade_scheduler_options(config_));
   stats_.pages_total = num_pages;
-  stats_.kv_token_bytes = runner_->kv_layout().token_bytes(std::string(runner_->device_name()) == "cpu" ? 4 : 2);
+  stats_.kv_token_bytes = probe.token_bytes(elem_bytes);
   CASCADE_LOG_INFO("engine: device={} pages={} page_size={} layers={} hidden={}", runner_->device_name(),
                    num_pages, config_.page_size, model_config_.num_hidden_layers, model_config_.hidden_size);
 }
@@ -672,7 +672,7 @@ CompositionPreview Engine::preview(const Request& request) const {
   build_parts(seq, resolved);
   CompositionPreview out;
   out.prompt_ids = seq.prompt;
-  const std::int64_t tok_bytes = runner_->kv_layout().token_bytes(std::string(runner_->device_name()) == "cpu" ? 4 : 2);
+  const std::int64_t tok_bytes = stats_.kv_token_bytes;
   for (const Part& p : seq.parts) {
     out.chunk_ids.push_back(hex(p.id));
     auto snap = registry_->find(p.id);
