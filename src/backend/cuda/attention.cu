@@ -317,7 +317,7 @@ cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
     configured = true;
   }
   const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
-  return launch_pdl(attention_level_kernel<kD, kWarps>, grid, dim3(kWarps * 32), kSmem, stream, p);
+  return launch_pdl<attention_level_kernel<kD, kWarps>>(grid, dim3(kWarps * 32), kSmem, stream, p);
 }
 
 }  // namespace

@@ -160,7 +160,7 @@ cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, b
   const int grid = static_cast<int>(need < resident ? need : resident);
   // Programmatic dependent launch (launch.cuh): this grid may start while the previous kernel in
   // the stream finishes; it streams its first columns of w, then waits before touching x or y.
-  return launch_pdl(gemv_kernel<MT>, dim3(grid), dim3(kWarps * 32), static_cast<std::size_t>(smem), stream,
+  return launch_pdl<gemv_kernel<MT>>(dim3(grid), dim3(kWarps * 32), static_cast<std::size_t>(smem), stream,
                     x, w, y, y_f32, gated, M, N, K);
 }
 

@@ -42,13 +42,25 @@ __global__ void embedding_kernel(EmbeddingParams p) {
 
 constexpr int kNormThreads = 256;
 
+// This block's rows: output row blockIdx.x reads residual (and x) row row_index[blockIdx.x].
+struct NormRow {
+  float* res;
+  const bf16* x;  // nullptr: no addend
+  bf16* out;
+};
+__device__ __forceinline__ NormRow norm_row(const AddRmsNormParams& p) {
+  const int j = blockIdx.x;
+  const std::int64_t r = p.row_index != nullptr ? p.row_index[j] : j;
+  return {p.residual + r * p.dim, p.x != nullptr ? p.x + r * p.dim : nullptr,
+          p.out + static_cast<std::int64_t>(j) * p.dim};
+}
+
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormParams p) {
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
-  const int j = blockIdx.x;
-  const int r = p.row_index != nullptr ? p.row_index[j] : j;
-  float* res = p.residual + static_cast<std::int64_t>(r) * p.dim;
-  const bf16* x = p.x != nullptr ? p.x + static_cast<std::int64_t>(r) * p.dim : nullptr;
+  const NormRow row = norm_row(p);
+  float* res = row.res;
+  const bf16* x = row.x;
   __shared__ float red[32];
   float ss = 0.0f;
   for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
@@ -59,7 +71,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormPa
   }
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / static_cast<float>(p.dim) + p.eps);
-  bf16* out = p.out + static_cast<std::int64_t>(j) * p.dim;
+  bf16* out = row.out;
   // Re-read (our own writes, or the unchanged input) so no row has to fit in registers.
   for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
     float v = p.write_residual || x == nullptr ? res[i] : res[i] + __bfloat162float(x[i]);
@@ -85,10 +97,9 @@ __device__ __forceinline__ void unpack_bf16x8(const uint4& u, float* f) {
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNormParams p) {
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
-  const int j = blockIdx.x;
-  const int r = p.row_index != nullptr ? p.row_index[j] : j;
-  float* res = p.residual + static_cast<std::int64_t>(r) * p.dim;
-  const bf16* x = p.x != nullptr ? p.x + static_cast<std::int64_t>(r) * p.dim : nullptr;
+  const NormRow row = norm_row(p);
+  float* res = row.res;
+  const bf16* x = row.x;
   const int nch = p.dim / 8;
   __shared__ float red[32];
   float v[kNormMaxChunks][8];
@@ -116,7 +127,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNo
   }
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / static_cast<float>(p.dim) + p.eps);
-  bf16* out = p.out + static_cast<std::int64_t>(j) * p.dim;
+  bf16* out = row.out;
 #pragma unroll
   for (int k = 0; k < kNormMaxChunks; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
@@ -446,17 +457,17 @@ inline int grid_for(std::int64_t n, int threads) {
 
 cudaError_t launch_convert_f32_to_bf16(const ConvertParams& p, cudaStream_t stream) {
   if (p.n == 0) return cudaSuccess;
-  return launch_pdl(convert_kernel, dim3(grid_for(p.n, 256)), dim3(256), 0, stream, p);
+  return launch_pdl<convert_kernel>(dim3(grid_for(p.n, 256)), dim3(256), 0, stream, p);
 }
 
 cudaError_t launch_fill_f32(float* out, std::int64_t n, float value, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  return launch_pdl(fill_kernel, dim3(grid_for(n, 256)), dim3(256), 0, stream, out, n, value);
+  return launch_pdl<fill_kernel>(dim3(grid_for(n, 256)), dim3(256), 0, stream, out, n, value);
 }
 
 cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  return launch_pdl(embedding_kernel, dim3(p.rows), dim3(256), 0, stream, p);
+  return launch_pdl<embedding_kernel>(dim3(p.rows), dim3(256), 0, stream, p);
 }
 
 cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream) {
@@ -464,8 +475,8 @@ cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream) 
   const auto aligned = [](const void* q) { return (reinterpret_cast<std::uintptr_t>(q) & 15) == 0; };
   const bool vec = p.dim % 8 == 0 && p.dim <= kNormThreads * 8 * kNormMaxChunks && aligned(p.residual) &&
                    aligned(p.out) && aligned(p.weight) && (p.x == nullptr || aligned(p.x));
-  return launch_pdl(vec ? add_rms_norm_vec_kernel : add_rms_norm_kernel, dim3(p.rows), dim3(kNormThreads), 0,
-                    stream, p);
+  if (vec) return launch_pdl<add_rms_norm_vec_kernel>(dim3(p.rows), dim3(kNormThreads), 0, stream, p);
+  return launch_pdl<add_rms_norm_kernel>(dim3(p.rows), dim3(kNormThreads), 0, stream, p);
 }
 
 cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t stream) {
@@ -475,10 +486,10 @@ cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t
   const int heads = p.num_heads + 2 * p.num_kv_heads;
   const int threads = 32 * (heads < 32 ? heads : 32);
   if (p.head_dim == 128) {
-    return launch_pdl(qk_norm_rope_kernel<128>, dim3(p.rows), dim3(threads), 0, stream, p);
+    return launch_pdl<qk_norm_rope_kernel<128>>(dim3(p.rows), dim3(threads), 0, stream, p);
   }
   if (p.head_dim == 64) {
-    return launch_pdl(qk_norm_rope_kernel<64>, dim3(p.rows), dim3(threads), 0, stream, p);
+    return launch_pdl<qk_norm_rope_kernel<64>>(dim3(p.rows), dim3(threads), 0, stream, p);
   }
   return cudaErrorInvalidValue;
 }
@@ -486,19 +497,19 @@ cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t
 cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
   const std::int64_t n = static_cast<std::int64_t>(p.rows) * p.inter;
   if (n == 0) return cudaSuccess;
-  return launch_pdl(silu_mul_kernel, dim3(grid_for(n, 256)), dim3(256), 0, stream, p);
+  return launch_pdl<silu_mul_kernel>(dim3(grid_for(n, 256)), dim3(256), 0, stream, p);
 }
 
 cudaError_t launch_merge_states(const MergeStatesParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
 if (p.head_dim <= 0 || p.head_dim > 1024) return cudaErrorInvalidValue;  // a thread per dim
   const int threads = (p.head_dim + 31) / 32 * 32;
-  return launch_pdl(merge_states_kernel, dim3(static_cast<unsigned>(p.rows * p.heads)), dim3(threads), 0, stream, p);
+  return launch_pdl<merge_states_kernel>(dim3(static_cast<unsigned>(p.rows * p.heads)), dim3(threads), 0, stream, p);
 }
 
 cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  return launch_pdl(sample_kernel, dim3(p.rows), dim3(kSampleThreads), 0, stream, p);
+  return launch_pdl<sample_kernel>(dim3(p.rows), dim3(kSampleThreads), 0, stream, p);
 }
 
 }  // namespace cascade::cuda

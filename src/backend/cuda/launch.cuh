@@ -19,8 +19,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
-#include <mutex>
-#include <unordered_map>
 #include <utility>
 
 namespace cascade::cuda {
@@ -58,24 +56,18 @@ inline bool pdl_enabled() {
 // device is the compute_80 PTX (an arch list without sm_90, or a newer GPU that cannot run the
 // sm_90a cubin) has them compiled out, and launching such a kernel with programmatic
 // serialization would let it read its predecessor's output before that is complete.
-// Looked up once per kernel (cudaFuncGetAttributes needs no launch, so this is safe during
-// CUDA-graph capture).
+// (cudaFuncGetAttributes needs no launch, so this is safe during CUDA-graph capture.)
 inline bool pdl_kernel_ok(const void* kernel) {
-  static std::mutex mu;
-  static std::unordered_map<const void*, bool> known;
-  std::lock_guard lock(mu);
-  const auto it = known.find(kernel);
-  if (it != known.end()) return it->second;
   cudaFuncAttributes attr{};
-  const bool ok = cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.ptxVersion >= 90;
-  known.emplace(kernel, ok);
-  return ok;
+  return cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.ptxVersion >= 90;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed.
-template <typename... KernelArgs, typename... Args>
-cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem,
-                       cudaStream_t stream, Args&&... args) {
+// Kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed.
+// The kernel is a template argument so that whether it may use PDL is looked up once per kernel
+// (a function-local static), not on every launch.
+template <auto Kernel, typename... Args>
+cudaError_t launch_pdl(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, Args&&... args) {
+  static const bool use_pdl = pdl_enabled() && pdl_kernel_ok(reinterpret_cast<const void*>(Kernel));
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -85,8 +77,8 @@ cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() && pdl_kernel_ok(reinterpret_cast<const void*>(kernel)) ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  cfg.numAttrs = use_pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, Kernel, std::forward<Args>(args)...);
 }
 
 }  // namespace cascade::cuda
