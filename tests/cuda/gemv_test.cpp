@@ -1,11 +1,13 @@
-// The small-M GEMV path of Gemm (M <= 8) against a float64 CPU product, for every M in 1..8 and
-// decode-like shapes (Qwen3-0.6B layer GEMMs and lm_head), ragged N and K, poisoned outputs, and
-// the cuBLASLt fallback for shapes the GEMV kernel does not take.
+// The small-M GEMV path of Gemm (M <= 2) against a float64 CPU product, for every M it takes and
+// decode-like shapes (Qwen3-0.6B layer GEMMs and lm_head), ragged N and K, poisoned outputs, the
+// silu and residual-add + RMSNorm prologues, and the cuBLASLt fallback for shapes the GEMV kernel
+// does not take.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/gemm.h"
@@ -70,14 +72,14 @@ void check_gemm(Gemm& gemm, std::mt19937_64& rng, int M, Shape s, bool expect_ge
   EXPECT_LT(max_rel_error(got_f, ref), 1e-5) << "fp32 out, M=" << M << " N=" << s.n << " K=" << s.k;
 }
 
-TEST(CudaGemv, EveryMUpTo8MatchesFloat64) {
+TEST(CudaGemv, EveryMUpTo2MatchesFloat64) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(17);
   Gemm gemm;
   // N not a multiple of the 4-column block; K not a multiple of 8 * 32 lanes * 8 loads.
   const Shape shapes[] = {{1, 8},       {3, 40},       {37, 264},   {517, 1000},
                           {1024, 1024}, {2047, 1032}, {3001, 520}, {4099, 3072}};
-  for (int M = 1; M <= 8; ++M) {
+  for (int M = 1; M <= kGemvMaxM; ++M) {
     for (Shape s : shapes) check_gemm(gemm, rng, M, s, true);
   }
 }
@@ -88,7 +90,7 @@ TEST(CudaGemv, Qwen3DecodeShapes) {
   Gemm gemm;
   // qkv, o_proj, gate_up, down of Qwen3-0.6B.
   const Shape shapes[] = {{4096, 1024}, {1024, 2048}, {6144, 1024}, {1024, 3072}};
-  for (int M : {1, 2, 5, 8}) {
+  for (int M : {1, 2}) {
     for (Shape s : shapes) check_gemm(gemm, rng, M, s, true);
   }
 }
@@ -97,15 +99,15 @@ TEST(CudaGemv, LmHeadShape) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(19);
   Gemm gemm;
-  for (int M : {1, 8}) check_gemm(gemm, rng, M, {151936, 1024}, true);
+  for (int M : {1, 2}) check_gemm(gemm, rng, M, {151936, 1024}, true);
 }
 
 TEST(CudaGemv, WideKUsesOptInSharedMemory) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(20);
   Gemm gemm;
-  check_gemm(gemm, rng, 8, {300, 6144}, true);  // 96 KB x tile
-  check_gemm(gemm, rng, 7, {129, 4104}, true);  // over 48 KB, padded to 8 rows
+  check_gemm(gemm, rng, 2, {300, 24576}, true);  // 96 KB x tile
+  check_gemm(gemm, rng, 1, {129, 40000}, true);  // over 48 KB
 }
 
 TEST(CudaGemv, UnsupportedShapesFallBackToCublasLt) {
@@ -113,25 +115,25 @@ TEST(CudaGemv, UnsupportedShapesFallBackToCublasLt) {
   std::mt19937_64 rng(21);
   Gemm gemm;
   check_gemm(gemm, rng, 1, {257, 1030}, false);  // K not a multiple of 8
-  check_gemm(gemm, rng, 8, {64, 6152}, false);   // x tile over 96 KB
-  check_gemm(gemm, rng, 9, {300, 1024}, false);  // M above 8
+  check_gemm(gemm, rng, 2, {64, 24584}, false);  // x tile over 96 KB
+  check_gemm(gemm, rng, 3, {300, 1024}, false);  // M above 2: cuBLASLt is faster there
   check_gemm(gemm, rng, 16, {1000, 1024}, false);
 }
 
 TEST(CudaGemv, MisalignedPointersAreNotTaken) {
   SKIP_WITHOUT_GPU();
   DeviceBuffer<bf16> x(3 * 256 + 1), w(70 * 256 + 1);
-  EXPECT_TRUE(gemv_supported(x.get(), w.get(), 3, 256));
+  EXPECT_TRUE(gemv_supported(x.get(), w.get(), 2, 256));
   // Views one element in are only 2-byte aligned: no 16-byte loads from them.
-  EXPECT_FALSE(gemv_supported(x.get() + 1, w.get(), 3, 256));
-  EXPECT_FALSE(gemv_supported(x.get(), w.get() + 1, 3, 256));
+  EXPECT_FALSE(gemv_supported(x.get() + 1, w.get(), 2, 256));
+  EXPECT_FALSE(gemv_supported(x.get(), w.get() + 1, 2, 256));
 }
 
 TEST(CudaGemv, AgreesWithCublasLtPath) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(23);
   Gemm gemm;
-  const int M = 4, N = 2050, K = 1024;
+  const int M = 2, N = 2050, K = 1024;
   auto x = random_vec(rng, M * K), w = random_vec(rng, static_cast<std::size_t>(N) * K);
   auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
   DeviceBuffer<float> a(M * N), b(M * N);
@@ -149,7 +151,7 @@ TEST(CudaGemv, SiluGemvMatchesFloat64AndTheTwoKernelPath) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(29);
   Gemm gemm;
-  for (const int M : {1, 3, 8}) {
+  for (const int M : {1, 2}) {
     for (const Shape s : {Shape{1024, 3072}, Shape{50, 136}}) {
       const int N = s.n, K = s.k;
       auto gu = random_vec(rng, static_cast<std::size_t>(M) * 2 * K, -3.0f, 3.0f);
@@ -178,10 +180,84 @@ TEST(CudaGemv, SiluGemvMatchesFloat64AndTheTwoKernelPath) {
     }
   }
   // Shapes the GEMV does not take are refused, so the caller runs the two kernels.
-  auto d = upload(to_bf16(random_vec(rng, 9 * 2 * 64)));
+  auto d = upload(to_bf16(random_vec(rng, 3 * 2 * 64)));
   auto dw = upload(to_bf16(random_vec(rng, 16 * 64)));
-  DeviceBuffer<bf16> y(9 * 16);
-  EXPECT_FALSE(gemm.run_silu_gemv(d.get(), dw.get(), y.get(), 9, 16, 64, nullptr));
+  DeviceBuffer<bf16> y(3 * 16);
+  EXPECT_FALSE(gemm.run_silu_gemv(d.get(), dw.get(), y.get(), 3, 16, 64, nullptr));
+}
+
+// The residual add + RMSNorm formed inside the GEMV (the projections after a norm, small batches):
+// the new residual bit for bit (one fp32 add), the product against float64 of the normalised rows
+// (rounded to bf16 as the norm kernel rounds them), and against the two-kernel path (norm kernel,
+// then the GEMV) within bf16 rounding (their sums of squares run in different orders).
+TEST(CudaGemv, NormGemvMatchesFloat64AndTheTwoKernelPath) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(37);
+  Gemm gemm;
+  for (const int M : {1, 2}) {
+    for (const Shape s : {Shape{4096, 1024}, Shape{52, 136}}) {
+      for (const bool with_delta : {true, false}) {
+        const int N = s.n, K = s.k;
+        const float eps = 1e-6f;
+        auto res = random_vec(rng, static_cast<std::size_t>(M) * K, -4.0f, 4.0f, false);
+        auto delta = random_vec(rng, static_cast<std::size_t>(M) * K, -2.0f, 2.0f);
+        auto gamma = random_vec(rng, K, 0.5f, 1.5f);
+        auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+        std::vector<float> h(res.size()), x(res.size());
+        for (std::size_t i = 0; i < h.size(); ++i) h[i] = res[i] + (with_delta ? delta[i] : 0.0f);
+        for (int m = 0; m < M; ++m) {
+          double ss = 0.0;
+          for (int k = 0; k < K; ++k) ss += static_cast<double>(h[m * K + k]) * h[m * K + k];
+          const double inv = 1.0 / std::sqrt(ss / K + eps);
+          for (int k = 0; k < K; ++k) {
+            x[m * K + k] = round_bf16(gamma[k] * round_bf16(static_cast<float>(h[m * K + k] * inv)));
+          }
+        }
+        const auto ref = matmul_f64(x, w, M, N, K);
+        auto d_res = upload(res);
+        auto d_delta = upload(to_bf16(delta)), d_gamma = upload(to_bf16(gamma));
+        auto d_w = upload(to_bf16(w));
+        DeviceBuffer<float> res_out(res.size());
+        DeviceBuffer<bf16> y(ref.size()), xb(res.size()), y2(ref.size());
+        poison(res_out);
+        poison(y);
+        poison(y2);
+        GemvNorm nm;
+        nm.delta = with_delta ? d_delta.get() : nullptr;
+        nm.residual = d_res.get();
+        nm.residual_out = res_out.get();
+        nm.gamma = d_gamma.get();
+        nm.eps = eps;
+        ASSERT_TRUE(gemm.run_norm_gemv(nm, d_w.get(), y.get(), M, N, K, nullptr));
+        const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                 " K=" + std::to_string(K) + (with_delta ? " with delta" : " plain");
+        EXPECT_EQ(download(res_out, h.size()), h) << what;
+        const auto got = from_bf16(download(y, ref.size()));
+        EXPECT_LT(max_rel_error(got, ref), 1e-2) << what;
+        // The two-kernel path (the norm updates a copy of the residual in place).
+        auto d_res2 = upload(res);
+        AddRmsNormParams p;
+        p.x = with_delta ? d_delta.get() : nullptr;
+        p.residual = d_res2.get();
+        p.weight = d_gamma.get();
+        p.out = xb.get();
+        p.eps = eps;
+        p.rows = M;
+        p.dim = K;
+        ASSERT_EQ(launch_add_rms_norm(p, nullptr), cudaSuccess);
+        gemm.run(xb.get(), d_w.get(), y2.get(), false, M, N, K, nullptr);
+        const auto two = from_bf16(download(y2, ref.size()));
+        EXPECT_LT(max_rel_error(got, std::vector<double>(two.begin(), two.end())), 1e-2) << what;
+      }
+    }
+  }
+  // Rows beyond the GEMV (M > 2) are refused: the caller runs the norm kernel and the GEMM.
+  DeviceBuffer<float> r(16 * 64);
+  DeviceBuffer<bf16> g(64), wv(64 * 64), out(16 * 64);
+  GemvNorm nm;
+  nm.residual = r.get();
+  nm.gamma = g.get();
+  EXPECT_FALSE(gemm.run_norm_gemv(nm, wv.get(), out.get(), 3, 64, 64, nullptr));
 }
 
 }  // namespace

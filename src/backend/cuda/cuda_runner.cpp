@@ -195,10 +195,11 @@ class CudaRunner final : public ModelRunner {
               inter = config_.intermediate_size, KVH = config_.num_key_value_heads;
     const std::size_t r = static_cast<std::size_t>(rows);
     reserve_work(residual_, r * hidden);
+    reserve_work(residual_alt_, r * hidden);
     reserve_work(xb_, r * std::max(hidden, H * D));
     reserve_work(tmp_, r * std::max({(H + 2 * KVH) * D, 2 * inter, hidden}));
     reserve_work(q_, r * H * D);
-    reserve_work(act_, r * inter);
+    reserve_work(act_, r * std::max(inter, hidden));
     reserve_work(states_o_, static_cast<std::size_t>(slices) * r * H * D);
     reserve_work(states_lse_, static_cast<std::size_t>(slices) * r * H);
     reserve_work(logits_, static_cast<std::size_t>(std::max(logit_rows, 1)) * config_.vocab_size);
@@ -485,10 +486,29 @@ class CudaRunner final : public ModelRunner {
     CUDA_TRY(cuda::launch_embedding({embed_.get(), s.tok, residual_.get(), n, hidden}, stream_));
     const std::int64_t layer_elems = layout_.layer_elems();
     bf16* mlp_out = nullptr;
+    // The residual stream starts the step in residual_. Small batches form the residual add +
+    // RMSNorm inside the GEMV that follows it; that GEMV's other blocks still read the old residual
+    // while block 0 writes the new one, so it goes to the other buffer and the two swap roles.
+    float* res = residual_.get();
+    float* res_other = residual_alt_.get();
+    auto norm_then_gemm = [&](const bf16* delta, const bf16* gamma, const bf16* w, int N) {
+      cuda::GemvNorm nm;
+      nm.delta = delta;
+      nm.residual = res;
+      nm.residual_out = res_other;
+      nm.gamma = gamma;
+      nm.eps = eps;
+      // (The GEMV's output must not be its addend: other blocks may still be reading it.)
+      if (delta != tmp_.get() && gemm_->run_norm_gemv(nm, w, tmp_.get(), n, N, hidden, stream_)) {
+        std::swap(res, res_other);
+        return;
+      }
+      norm(delta, gamma, nullptr, n, xb_.get(), true, eps, res);
+      gemm_->run(xb_.get(), w, tmp_.get(), false, n, N, hidden, stream_);
+    };
     for (int li = 0; li < config_.num_hidden_layers; ++li) {
       const LayerDev& L = layers_[li];
-      norm(mlp_out, L.in_ln.get(), nullptr, n, xb_.get(), true, eps);
-      gemm_->run(xb_.get(), L.qkv.get(), tmp_.get(), false, n, qkv_n, hidden, stream_);
+      norm_then_gemm(mlp_out, L.in_ln.get(), L.qkv.get(), qkv_n);
       bf16* kc = k_pool_.get() + li * layer_elems;
       bf16* vc = v_pool_.get() + li * layer_elems;
       cuda::QkNormRopeParams qp;
@@ -539,9 +559,10 @@ class CudaRunner final : public ModelRunner {
       mp.heads = H;
       mp.head_dim = D;
       CUDA_TRY(cuda::launch_merge_states(mp, stream_));
-      gemm_->run(xb_.get(), L.o_proj.get(), tmp_.get(), false, n, hidden, H * D, stream_);
-      norm(tmp_.get(), L.post_ln.get(), nullptr, n, xb_.get(), true, eps);
-      gemm_->run(xb_.get(), L.gate_up.get(), tmp_.get(), false, n, 2 * inter, hidden, stream_);
+      // o_proj writes act_ (free until the down projection), so a fused norm + gate_up GEMV reads
+      // it while writing tmp_.
+      gemm_->run(xb_.get(), L.o_proj.get(), act_.get(), false, n, hidden, H * D, stream_);
+      norm_then_gemm(act_.get(), L.post_ln.get(), L.gate_up.get(), 2 * inter);
       // Small batches: silu(gate) * up is formed while the down GEMV stages its input (one kernel
       // less per layer); its output goes to act_, which holds [n, inter] >= [n, hidden].
       if (inter >= hidden && gemm_->run_silu_gemv(tmp_.get(), L.down.get(), act_.get(), n, hidden, inter, stream_)) {
@@ -553,7 +574,7 @@ class CudaRunner final : public ModelRunner {
       }
     }
     // Final norm only for the rows whose logits are wanted (the residual is not needed after).
-    norm(mlp_out, final_norm_.get(), s.logit, R, xb_.get(), false, eps);
+    norm(mlp_out, final_norm_.get(), s.logit, R, xb_.get(), false, eps, res);
     gemm_->run(xb_.get(), lm_head_, logits_.get(), true, R, config_.vocab_size, hidden, stream_);
   }
   void validate_config(int num_pages, int page_size) const {
@@ -606,10 +627,10 @@ class CudaRunner final : public ModelRunner {
   }
 
   void norm(const bf16* x, const bf16* w, const std::int32_t* row_index, int rows, bf16* out,
-            bool write_residual, float eps) {
+            bool write_residual, float eps, float* residual) {
     cuda::AddRmsNormParams p;
     p.x = x;
-    p.residual = residual_.get();
+    p.residual = residual;
     p.weight = w;
     p.row_index = row_index;
     p.out = out;
@@ -709,7 +730,7 @@ class CudaRunner final : public ModelRunner {
   DeviceBuffer<float> inv_freq_;
 
   DeviceBuffer<std::int32_t> batch_dev_;
-  DeviceBuffer<float> residual_, states_o_, states_lse_, logits_;
+  DeviceBuffer<float> residual_, residual_alt_, states_o_, states_lse_, logits_;
   DeviceBuffer<bf16> xb_, tmp_, q_, act_;
   DeviceBuffer<unsigned char> sample_dev_;
   void* host_stage_ = nullptr;

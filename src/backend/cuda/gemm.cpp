@@ -5,7 +5,6 @@
 #include <cstdlib>
 
 #include "backend/cuda/cuda_check.h"
-#include "backend/cuda/gemv.h"
 
 #define CUBLAS_TRY(expr)                                                                    \
   do {                                                                                      \
@@ -41,6 +40,8 @@ Gemm::Gemm() {
   CUDA_TRY(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, dev));
   const char* off = std::getenv("CASCADE_GEMM_NO_GEMV");
   gemv_off_ = off != nullptr && off[0] == '1';
+  const char* norm_off = std::getenv("CASCADE_GEMV_NO_NORM");
+  norm_gemv_off_ = norm_off != nullptr && norm_off[0] == '1';
 }
 
 Gemm::~Gemm() {
@@ -97,6 +98,14 @@ bool Gemm::run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, _
   if (M == 0 || N == 0) return true;
   if (gemv_off_ || !gemv_supported(gate_up, w, M, K)) return false;
   CUDA_TRY(launch_gemv_silu(gate_up, w, y, M, N, K, sm_count_, stream));
+  return true;
+}
+
+bool Gemm::run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
+                         cudaStream_t stream) {
+  if (M == 0 || N == 0) return true;
+  if (gemv_off_ || norm_gemv_off_ || !gemv_norm_supported(nm, w, M, K)) return false;
+  CUDA_TRY(launch_gemv_norm(nm, w, y, false, M, N, K, sm_count_, stream));
   return true;
 }
 

@@ -1,5 +1,5 @@
 // GEMM y[M, N] = x[M, K] · w[N, K]ᵀ with bf16 inputs, fp32 accumulation and a bf16 or fp32 output.
-// M <= 8 (decode) goes to the memory-bound GEMV kernel of gemv.h when the shape allows it; larger
+// M <= 2 (decode) goes to the memory-bound GEMV kernel of gemv.h when the shape allows it; larger
 // M goes through cuBLASLt, whose plan (descriptors + heuristic algorithm) is cached per shape, so
 // after warm-up a call does no host allocation and is safe inside CUDA-graph capture.
 #pragma once
@@ -11,6 +11,8 @@
 #include <map>
 #include <memory>
 #include <tuple>
+
+#include "backend/cuda/gemv.h"
 
 namespace cascade::cuda {
 
@@ -32,6 +34,12 @@ class Gemm {
   bool run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N,
                      int K, cudaStream_t stream);
 
+  // y = norm_x · wᵀ with the residual add + RMSNorm of nm formed in the GEMV (gemv.h, M <= 2).
+  // Returns false, doing nothing, when the GEMV path does not take the shape: the caller then runs
+  // the norm kernel and run().
+  bool run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
+                     cudaStream_t stream);
+
   // Same product, always through cuBLASLt (tests compare the two paths; benchmarks time both).
   void run_cublaslt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
                     int N, int K, cudaStream_t stream);
@@ -45,6 +53,7 @@ class Gemm {
   std::size_t workspace_bytes_ = 0;
   int sm_count_ = 0;  // SMs of the current device, sizes the GEMV grid
   bool gemv_off_ = false;  // CASCADE_GEMM_NO_GEMV=1: cuBLASLt for every M (A/B benchmarks)
+  bool norm_gemv_off_ = false;  // CASCADE_GEMV_NO_NORM=1: separate norm kernels (A/B benchmarks)
   std::map<std::tuple<int, int, int, bool>, std::unique_ptr<Plan>> plans_;
 };
 

@@ -7,6 +7,8 @@
 namespace cascade::cuda {
 namespace {
 
+using bf16 = __nv_bfloat16;
+
 constexpr int kWarps = 4;                     // warps per block, one output column each at a time
 constexpr int kUnroll = 8;                    // 16-byte loads of w in flight per lane
 constexpr int kMaxSmemBytes = 96 * 1024;      // x tile limit (opted in per instantiation)
@@ -57,15 +59,108 @@ __device__ __forceinline__ uint4 silu_mul8(const uint4& g, const uint4& u) {
   return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
-// MT: rows padded up to 1/2/4/8; rows >= M are zero in shared memory and never written.
-// gated: x is [M, 2K] (gate then up, the gate_up projection's output) and the product is taken
-// with silu(gate) * up, computed while staging x (the MLP's down projection without a separate
-// silu_mul kernel).
+enum class Stage { kPlain, kGated, kNorm };
+
+// x = bf16(gamma * bf16(h * rsqrt(mean(h²) + eps))) for h = residual + delta, rounded as
+// add_rms_norm_vec_kernel rounds it, into xs [MT][K / 8] (rows >= M zero); block 0 writes h to
+// residual_out. hs: [M][K] fp32 scratch. Every sum has a fixed order (no shared atomics), so the
+// result is the same bits on every run.
 template <int MT>
+__device__ void stage_norm(const GemvNorm& nm, int M, int K, uint4* xs, float* hs) {
+  __shared__ float inv[MT];
+  const int nch = K / 8;
+  const int total = M * nch;
+  const float4* res = reinterpret_cast<const float4*>(nm.residual);
+  const uint4* dg = reinterpret_cast<const uint4*>(nm.delta);
+  constexpr int kBatch = 2;  // independent (row, chunk) loads in flight per thread (registers: w's are live)
+  for (int i0 = threadIdx.x; i0 < total; i0 += kBatch * blockDim.x) {
+    float4 a[kBatch], b[kBatch];
+    uint4 d[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * blockDim.x;
+      if (i < total) {
+        a[u] = res[2 * i];
+        b[u] = res[2 * i + 1];
+        d[u] = dg != nullptr ? dg[i] : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * blockDim.x;
+      if (i >= total) continue;
+      const float2 d0 = bf2(d[u].x), d1 = bf2(d[u].y), d2 = bf2(d[u].z), d3 = bf2(d[u].w);
+      const float4 h0 = make_float4(a[u].x + d0.x, a[u].y + d0.y, a[u].z + d1.x, a[u].w + d1.y);
+      const float4 h1 = make_float4(b[u].x + d2.x, b[u].y + d2.y, b[u].z + d3.x, b[u].w + d3.y);
+      reinterpret_cast<float4*>(hs)[2 * i] = h0;
+      reinterpret_cast<float4*>(hs)[2 * i + 1] = h1;
+      if (blockIdx.x == 0 && nm.residual_out != nullptr) {
+        reinterpret_cast<float4*>(nm.residual_out)[2 * i] = h0;
+        reinterpret_cast<float4*>(nm.residual_out)[2 * i + 1] = h1;
+      }
+    }
+  }
+  __syncthreads();
+  // Sum of squares per row: every thread over its chunks of the row, then the warps' sums in warp
+  // order.
+  __shared__ float red[MT][kWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m >= M) break;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < nch; c += blockDim.x) {
+      const float4 h0 = reinterpret_cast<const float4*>(hs)[2 * (m * nch + c)];
+      const float4 h1 = reinterpret_cast<const float4*>(hs)[2 * (m * nch + c) + 1];
+      ss += h0.x * h0.x + h0.y * h0.y + h0.z * h0.z + h0.w * h0.w;
+      ss += h1.x * h1.x + h1.y * h1.y + h1.z * h1.z + h1.w * h1.w;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) red[m][warp] = ss;
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float ss = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) ss += red[threadIdx.x][w];
+    inv[threadIdx.x] = rsqrtf(ss / static_cast<float>(K) + nm.eps);
+  }
+  __syncthreads();
+  const uint4* gam = reinterpret_cast<const uint4*>(nm.gamma);
+  for (int i = threadIdx.x; i < MT * nch; i += blockDim.x) {
+    const int m = i / nch, c = i - m * nch;
+    if (m >= M) {
+      xs[i] = make_uint4(0, 0, 0, 0);
+      continue;
+    }
+    const float4 h0 = reinterpret_cast<const float4*>(hs)[2 * i];
+    const float4 h1 = reinterpret_cast<const float4*>(hs)[2 * i + 1];
+    const float h[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+    const uint4 gv = gam[c];
+    const unsigned gw[4] = {gv.x, gv.y, gv.z, gv.w};
+    unsigned packed[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 gf = bf2(gw[e]);
+      const float n0 = __bfloat162float(__float2bfloat16_rn(h[2 * e] * inv[m]));
+      const float n1 = __bfloat162float(__float2bfloat16_rn(h[2 * e + 1] * inv[m]));
+      const __nv_bfloat162 o = __floats2bfloat162_rn(gf.x * n0, gf.y * n1);
+      __builtin_memcpy(&packed[e], &o, sizeof(o));
+    }
+    xs[i] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+  }
+}
+
+// MT: rows padded up to 1/2; rows >= M are zero in shared memory and never written.
+// stage: how x is formed in shared memory (kPlain: x as given; kGated: silu(gate) * up from the
+// gate_up projection's [M, 2K] output, the MLP's down projection without a separate silu_mul
+// kernel; kNorm: residual add + RMSNorm from nm, without a separate norm kernel).
+template <int MT, Stage stage>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                void* __restrict__ y, bool y_f32, bool gated, int M, int N, int K) {
-  extern __shared__ uint4 xs[];  // [MT][K / 8]
+                void* __restrict__ y, bool y_f32, GemvNorm nm, int M, int N, int K) {
+  extern __shared__ uint4 xs[];  // [MT][K / 8], then for kNorm [M][K] fp32
   const int nch = K / 8;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -84,7 +179,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   pdl_wait();  // x is written and y's last readers are done (launch.cuh)
   pdl_release();
   const uint4* xg = reinterpret_cast<const uint4*>(x);
-  if (!gated) {
+  if constexpr (stage == Stage::kNorm) {
+    stage_norm<MT>(nm, M, K, xs, reinterpret_cast<float*>(xs + MT * nch));
+  } else if constexpr (stage == Stage::kPlain) {
     for (int i = threadIdx.x; i < MT * nch; i += blockDim.x) {
       const int m = i / nch;
       xs[i] = m < M ? xg[i] : make_uint4(0, 0, 0, 0);
@@ -140,28 +237,44 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-int padded_rows(int M) { return M <= 1 ? 1 : M <= 2 ? 2 : M <= 4 ? 4 : 8; }
+int padded_rows(int M) { return M <= 1 ? 1 : 2; }
 
-template <int MT>
-cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, bool gated,
-                      int M, int N, int K, int sm_count, cudaStream_t stream) {
-  const int smem = MT * K * 2;
-  if (smem > 48 * 1024) {
+int gemv_smem(int MT, int M, int K, bool norm) { return MT * K * 2 + (norm ? M * K * 4 : 0); }
+
+template <int MT, Stage stage>
+cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
+                      const GemvNorm& nm, int M, int N, int K, int sm_count, cudaStream_t stream) {
+  const int smem = gemv_smem(MT, M, K, stage == Stage::kNorm);
+  if (smem + 1024 > 48 * 1024) {  // with headroom for the kernel's static shared memory
     // Opt in to more than 48 KB of dynamic shared memory, once per instantiation and only when a
     // shape needs it (Qwen3-0.6B's decode shapes stay within 48 KB).
     static const cudaError_t attr_err = cudaFuncSetAttribute(
-        gemv_kernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmemBytes);
+        gemv_kernel<MT, stage>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmemBytes);
     if (attr_err != cudaSuccess) return attr_err;
   }
+  // The grid: one wave of resident blocks, as limited by registers (once per instantiation) and
+  // shared memory; more columns are taken grid-stride. (A grid of up to 16 blocks per SM, set by
+  // shared memory and threads alone, made the batch-1 step ~6% slower: more blocks each staging x,
+  // and each forming the norm of the kNorm stage, v6.)
+  static const int reg_limit = [] {
+    int n = 0;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<MT, stage>, kWarps * 32, 0) == cudaSuccess && n > 0
+               ? n
+               : kMaxBlocksPerSm;
+  }();
   int per_sm = kSmemPerSm / (smem + 1024);  // 1 KB reserved per block by the hardware
-  per_sm = per_sm < 1 ? 1 : (per_sm > kMaxBlocksPerSm ? kMaxBlocksPerSm : per_sm);
+  per_sm = per_sm < 1 ? 1 : (per_sm > reg_limit ? reg_limit : per_sm);
+  // Every block of the kNorm stage forms the whole norm itself: 4 blocks per SM (instead of the 7
+  // that registers allow) measured 3% faster at batch 1 and 2 (1 and 2 per SM were 8% and 32%
+  // slower: too few columns streaming at once; v6).
+  if constexpr (stage == Stage::kNorm) per_sm = per_sm > 4 ? 4 : per_sm;
   const std::int64_t need = (static_cast<std::int64_t>(N) + kWarps - 1) / kWarps;
   const std::int64_t resident = static_cast<std::int64_t>(sm_count > 0 ? sm_count : 1) * per_sm;
   const int grid = static_cast<int>(need < resident ? need : resident);
   // Programmatic dependent launch (launch.cuh): this grid may start while the previous kernel in
   // the stream finishes; it streams its first columns of w, then waits before touching x or y.
-  return launch_pdl<gemv_kernel<MT>>(dim3(grid), dim3(kWarps * 32), static_cast<std::size_t>(smem), stream,
-                    x, w, y, y_f32, gated, M, N, K);
+  return launch_pdl<gemv_kernel<MT, stage>>(dim3(grid), dim3(kWarps * 32), static_cast<std::size_t>(smem),
+                                            stream, x, w, y, y_f32, nm, M, N, K);
 }
 
 }  // namespace
@@ -175,14 +288,13 @@ bool gemv_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int K
 
 namespace {
 
-cudaError_t launch_any(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, bool gated,
-                       int M, int N, int K, int sm_count, cudaStream_t stream) {
+template <Stage stage>
+cudaError_t launch_any(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
+                       const GemvNorm& nm, int M, int N, int K, int sm_count, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   switch (padded_rows(M)) {
-    case 1: return launch_mt<1>(x, w, y, y_f32, gated, M, N, K, sm_count, stream);
-    case 2: return launch_mt<2>(x, w, y, y_f32, gated, M, N, K, sm_count, stream);
-    case 4: return launch_mt<4>(x, w, y, y_f32, gated, M, N, K, sm_count, stream);
-    default: return launch_mt<8>(x, w, y, y_f32, gated, M, N, K, sm_count, stream);
+    case 1: return launch_mt<1, stage>(x, w, y, y_f32, nm, M, N, K, sm_count, stream);
+    default: return launch_mt<2, stage>(x, w, y, y_f32, nm, M, N, K, sm_count, stream);
   }
 }
 
@@ -190,12 +302,28 @@ cudaError_t launch_any(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, 
 
 cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
                         int N, int K, int sm_count, cudaStream_t stream) {
-  return launch_any(x, w, y, y_f32, false, M, N, K, sm_count, stream);
+  return launch_any<Stage::kPlain>(x, w, y, y_f32, {}, M, N, K, sm_count, stream);
 }
 
 cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
                              int N, int K, int sm_count, cudaStream_t stream) {
-  return launch_any(gate_up, w, y, false, true, M, N, K, sm_count, stream);
+  return launch_any<Stage::kGated>(gate_up, w, y, false, {}, M, N, K, sm_count, stream);
+}
+
+}  // namespace cascade::cuda
+
+namespace cascade::cuda {
+
+bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, int M, int K) {
+  if (!gemv_supported(nm.gamma, w, M, K) || nm.residual == nullptr || nm.gamma == nullptr) return false;
+  const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
+  if (misaligned(nm.residual) || misaligned(nm.residual_out) || misaligned(nm.delta)) return false;
+  return gemv_smem(padded_rows(M), M, K, true) <= kMaxSmemBytes;
+}
+
+cudaError_t launch_gemv_norm(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
+                             int K, int sm_count, cudaStream_t stream) {
+  return launch_any<Stage::kNorm>(nullptr, w, y, y_f32, nm, M, N, K, sm_count, stream);
 }
 
 }  // namespace cascade::cuda

@@ -1,7 +1,11 @@
-// Memory-bound skinny GEMM for decode: y[M, N] = x[M, K] · w[N, K]ᵀ with 1 <= M <= 8, bf16 x and w,
+// Memory-bound skinny GEMM for decode: y[M, N] = x[M, K] · w[N, K]ᵀ with 1 <= M <= 2, bf16 x and w,
 // fp32 accumulation, bf16 or fp32 y. One warp per output column streams its row of w with 16-byte
-// loads; x is staged in shared memory. Gemm::run routes small M here (cuBLASLt picks tiles that
-// leave most SMs idle at M <= 8).
+// loads; x is staged in shared memory (optionally formed there: silu(gate) * up, or the residual
+// add + RMSNorm that precedes the projection). Gemm::run routes M <= 2 here: cuBLASLt picks tiles
+// that leave most SMs idle at M = 1, ties at M = 2 (where the fused norm makes the GEMV path one
+// kernel shorter) and is faster from M = 3 on, where the GEMV's per-row bf16 unpacking and FMAs
+// make it instruction-bound (decode steps at batch 3-8 took 1.6-1.7x longer through it; v6 in
+// bench/NOTES_cuda.md).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,10 +14,10 @@
 namespace cascade::cuda {
 
 // Largest M the GEMV path takes.
-inline constexpr int kGemvMaxM = 8;
+inline constexpr int kGemvMaxM = 2;
 
-// True when launch_gemv can run this shape: 1 <= M <= 8, K a multiple of 8, x and w 16-byte
-// aligned, and the padded x tile (M rounded up to 1/2/4/8 rows of K bf16) fits in shared memory.
+// True when launch_gemv can run this shape: 1 <= M <= 2, K a multiple of 8, x and w 16-byte
+// aligned, and the padded x tile (M rounded up to 1/2 rows of K bf16) fits in shared memory.
 bool gemv_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int K);
 
 // Enqueues y = x · wᵀ on `stream` (shape must satisfy gemv_supported). `sm_count` sizes the grid.
@@ -26,5 +30,25 @@ cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y,
 // shape rules as launch_gemv (gemv_supported(gate_up, w, M, K)). y must not overlap gate_up.
 cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
                              int N, int K, int sm_count, cudaStream_t stream);
+
+// Residual add + RMSNorm formed while the GEMV stages x, for the projection that follows a norm:
+// x = bf16(gamma * bf16(h * rsqrt(mean(h²) + eps))) with h = residual + delta, rounded as
+// launch_add_rms_norm rounds it (its sum of squares may differ in the last bits: another order);
+// block 0 writes h to residual_out. All [M, K] rows contiguous.
+struct GemvNorm {
+  const __nv_bfloat16* delta = nullptr;  // the addend, or nullptr (plain RMSNorm)
+  const float* residual = nullptr;       // fp32 residual stream, read
+  float* residual_out = nullptr;         // h, or nullptr; must not overlap residual (other blocks read it)
+  const __nv_bfloat16* gamma = nullptr;  // [K]
+  float eps = 1e-6f;
+};
+
+// True when launch_gemv_norm can run this shape: gemv_supported, 16-byte aligned rows, and the x
+// tile plus M fp32 rows of K fit in shared memory.
+bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, int M, int K);
+
+// Enqueues y = norm_x · wᵀ for norm_x formed from nm as above.
+cudaError_t launch_gemv_norm(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
+                             int K, int sm_count, cudaStream_t stream);
 
 }  // namespace cascade::cuda
