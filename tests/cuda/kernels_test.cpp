@@ -266,6 +266,9 @@ TEST(CudaKernels, SamplingMatchesCpuSampler) {
     std::normal_distribution<float> nd(0.0f, 3.0f);
     for (float& v : logits) v = nd(rng);
     logits[5 * vocab + 3] = NAN;
+    // A greedy row whose maximum occurs three times, far apart (in different scan blocks): the
+    // lowest id wins.
+    for (int id : {vocab - 1, vocab / 2, 10}) logits[8 * static_cast<std::size_t>(vocab) + id] = 100.0f;
     for (int i = 0; i < vocab; ++i) logits[7 * static_cast<std::size_t>(vocab) + i] = -INFINITY;
     std::vector<RowSampling> params(rows);
     std::vector<float> t(rows), tp(rows), mp(rows);
@@ -291,19 +294,35 @@ TEST(CudaKernels, SamplingMatchesCpuSampler) {
     auto d_tk = upload(tk);
     auto d_seed = upload(seed), d_step = upload(step);
     DeviceBuffer<std::int32_t> out(rows);
-    poison(out);
-    SampleParams sp{d_l.get(), d_t.get(), d_tk.get(), d_tp.get(), d_mp.get(), d_seed.get(),
-                    d_step.get(), out.get(), rows, vocab};
-    ASSERT_EQ(launch_sample(sp, nullptr), cudaSuccess);
-    auto got = download(out, rows);
-    for (int r = 0; r < rows; ++r) {
-      std::span<const float> row(logits.data() + static_cast<std::size_t>(r) * vocab, vocab);
-      if (r == 7) {
-        EXPECT_EQ(got[r], -1) << "all -inf row";
-        continue;
+    // The argmax scan in one block per row, and split over several (the last block combines).
+    DeviceBuffer<float> scan_v(rows * kSampleMaxScanBlocks);
+    DeviceBuffer<int> scan_i(rows * kSampleMaxScanBlocks);
+    DeviceBuffer<unsigned> counters(rows);
+    CUDA_TRY(cudaMemset(counters.get(), 0, counters.bytes()));
+    for (const int blocks : {1, 3, kSampleMaxScanBlocks, kSampleMaxScanBlocks}) {
+      poison(out);
+      SampleParams sp{d_l.get(), d_t.get(), d_tk.get(), d_tp.get(), d_mp.get(), d_seed.get(),
+                      d_step.get(), out.get(), rows, vocab};
+      sp.scan_blocks = blocks;
+      sp.scan_v = scan_v.get();
+      sp.scan_i = scan_i.get();
+      sp.scan_counters = counters.get();
+      ASSERT_EQ(launch_sample(sp, nullptr), cudaSuccess);
+      auto got = download(out, rows);
+      for (int r = 0; r < rows; ++r) {
+        std::span<const float> row(logits.data() + static_cast<std::size_t>(r) * vocab, vocab);
+        if (r == 7) {
+          EXPECT_EQ(got[r], -1) << "all -inf row, " << blocks << " scan blocks";
+          continue;
+        }
+        EXPECT_EQ(got[r], sample_token(row, params[r]))
+            << "row " << r << " vocab " << vocab << ", " << blocks << " scan blocks";
       }
-      EXPECT_EQ(got[r], sample_token(row, params[r])) << "row " << r << " vocab " << vocab;
+      EXPECT_EQ(got[8], 10) << blocks << " scan blocks";
     }
+    // The counters are back at zero for the next launch (the repeated 16-block run above).
+    std::vector<unsigned> zero(rows, 0u);
+    EXPECT_EQ(download(counters, rows), zero);
   }
 }
 

@@ -138,6 +138,19 @@ class CudaRunner final : public ModelRunner {
     sp.out = reinterpret_cast<std::int32_t*>(d + R * 48);
     sp.rows = R;
     sp.vocab = config_.vocab_size;
+    sp.scan_blocks = cuda::sample_scan_blocks(R, num_sms_);
+    if (sp.scan_blocks > 1) {
+      const std::size_t parts = static_cast<std::size_t>(R) * sp.scan_blocks;
+      scan_v_.reserve(parts);
+      scan_i_.reserve(parts);
+      if (static_cast<std::size_t>(R) > scan_counters_.size()) {
+        scan_counters_.resize(R);
+        CUDA_TRY(cudaMemset(scan_counters_.get(), 0, scan_counters_.bytes()));
+      }
+      sp.scan_v = scan_v_.get();
+      sp.scan_i = scan_i_.get();
+      sp.scan_counters = scan_counters_.get();
+    }
     CUDA_TRY(cuda::launch_sample(sp, stream_));
     std::vector<std::int32_t> out(R);
     CUDA_TRY(cudaMemcpyAsync(out.data(), sp.out, R * 4, cudaMemcpyDeviceToHost, stream_));
@@ -732,6 +745,9 @@ class CudaRunner final : public ModelRunner {
   DeviceBuffer<std::int32_t> batch_dev_;
   DeviceBuffer<float> residual_, residual_alt_, states_o_, states_lse_, logits_;
   DeviceBuffer<bf16> xb_, tmp_, q_, act_;
+  DeviceBuffer<float> scan_v_;  // the sampler's split argmax scan (SampleParams::scan_blocks)
+  DeviceBuffer<int> scan_i_;
+  DeviceBuffer<unsigned> scan_counters_;
   DeviceBuffer<unsigned char> sample_dev_;
   void* host_stage_ = nullptr;
   std::size_t host_stage_bytes_ = 0;

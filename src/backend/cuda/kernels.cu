@@ -312,15 +312,17 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) 
   const float* x = p.logits + static_cast<std::int64_t>(row) * p.vocab;
   const int V = p.vocab;
 
-  // Argmax, NaN skipped, lowest id on ties.
+  // Argmax, NaN skipped, lowest id on ties; this block scans its share of the row.
+  const int nb = p.scan_blocks, part = blockIdx.y;
   float best = -INFINITY;
   int best_id = V;
   if ((V & 3) == 0 && (reinterpret_cast<std::uintptr_t>(x) & 15) == 0) {
-    // 16-byte loads, several in flight per thread (one block streams a 600 KB row for a 152k
-    // vocabulary); each thread still visits its ids in ascending order, so ties keep the lowest.
+    // 16-byte loads, several in flight per thread; each thread still visits its ids in ascending
+    // order, so ties keep the lowest.
     const float4* x4 = reinterpret_cast<const float4*>(x);
+    const int per = (V / 4 + nb - 1) / nb, lo = part * per, hi = min(V / 4, lo + per);
 #pragma unroll 4
-    for (int j = threadIdx.x; j < V / 4; j += blockDim.x) {
+    for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) {
       const float4 v = __ldg(x4 + j);
       if (v.x > best) { best = v.x; best_id = 4 * j; }
       if (v.y > best) { best = v.y; best_id = 4 * j + 1; }
@@ -328,7 +330,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) 
       if (v.w > best) { best = v.w; best_id = 4 * j + 3; }
     }
   } else {
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    const int per = (V + nb - 1) / nb, lo = part * per, hi = min(V, lo + per);
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
       if (x[i] > best) {
         best = x[i];
         best_id = i;
@@ -336,6 +339,31 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) 
     }
   }
   block_argmax(best, best_id, red_f, red_i);
+  if (nb > 1) {
+    // The last block of the row to finish combines the blocks' results in block order (so ties
+    // still go to the lowest id) and carries on alone (threadfence + counter).
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+      p.scan_v[row * nb + part] = best;
+      p.scan_i[row * nb + part] = best_id;
+      __threadfence();
+      last = atomicAdd(p.scan_counters + row, 1u) == static_cast<unsigned>(nb - 1);
+      if (last) p.scan_counters[row] = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    best = -INFINITY;
+    best_id = V;
+    for (int b = 0; b < nb; ++b) {
+      const float v = __ldcg(p.scan_v + row * nb + b);
+      const int id = __ldcg(p.scan_i + row * nb + b);
+      if (v > best || (v == best && id < best_id)) {
+        best = v;
+        best_id = id;
+      }
+    }
+  }
   if (best_id >= V) {
     if (threadIdx.x == 0) p.out[row] = -1;
     return;
@@ -509,7 +537,11 @@ if (p.head_dim <= 0 || p.head_dim > 1024) return cudaErrorInvalidValue;  // a th
 
 cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  return launch_pdl<sample_kernel>(dim3(p.rows), dim3(kSampleThreads), 0, stream, p);
+  if (p.scan_blocks < 1 || p.scan_blocks > kSampleMaxScanBlocks ||
+      (p.scan_blocks > 1 && (p.scan_v == nullptr || p.scan_i == nullptr || p.scan_counters == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  return launch_pdl<sample_kernel>(dim3(p.rows, p.scan_blocks), dim3(kSampleThreads), 0, stream, p);
 }
 
 }  // namespace cascade::cuda

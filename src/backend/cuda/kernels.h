@@ -113,7 +113,21 @@ struct SampleParams {
   const unsigned long long* step = nullptr;
   std::int32_t* out = nullptr;    // [rows]; -1 when a row has no finite or +inf logit
   int rows = 0, vocab = 0;
+  // The argmax scan of a row is split over this many blocks (1..kSampleMaxScanBlocks): each
+  // writes its (max, id) to scan_v / scan_i [rows * scan_blocks], and the last to finish (counter
+  // per row in scan_counters [rows], zero at rest, reset by it) combines them and goes on with the
+  // row. A batch-1 step otherwise waits on one block streaming 600 KB of logits.
+  int scan_blocks = 1;
+  float* scan_v = nullptr;
+  int* scan_i = nullptr;
+  unsigned* scan_counters = nullptr;
 };
+inline constexpr int kSampleMaxScanBlocks = 16;
+/// \brief Blocks per row for the argmax scan at this batch: enough rows x blocks to cover the SMs.
+inline int sample_scan_blocks(int rows, int sm_count) {
+  const int b = rows > 0 ? sm_count / rows : 1;
+  return b < 1 ? 1 : (b > kSampleMaxScanBlocks ? kSampleMaxScanBlocks : b);
+}
 /// \brief Samples one token per row, following the CPU sampler's pipeline (engine/sampler.h):
 /// greedy argmax, or min-p, top-k (ties kept), top-p, then the inverse CDF of uniform_draw(seed,
 /// step) in walk order (probability descending, ties by lower id). One block per row.
