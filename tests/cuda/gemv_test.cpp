@@ -260,5 +260,121 @@ TEST(CudaGemv, NormGemvMatchesFloat64AndTheTwoKernelPath) {
   EXPECT_FALSE(gemm.run_norm_gemv(nm, wv.get(), out.get(), 3, 64, 64, nullptr));
 }
 
+// bf16 output through the tensor-core path, against float64; fp32 output (cuBLASLt) as well.
+void check_mma(Gemm& gemm, std::mt19937_64& rng, int M, Shape s) {
+  auto x = random_vec(rng, static_cast<std::size_t>(M) * s.k);
+  auto w = random_vec(rng, static_cast<std::size_t>(s.n) * s.k);
+  auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+  EXPECT_EQ(gemm.path(d_x.get(), d_w.get(), false, M, s.n, s.k), GemmPath::kTensorCore)
+      << "M=" << M << " N=" << s.n << " K=" << s.k;
+  const auto ref = matmul_f64(x, w, M, s.n, s.k);
+  DeviceBuffer<bf16> yb(ref.size()), again(ref.size());
+  poison(yb);
+  poison(again);
+  gemm.run(d_x.get(), d_w.get(), yb.get(), false, M, s.n, s.k, nullptr);
+  gemm.run(d_x.get(), d_w.get(), again.get(), false, M, s.n, s.k, nullptr);
+  const auto got = from_bf16(download(yb, ref.size()));
+  EXPECT_LT(rel_error(got, ref), 1e-2) << "M=" << M << " N=" << s.n << " K=" << s.k;
+  EXPECT_LT(max_rel_error(got, ref), 1e-2) << "M=" << M << " N=" << s.n << " K=" << s.k;
+  // The split-K partials are summed in split order by whichever CTA arrives last, and the tile
+  // counters reset themselves: a second run is the same bits.
+  EXPECT_EQ(got, from_bf16(download(again, ref.size()))) << "M=" << M << " N=" << s.n << " K=" << s.k;
+}
+
+TEST(CudaGemmMma, RowsFrom9To64MatchFloat64) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(31);
+  Gemm gemm;
+  // N ragged against the 64-column tile and the 16-column warp slice (a multiple of 4, as the
+  // split-K reduction takes four columns at a time); K from one 32-wide step (one split) to many
+  // splits with a short last range.
+  const Shape shapes[] = {{4, 32}, {36, 64}, {200, 96}, {1000, 1024}, {2044, 1056}, {4100, 3072}};
+  for (int M : {9, 15, 16, 17, 31, 32, 33, 47, 63, 64}) {
+    for (Shape s : shapes) check_mma(gemm, rng, M, s);
+  }
+}
+
+TEST(CudaGemmMma, Qwen3DecodeShapes) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(32);
+  Gemm gemm;
+  const Shape shapes[] = {{4096, 1024}, {1024, 2048}, {6144, 1024}, {1024, 3072}};
+  for (int M : {16, 40, 64}) {
+    for (Shape s : shapes) check_mma(gemm, rng, M, s);
+  }
+}
+
+TEST(CudaGemmMma, OtherShapesGoElsewhere) {
+  SKIP_WITHOUT_GPU();
+  Gemm gemm;
+  DeviceBuffer<bf16> x(65 * 4096), w(4096 * 4096);
+  EXPECT_EQ(gemm.path(x.get(), w.get(), false, 2, 256, 1024), GemmPath::kGemv);
+  EXPECT_EQ(gemm.path(x.get(), w.get(), false, 8, 256, 1024), GemmPath::kCublasLt);
+  EXPECT_EQ(gemm.path(x.get(), w.get(), false, 9, 256, 1024), GemmPath::kTensorCore);
+  EXPECT_EQ(gemm.path(x.get(), w.get(), false, 64, 256, 1024), GemmPath::kTensorCore);
+  EXPECT_EQ(gemm.path(x.get(), w.get(), false, 65, 256, 1024), GemmPath::kCublasLt);
+  EXPECT_EQ(gemm.path(x.get(), w.get(), true, 16, 256, 1024), GemmPath::kCublasLt);   // fp32 out
+  EXPECT_EQ(gemm.path(x.get(), w.get(), false, 16, 256, 1000), GemmPath::kCublasLt);  // K % 32
+  EXPECT_EQ(gemm.path(x.get(), w.get(), false, 16, 258, 1024), GemmPath::kCublasLt);  // N % 4
+  EXPECT_EQ(gemm.path(x.get() + 1, w.get(), false, 16, 256, 1024), GemmPath::kCublasLt);
+  EXPECT_EQ(gemm.path(x.get(), w.get() + 8, false, 16, 256, 1024), GemmPath::kTensorCore);
+  // Falls back through cuBLASLt correctly where K is not a multiple of 32.
+  std::mt19937_64 rng(33);
+  check_gemm(gemm, rng, 16, {300, 1000}, false);
+}
+
+TEST(CudaGemmMma, AgreesWithCublasLt) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(34);
+  Gemm gemm;
+  const int M = 64, N = 1024, K = 3072;
+  auto x = random_vec(rng, M * K), w = random_vec(rng, static_cast<std::size_t>(N) * K);
+  auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+  DeviceBuffer<bf16> a(M * N), b(M * N);
+  poison(a);
+  poison(b);
+  gemm.run(d_x.get(), d_w.get(), a.get(), false, M, N, K, nullptr);
+  gemm.run_cublaslt(d_x.get(), d_w.get(), b.get(), false, M, N, K, nullptr);
+  const auto va = from_bf16(download(a, M * N)), vb = from_bf16(download(b, M * N));
+  // Both round an fp32 sum to bf16; sums in different orders may round one ulp apart.
+  EXPECT_LT(max_rel_error(va, std::vector<double>(vb.begin(), vb.end())), 1e-2);
+}
+
+// silu(gate) * up formed while staging x, at tensor-core row counts: against float64 and bit for
+// bit against silu_mul followed by the same tensor-core GEMM.
+TEST(CudaGemmMma, SiluGemmMatchesFloat64AndTheTwoKernelPath) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(35);
+  Gemm gemm;
+  for (const int M : {9, 33, 64}) {
+    for (const Shape s : {Shape{1024, 3072}, Shape{52, 160}}) {
+      const int N = s.n, K = s.k;
+      auto gu = random_vec(rng, static_cast<std::size_t>(M) * 2 * K, -3.0f, 3.0f);
+      auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+      const auto gu_b = to_bf16(gu);
+      gu = from_bf16(gu_b);
+      std::vector<float> act(static_cast<std::size_t>(M) * K);
+      for (int m = 0; m < M; ++m) {
+        for (int k = 0; k < K; ++k) {
+          const float g = gu[static_cast<std::size_t>(m) * 2 * K + k], u = gu[static_cast<std::size_t>(m) * 2 * K + K + k];
+          act[static_cast<std::size_t>(m) * K + k] = g / (1.0f + std::exp(-g)) * u;
+        }
+      }
+      const auto ref = matmul_f64(from_bf16(to_bf16(act)), w, M, N, K);
+      auto d_gu = upload(gu_b), d_w = upload(to_bf16(w));
+      DeviceBuffer<bf16> fused(ref.size()), act_d(static_cast<std::size_t>(M) * K), two(ref.size());
+      poison(fused);
+      poison(two);
+      ASSERT_TRUE(gemm.run_silu_gemv(d_gu.get(), d_w.get(), fused.get(), M, N, K, nullptr));
+      ASSERT_EQ(launch_silu_mul({d_gu.get(), act_d.get(), M, K}, nullptr), cudaSuccess);
+      ASSERT_EQ(gemm.path(act_d.get(), d_w.get(), false, M, N, K), GemmPath::kTensorCore);
+      gemm.run(act_d.get(), d_w.get(), two.get(), false, M, N, K, nullptr);
+      const auto got = from_bf16(download(fused, ref.size()));
+      EXPECT_LT(max_rel_error(got, ref), 1e-2) << "M=" << M << " N=" << N << " K=" << K;
+      EXPECT_EQ(got, from_bf16(download(two, ref.size()))) << "M=" << M << " N=" << N << " K=" << K;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace cascade::cuda::test

@@ -1,7 +1,10 @@
 #include "backend/cuda/gemv.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
+#include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
 
 namespace cascade::cuda {
@@ -237,6 +240,191 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// ---- tensor-core skinny GEMM, 8 < M <= 64 ------------------------------------------------------
+// y = x · wᵀ on mma.sync m16n8k16 with w as the A operand (16 output columns per mma) and x as B
+// (8 rows per mma). A lane (g = lane / 4, t = lane % 4) loads 16 bytes of w rows g and g + 8 at
+// k = 8t .. 8t + 7 of each 32-wide k step and 16 bytes of x row g at the same k: k is permuted
+// inside the step the same way for both operands, so the fragments come straight from 16-byte
+// loads (w from global memory, streamed once; x from shared memory) with no shuffles and no
+// ldmatrix. A CTA of four warps owns 64 output columns and one range of K. With one range the CTA
+// writes bf16 y; with several, each range's fp32 partial products go to a workspace and a second
+// kernel (spread over the whole chip) sums them in split order, so the result never depends on
+// timing. (v6 first had the last CTA of each column tile do that sum: 16 CTAs reading up to
+// 16 x 64 x 64 partials each made the GEMM 2x slower than cuBLASLt, bench/NOTES_cuda.md.)
+
+constexpr int kMmaWarps = 4;
+constexpr int kMmaCols = 16 * kMmaWarps;  // output columns per CTA
+constexpr int kMmaSteps = 8;              // 32-wide k steps per chunk: 16 loads of w in flight per lane
+constexpr int kMmaOutStride = kMmaCols + 4;  // fp32 output tile row stride (conflict-free fragment stores)
+constexpr int kMmaMaxKRange = 256;  // gated: 2 x 64 rows x (512 + 64) B of gate and up, 3 CTAs per SM
+
+// MT: rows padded to 16/32/64 (rows >= M are zero in shared memory and never written).
+template <int MT>
+__global__ void __launch_bounds__(kMmaWarps * 32, 3) gemm_mma_kernel(MmaGemmParams p) {
+  constexpr int NT = MT / 8;  // n8 tiles of x rows
+  extern __shared__ uint4 xs[];  // [MT][stride] x slice (gated: then up's), later the fp32 y tile
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int tile = blockIdx.x, split = blockIdx.y;
+  const int k0 = split * p.k_range, k1 = min(p.K, k0 + p.k_range);
+  const int r0 = tile * kMmaCols + warp * 16 + g;  // this lane's w rows: r0 and r0 + 8
+  const bool ok0 = r0 < p.N, ok1 = r0 + 8 < p.N;
+  const bf16* w0 = p.w + static_cast<std::int64_t>(ok0 ? r0 : 0) * p.K + 8 * t;
+  const bf16* w1 = p.w + static_cast<std::int64_t>(ok1 ? r0 + 8 : 0) * p.K + 8 * t;
+  uint4 wa[kMmaSteps], wb[kMmaSteps];
+  auto load_chunk = [&](int kc) {
+#pragma unroll
+    for (int u = 0; u < kMmaSteps; ++u) {
+      const int k = kc + 32 * u;
+      const uint4 z = make_uint4(0, 0, 0, 0);
+      wa[u] = k < k1 && ok0 ? load_stream(reinterpret_cast<const uint4*>(w0 + k)) : z;
+      wb[u] = k < k1 && ok1 ? load_stream(reinterpret_cast<const uint4*>(w1 + k)) : z;
+    }
+  };
+  // w is constant across the step: its first chunk streams while the previous kernel finishes.
+  load_chunk(k0);
+  pdl_wait();  // x is written and y's last readers are done (launch.cuh)
+  pdl_release();
+  // Stage x[0, MT) x [k0, k1) with asynchronous copies, all in flight at once (rows >= M zero-filled):
+  // a round of loads per few chunks through registers queued each round behind the flood of w
+  // loads above, and made this kernel 2x slower than cuBLASLt (bench/NOTES_cuda.md, v6).
+  const int stride = p.x_stride;  // uint4 per shared row
+  const int nc = (k1 - k0) / 8;   // uint4 per row of the slice
+  const uint4* xg = reinterpret_cast<const uint4*>(p.x);
+  const int kc8 = p.K / 8, k08 = k0 / 8;
+  uint4* up = xs + MT * stride;  // gated: the up half, silu(gate) * up formed in place after
+  // This thread's chunks (m, c) advance by blockDim.x in row-major order: one division, then adds.
+  const int m0 = threadIdx.x / nc, c0 = threadIdx.x - m0 * nc;
+  const int dm = blockDim.x / nc, dc = blockDim.x - dm * nc;
+  for (int m = m0, c = c0; m < MT;) {
+    const bool valid = m < p.M;
+    const int mv = valid ? m : 0;
+    if (p.gated) {
+      cp_async16(xs + m * stride + c, xg + 2 * mv * kc8 + k08 + c, valid);
+      cp_async16(up + m * stride + c, xg + 2 * mv * kc8 + kc8 + k08 + c, valid);
+    } else {
+      cp_async16(xs + m * stride + c, xg + mv * kc8 + k08 + c, valid);
+    }
+    m += dm;
+    c += dc;
+    if (c >= nc) {
+      c -= nc;
+      ++m;
+    }
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  if (p.gated) {  // each thread transforms the chunks it copied (its own copies are visible to it)
+    for (int m = m0, c = c0; m < p.M;) {
+      xs[m * stride + c] = silu_mul8(xs[m * stride + c], up[m * stride + c]);
+      m += dm;
+      c += dc;
+      if (c >= nc) {
+        c -= nc;
+        ++m;
+      }
+    }
+  }
+  __syncthreads();
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+  for (int kc = k0; kc < k1; kc += 32 * kMmaSteps) {
+    if (kc != k0) load_chunk(kc);
+#pragma unroll
+    for (int u = 0; u < kMmaSteps; ++u) {
+      const int k = kc + 32 * u;
+      if (k < k1) {
+        const uint4* xr = xs + g * stride + (k - k0) / 8 + t;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const uint4 xv = xr[j * 8 * stride];
+          const unsigned a0[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};
+          const unsigned a1[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};
+          mma_bf16(acc[j], a0, xv.x, xv.y);
+          mma_bf16(acc[j], a1, xv.z, xv.w);
+        }
+      }
+    }
+  }
+  // Fragments -> an fp32 [MT][64] tile in shared memory (the x slice is no longer needed).
+  __syncthreads();
+  float* out = reinterpret_cast<float*>(xs);
+  const int col = warp * 16 + g;
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int m = j * 8 + 2 * t;
+    out[m * kMmaOutStride + col] = acc[j][0];
+    out[(m + 1) * kMmaOutStride + col] = acc[j][1];
+    out[m * kMmaOutStride + col + 8] = acc[j][2];
+    out[(m + 1) * kMmaOutStride + col + 8] = acc[j][3];
+  }
+  __syncthreads();
+  // Out in 16-byte pieces: four columns per thread (N % 4 == 0, so a piece is wholly in or out).
+  const int n0 = tile * kMmaCols;
+  const int cols = min(kMmaCols, p.N - n0);
+  constexpr int kQuads = kMmaCols / 4;
+  if (p.splits == 1) {
+    for (int i = threadIdx.x; i < p.M * kQuads; i += blockDim.x) {
+      const int m = i / kQuads, c = (i % kQuads) * 4;
+      if (c >= cols) continue;
+      const float4 v = *reinterpret_cast<const float4*>(out + m * kMmaOutStride + c);
+      const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+      uint2 packed;
+      __builtin_memcpy(&packed.x, &lo, sizeof(lo));
+      __builtin_memcpy(&packed.y, &hi, sizeof(hi));
+      *reinterpret_cast<uint2*>(p.y + static_cast<std::int64_t>(m) * p.N + n0 + c) = packed;
+    }
+    return;
+  }
+  // Split-K: this range's fp32 partial products; mma_reduce_kernel sums the ranges.
+  float* part = p.partial + static_cast<std::int64_t>(split) * p.M * p.N + n0;
+  for (int i = threadIdx.x; i < p.M * kQuads; i += blockDim.x) {
+    const int m = i / kQuads, c = (i % kQuads) * 4;
+    if (c < cols) {
+      *reinterpret_cast<float4*>(part + static_cast<std::int64_t>(m) * p.N + c) =
+          *reinterpret_cast<const float4*>(out + m * kMmaOutStride + c);
+    }
+  }
+}
+
+// y = bf16(sum of the split-K partials in split order), four outputs per thread, every split's
+// load in flight together (the sum over splits is the same order on every run: no atomics).
+constexpr int kReduceThreads = 256;
+constexpr int kReduceMaxSplits = 16;
+
+__global__ void __launch_bounds__(kReduceThreads) mma_reduce_kernel(const float* __restrict__ partial,
+                                                                   bf16* __restrict__ y, int M, int N,
+                                                                   int splits) {
+  pdl_wait();  // the partials are written and y's last readers are done (launch.cuh)
+  pdl_release();
+  const std::int64_t plane = static_cast<std::int64_t>(M) * N;
+  const std::int64_t quads = plane / 4;  // N % 4 == 0 (mma_split)
+  for (std::int64_t q = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; q < quads;
+       q += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    float4 v[kReduceMaxSplits];
+#pragma unroll
+    for (int sp = 0; sp < kReduceMaxSplits; ++sp) {
+      if (sp < splits) v[sp] = __ldcg(reinterpret_cast<const float4*>(partial + sp * plane) + q);
+    }
+    float4 acc = v[0];
+#pragma unroll
+    for (int sp = 1; sp < kReduceMaxSplits; ++sp) {
+      if (sp < splits) {
+        acc.x += v[sp].x;
+        acc.y += v[sp].y;
+        acc.z += v[sp].z;
+        acc.w += v[sp].w;
+      }
+    }
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x, acc.y), hi = __floats2bfloat162_rn(acc.z, acc.w);
+    uint2 packed;
+    __builtin_memcpy(&packed.x, &lo, sizeof(lo));
+    __builtin_memcpy(&packed.y, &hi, sizeof(hi));
+    reinterpret_cast<uint2*>(y)[q] = packed;
+  }
+}
+
 int padded_rows(int M) { return M <= 1 ? 1 : 2; }
 
 int gemv_smem(int MT, int M, int K, bool norm) { return MT * K * 2 + (norm ? M * K * 4 : 0); }
@@ -303,6 +491,79 @@ cudaError_t launch_any(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, 
 cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
                         int N, int K, int sm_count, cudaStream_t stream) {
   return launch_any<Stage::kPlain>(x, w, y, y_f32, {}, M, N, K, sm_count, stream);
+}
+
+MmaSplit mma_split(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K,
+                   const MmaWorkspace& ws, int sm_count) {
+  if (M < kMmaMinM || M > kMmaMaxM || N < 4 || N % 4 != 0 || K < 32 || K % 32 != 0) return {};
+  if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0 || reinterpret_cast<std::uintptr_t>(w) % 16 != 0)
+    return {};
+  const std::int64_t tiles = (static_cast<std::int64_t>(N) + kMmaCols - 1) / kMmaCols;
+  static const int per_sm = [] {
+    const char* e = std::getenv("CASCADE_MMA_CTAS_PER_SM");
+    const int v = e != nullptr ? std::atoi(e) : 0;
+    return v > 0 ? v : 2;
+  }();
+  // Enough CTAs for `per_sm` per SM, each K range at least 64 and at most kMmaMaxKRange wide.
+  const std::int64_t target = static_cast<std::int64_t>(sm_count > 0 ? sm_count : 1) * per_sm;
+  std::int64_t splits = (target + tiles - 1) / tiles;
+  splits = std::max<std::int64_t>(1, std::min<std::int64_t>(splits, K / 64));
+  int k_range = static_cast<int>((K + splits - 1) / splits);
+  k_range = std::min(kMmaMaxKRange, (k_range + 31) / 32 * 32);
+  splits = (K + k_range - 1) / k_range;
+  if (splits > kReduceMaxSplits) {
+    k_range = (K + kReduceMaxSplits - 1) / kReduceMaxSplits;
+    k_range = (k_range + 31) / 32 * 32;
+    splits = (K + k_range - 1) / k_range;
+  }
+  if (k_range > kMmaMaxKRange) return {};
+  if (splits > 1 && (ws.partial == nullptr || static_cast<std::size_t>(splits) * M * N > ws.partial_elems)) return {};
+  return {static_cast<int>(splits), k_range};
+}
+
+namespace {
+
+int mma_x_stride(int k_range) {  // 16-byte units; row stride = 64 mod 128 bytes (conflict-free)
+  return ((k_range * 2 + 127) / 128 * 128 + 64) / 16;
+}
+
+template <int MT>
+cudaError_t launch_mma_mt(const MmaGemmParams& p, cudaStream_t stream) {
+  const std::size_t smem = std::max<std::size_t>(static_cast<std::size_t>(MT) * p.x_stride * 16 * (p.gated ? 2 : 1),
+                                                 static_cast<std::size_t>(MT) * kMmaOutStride * 4);
+  static const cudaError_t attr_err = cudaFuncSetAttribute(
+      gemm_mma_kernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmemBytes);
+  if (attr_err != cudaSuccess) return attr_err;
+  cudaError_t err = launch_pdl<gemm_mma_kernel<MT>>(dim3((p.N + kMmaCols - 1) / kMmaCols, p.splits),
+                                                    dim3(kMmaWarps * 32), smem, stream, p);
+  if (err != cudaSuccess || p.splits == 1) return err;
+  const std::int64_t quads = static_cast<std::int64_t>(p.M) * p.N / 4;
+  const int grid = static_cast<int>(std::min<std::int64_t>((quads + kReduceThreads - 1) / kReduceThreads, 4096));
+  return launch_pdl<mma_reduce_kernel>(dim3(grid), dim3(kReduceThreads), 0, stream, p.partial, p.y, p.M, p.N,
+                                       p.splits);
+}
+
+}  // namespace
+
+cudaError_t launch_gemm_mma(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, bool gated,
+                            int M, int N, int K, const MmaWorkspace& ws, int sm_count, cudaStream_t stream) {
+  const MmaSplit sp = mma_split(x, w, M, N, K, ws, sm_count);
+  if (sp.splits == 0) return cudaErrorInvalidValue;
+  MmaGemmParams p;
+  p.x = x;
+  p.w = w;
+  p.y = y;
+  p.partial = ws.partial;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.k_range = sp.k_range;
+  p.splits = sp.splits;
+  p.x_stride = mma_x_stride(sp.k_range);
+  p.gated = gated;
+  if (M <= 16) return launch_mma_mt<16>(p, stream);
+  if (M <= 32) return launch_mma_mt<32>(p, stream);
+  return launch_mma_mt<64>(p, stream);
 }
 
 cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
