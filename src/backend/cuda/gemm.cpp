@@ -2,7 +2,6 @@
 
 #include <cublasLt.h>
 
-#include <cstdint>
 #include <cstdlib>
 
 #include "backend/cuda/cuda_check.h"
@@ -43,18 +42,11 @@ Gemm::Gemm() {
   gemv_off_ = off != nullptr && off[0] == '1';
   const char* norm_off = std::getenv("CASCADE_GEMV_NO_NORM");
   norm_gemv_off_ = norm_off != nullptr && norm_off[0] == '1';
-  const char* mma_off = std::getenv("CASCADE_GEMM_NO_MMA");
-  mma_off_ = gemv_off_ || (mma_off != nullptr && mma_off[0] == '1');
-  // Split-K scratch of the tensor-core path: 16 MB of fp32 partials (e.g. 16 splits x 64 rows x
-  // 4096 columns); shapes that need more take cuBLASLt.
-  mma_ws_.partial_elems = 4u << 20;
-  CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&mma_ws_.partial), mma_ws_.partial_elems * sizeof(float)));
 }
 
 Gemm::~Gemm() {
   plans_.clear();
   if (workspace_) cudaFree(workspace_);
-  if (mma_ws_.partial) cudaFree(mma_ws_.partial);
   if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
@@ -91,27 +83,12 @@ Gemm::Plan& Gemm::plan_for(int M, int N, int K, bool y_f32) {
   return ref;
 }
 
-GemmPath Gemm::path(const __nv_bfloat16* x, const __nv_bfloat16* w, bool y_f32, int M, int N, int K) const {
-  if (!gemv_off_ && gemv_supported(x, w, M, K)) return GemmPath::kGemv;
-  if (!mma_off_ && !y_f32 && mma_split(x, w, M, N, K, mma_ws_, sm_count_).splits > 0) return GemmPath::kTensorCore;
-  return GemmPath::kCublasLt;
-}
-
 void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
                int K, cudaStream_t stream) {
   if (M == 0 || N == 0) return;
-  switch (path(x, w, y_f32, M, N, K)) {
-    case GemmPath::kGemv:
-      CUDA_TRY(launch_gemv(x, w, y, y_f32, M, N, K, sm_count_, stream));
-      return;
-    case GemmPath::kTensorCore:
-      if (reinterpret_cast<std::uintptr_t>(y) % 8 == 0) {  // it stores four bf16 at a time
-        CUDA_TRY(launch_gemm_mma(x, w, static_cast<__nv_bfloat16*>(y), false, M, N, K, mma_ws_, sm_count_, stream));
-        return;
-      }
-      break;
-    case GemmPath::kCublasLt:
-      break;
+  if (!gemv_off_ && gemv_supported(x, w, M, K)) {
+    CUDA_TRY(launch_gemv(x, w, y, y_f32, M, N, K, sm_count_, stream));
+    return;
   }
   run_cublaslt(x, w, y, y_f32, M, N, K, stream);
 }
@@ -119,18 +96,9 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
 bool Gemm::run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
                          int N, int K, cudaStream_t stream) {
   if (M == 0 || N == 0) return true;
-  switch (path(gate_up, w, false, M, N, K)) {
-    case GemmPath::kGemv:
-      CUDA_TRY(launch_gemv_silu(gate_up, w, y, M, N, K, sm_count_, stream));
-      return true;
-    case GemmPath::kTensorCore:
-      if (reinterpret_cast<std::uintptr_t>(y) % 8 != 0) return false;
-      CUDA_TRY(launch_gemm_mma(gate_up, w, y, true, M, N, K, mma_ws_, sm_count_, stream));
-      return true;
-    case GemmPath::kCublasLt:
-      break;
-  }
-  return false;
+  if (gemv_off_ || !gemv_supported(gate_up, w, M, K)) return false;
+  CUDA_TRY(launch_gemv_silu(gate_up, w, y, M, N, K, sm_count_, stream));
+  return true;
 }
 
 bool Gemm::run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,

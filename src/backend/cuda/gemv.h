@@ -11,8 +11,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <cstddef>
-
 namespace cascade::cuda {
 
 // Largest M the GEMV path takes.
@@ -52,44 +50,5 @@ bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, int M, int 
 // Enqueues y = norm_x · wᵀ for norm_x formed from nm as above.
 cudaError_t launch_gemv_norm(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
                              int K, int sm_count, cudaStream_t stream);
-
-// ---- tensor-core path, 8 < M <= 64 ----
-
-inline constexpr int kMmaMinM = 9;  // (M 3..8: cuBLASLt, as measured in v6)
-inline constexpr int kMmaMaxM = 64;
-
-// Device scratch for the split-K products of the tensor-core path, owned by the caller (Gemm).
-struct MmaWorkspace {
-  float* partial = nullptr;
-  std::size_t partial_elems = 0;
-};
-
-// Kernel arguments (set by launch_gemm_mma).
-struct MmaGemmParams {
-  const __nv_bfloat16* x = nullptr;
-  const __nv_bfloat16* w = nullptr;
-  __nv_bfloat16* y = nullptr;
-  float* partial = nullptr;
-  int M = 0, N = 0, K = 0;
-  int k_range = 0;   // K per split (a multiple of 32)
-  int splits = 1;
-  int x_stride = 0;  // shared row stride of the x slice, in 16-byte units
-  bool gated = false;
-};
-
-// How launch_gemm_mma splits a shape: splits == 0 when the tensor-core path does not take it
-// (M outside 9..64, N not a multiple of 4, K not a multiple of 32, misaligned x or w, or the
-// workspace too small).
-// `ctas_per_sm` is the grid it aims for, in CTAs per SM (CASCADE_MMA_CTAS_PER_SM overrides).
-struct MmaSplit {
-  int splits = 0, k_range = 0;
-};
-MmaSplit mma_split(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K,
-                   const MmaWorkspace& ws, int sm_count);
-
-// Enqueues y = x · wᵀ (bf16 y), or with gated = true y = (silu(gate) * up) · wᵀ for x = gate_up
-// [M, 2K] as launch_gemv_silu forms it. The shape must have mma_split(...).splits > 0.
-cudaError_t launch_gemm_mma(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, bool gated,
-                            int M, int N, int K, const MmaWorkspace& ws, int sm_count, cudaStream_t stream);
 
 }  // namespace cascade::cuda
