@@ -260,7 +260,8 @@ TEST(CudaKernels, GemmMatchesCpuMatmul) {
 TEST(CudaKernels, SamplingMatchesCpuSampler) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(7);
-  for (int vocab : {1000, 151936}) {
+  // 40: fewer 16-byte chunks than scan blocks (empty ranges); 1001: the scalar scan (V % 4 != 0).
+  for (int vocab : {40, 1001, 1000, 151936}) {
     const int rows = 24;
     std::vector<float> logits(static_cast<std::size_t>(rows) * vocab);
     std::normal_distribution<float> nd(0.0f, 3.0f);

@@ -145,7 +145,8 @@ class CudaRunner final : public ModelRunner {
       scan_i_.reserve(parts);
       if (static_cast<std::size_t>(R) > scan_counters_.size()) {
         scan_counters_.resize(R);
-        CUDA_TRY(cudaMemset(scan_counters_.get(), 0, scan_counters_.bytes()));
+        // On stream_ (a non-blocking stream does not wait for the legacy default stream).
+        CUDA_TRY(cudaMemsetAsync(scan_counters_.get(), 0, scan_counters_.bytes(), stream_));
       }
       sp.scan_v = scan_v_.get();
       sp.scan_i = scan_i_.get();
