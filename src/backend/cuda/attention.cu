@@ -67,11 +67,16 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   __nv_bfloat16* v_s = k_s + 2 * kTile * kStride;
   int* slot_s = reinterpret_cast<int*>(v_s + 2 * kTile * kStride);  // [2][kTile]
 
-  pdl_wait();  // launch.cuh: the level arrays, q and the pages come from earlier work
-  pdl_release();
+  // The plan arrays are uploaded before the step's first kernel, so this CTA's rows, KV range and
+  // first page are found before the wait, while the previous kernel drains (launch.cuh); q and
+  // the step's new K/V come from the previous kernels and are read only after it.
   const LevelArrays& L = p.level;
   const int num_items = L.counts[0], num_splits = L.counts[1], per_split = L.counts[2];
-  if (static_cast<int>(blockIdx.x) >= num_items || static_cast<int>(blockIdx.z) >= num_splits) return;
+  if (static_cast<int>(blockIdx.x) >= num_items || static_cast<int>(blockIdx.z) >= num_splits) {
+    pdl_wait();  // launch.cuh: wait before any early return
+    pdl_release();
+    return;
+  }
   const int group = L.items[2 * blockIdx.x];
   const int m_base = L.items[2 * blockIdx.x + 1];
   const int kvh = blockIdx.y;
@@ -109,20 +114,6 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   int t_end = min(kv_len, t_begin + per_split);
   t_end = min(t_end, max_q - kv_start + 1);
 
-  // Q fragments (A operand, row-major 16 x kD per warp) straight from global memory.
-  unsigned qa[kD / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int h = r & 1;          // regs 0,2: row g; 1,3: row g + 8
-      const int col = kk * 16 + tig * 2 + (r >> 1) * 8;
-      const __nv_bfloat16* src =
-          p.q + (static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h]) * kD + col;
-      qa[kk][r] = valid[h] ? *reinterpret_cast<const unsigned*>(src) : 0u;
-    }
-  }
-
   float acc[kD / 8][4];
 #pragma unroll
   for (int n = 0; n < kD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
@@ -150,6 +141,23 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
       n = min(stride, end - lo);
     }
     cursor = lo;
+  }
+
+  pdl_wait();  // launch.cuh: q and this layer's new K/V are written by the previous kernels
+  pdl_release();
+
+  // Q fragments (A operand, row-major 16 x kD per warp) straight from global memory.
+  unsigned qa[kD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int h = r & 1;          // regs 0,2: row g; 1,3: row g + 8
+      const int col = kk * 16 + tig * 2 + (r >> 1) * 8;
+      const __nv_bfloat16* src =
+          p.q + (static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h]) * kD + col;
+      qa[kk][r] = valid[h] ? *reinterpret_cast<const unsigned*>(src) : 0u;
+    }
   }
 
   auto load_tile = [&](int tile, int stage) {

@@ -149,8 +149,6 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNo
 // One warp per head; lane holds dims lane + 32 * j. kD/32 values per lane.
 template <int kD>
 __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) {
-  pdl_wait();  // launch.cuh: before any read or write of step data
-  pdl_release();
   constexpr int kPer = kD / 32;
   constexpr int kHalf = kD / 2;
   const int r = blockIdx.x;
@@ -158,9 +156,26 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
   const int warp = threadIdx.x >> 5;
   const int nwarps = blockDim.x >> 5;
   const int total_heads = p.num_heads + 2 * p.num_kv_heads;
-  const bf16* row = p.qkv + static_cast<std::int64_t>(r) * total_heads * kD;
+  // Before the wait, what is constant across the step (launch.cuh): the row's slot and position
+  // (uploaded with the plan), this lane's rotary cos/sin (the same for every head) and norm
+  // weights. Only the projection's output comes from the previous kernel.
   const int slot = p.slot_mapping[r];
   const float pos = static_cast<float>(p.positions[r]);
+  float cs[kPer / 2], sn[kPer / 2], wq[kPer], wk[kPer];
+#pragma unroll
+  for (int j = 0; j < kPer / 2; ++j) {
+    const float angle = pos * p.inv_freq[lane + 32 * j];  // lane + 32 * j < kHalf
+    cs[j] = cosf(angle);
+    sn[j] = sinf(angle);
+  }
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    wq[j] = __bfloat162float(p.q_norm[lane + 32 * j]);
+    wk[j] = __bfloat162float(p.k_norm[lane + 32 * j]);
+  }
+  pdl_wait();  // launch.cuh: the qkv rows are written by the previous kernel
+  pdl_release();
+  const bf16* row = p.qkv + static_cast<std::int64_t>(r) * total_heads * kD;
   for (int h = warp; h < total_heads; h += nwarps) {
     float v[kPer];
 #pragma unroll
@@ -178,7 +193,6 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
       continue;
     }
     const bool is_q = h < p.num_heads;
-    const bf16* w = is_q ? p.q_norm : p.k_norm;
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < kPer; ++j) ss += v[j] * v[j];
@@ -187,15 +201,13 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
       const float n = __bfloat162float(__float2bfloat16_rn(v[j] * inv));
-      v[j] = __bfloat162float(__float2bfloat16_rn(__bfloat162float(w[lane + 32 * j]) * n));
+      v[j] = __bfloat162float(__float2bfloat16_rn((is_q ? wq[j] : wk[j]) * n));
     }
     // Rotate-half: dims d and d + kHalf pair up; both live in this lane (j and j + kPer/2).
     float o[kPer];
 #pragma unroll
     for (int j = 0; j < kPer / 2; ++j) {
-      const int i = lane + 32 * j;  // < kHalf
-      const float angle = pos * p.inv_freq[i];
-      const float c = cosf(angle), s = sinf(angle);
+      const float c = cs[j], s = sn[j];
       const float a = v[j], b = v[j + kPer / 2];
       o[j] = a * c - b * s;
       o[j + kPer / 2] = b * c + a * s;

@@ -10,7 +10,10 @@
 //      transitive (the previous grid itself waited on its own predecessor before finishing).
 //   2. `pdl_release()` comes after `pdl_wait()`: it lets the next grid be scheduled. Its CTAs then
 //      sit in their own pdl_wait(), so the chain runs at most one kernel ahead.
-// Work that touches only data constant across the step (weights) may come before pdl_wait().
+// Work that touches only data constant across the step may come before pdl_wait(): the weights,
+// and the step's plan arrays (copied to the device before the step's first kernel: when a kernel
+// runs at all, its predecessor has passed its own wait, so by induction every kernel before that
+// has completed and the step's first kernel, stream-ordered after the copy, has started).
 // In code compiled for older architectures (the compute_80 PTX) both are no-ops, and such kernels
 // are launched without the attribute (pdl_kernel_ok), so their launches are ordinary.
 // CASCADE_NO_PDL=1 launches without the attribute (ordinary stream order), for A/B timing.
