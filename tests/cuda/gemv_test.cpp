@@ -269,5 +269,37 @@ TEST(CudaGemv, NormGemvMatchesFloat64AndTheTwoKernelPath) {
   EXPECT_FALSE(gemm.run_norm_gemv(nm, wv.get(), out.get(), 3, 64, 64, nullptr));
 }
 
+// Host-side (runs without a GPU): the fused norm GEMV refuses a call whose outputs overlap what
+// every block reads, so a caller cannot pass, say, the addend as the output.
+TEST(CudaGemv, NormGemvRefusesOutputsOverlappingItsInputs) {
+  alignas(16) static unsigned char arena[1 << 15];
+  const auto f32 = [](std::size_t off) { return reinterpret_cast<float*>(arena + off); };
+  const auto b16 = [](std::size_t off) { return reinterpret_cast<bf16*>(arena + off); };
+  const int M = 2, N = 64, K = 128;  // residual rows 1 KB, delta rows 512 B, y 256 B (bf16)
+  GemvNorm nm;
+  nm.residual = f32(0);
+  nm.residual_out = f32(4096);
+  nm.delta = b16(8192);
+  nm.gamma = b16(12288);
+  const bf16* w = b16(16384);
+  EXPECT_TRUE(gemv_norm_supported(nm, w, arena + 20480, false, M, N, K));
+  EXPECT_FALSE(gemv_norm_supported(nm, w, nm.delta, false, M, N, K));    // y is the addend
+  EXPECT_FALSE(gemv_norm_supported(nm, w, arena + 512, false, M, N, K));  // y inside the residual
+  // y ending where delta starts: bf16 fits, fp32 (twice the bytes) runs into it.
+  EXPECT_TRUE(gemv_norm_supported(nm, w, arena + 8192 - 256, false, M, N, K));
+  EXPECT_FALSE(gemv_norm_supported(nm, w, arena + 8192 - 256, true, M, N, K));
+  GemvNorm in_place = nm;
+  in_place.residual_out = f32(0);  // the other blocks still read the old residual
+  EXPECT_FALSE(gemv_norm_supported(in_place, w, arena + 20480, false, M, N, K));
+  GemvNorm onto_delta = nm;
+  onto_delta.residual_out = f32(8192 - 512);  // 1 KB from here runs into delta
+  EXPECT_FALSE(gemv_norm_supported(onto_delta, w, arena + 20480, false, M, N, K));
+  GemvNorm plain = nm;  // no addend, no new residual: only the residual is read
+  plain.delta = nullptr;
+  plain.residual_out = nullptr;
+  EXPECT_TRUE(gemv_norm_supported(plain, w, arena + 8192, false, M, N, K));
+  EXPECT_FALSE(gemv_norm_supported(plain, w, arena + 1000, false, M, N, K));
+}
+
 }  // namespace
 }  // namespace cascade::cuda::test

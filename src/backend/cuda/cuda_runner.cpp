@@ -512,8 +512,7 @@ class CudaRunner final : public ModelRunner {
       nm.residual_out = res_other;
       nm.gamma = gamma;
       nm.eps = eps;
-      // (The GEMV's output must not be its addend: other blocks may still be reading it.)
-      if (delta != tmp_.get() && gemm_->run_norm_gemv(nm, w, tmp_.get(), n, N, hidden, stream_)) {
+      if (gemm_->run_norm_gemv(nm, w, tmp_.get(), n, N, hidden, stream_)) {
         std::swap(res, res_other);
         return;
       }
@@ -578,8 +577,8 @@ class CudaRunner final : public ModelRunner {
       gemm_->run(xb_.get(), L.o_proj.get(), act_.get(), false, n, hidden, H * D, stream_);
       norm_then_gemm(act_.get(), L.post_ln.get(), L.gate_up.get(), 2 * inter);
       // Small batches: silu(gate) * up is formed while the down GEMV stages its input (one kernel
-      // less per layer); its output goes to act_, which holds [n, inter] >= [n, hidden].
-      if (inter >= hidden && gemm_->run_silu_gemv(tmp_.get(), L.down.get(), act_.get(), n, hidden, inter, stream_)) {
+      // less per layer); its output goes to act_ (reserve_step sizes it for [n, hidden] too).
+      if (gemm_->run_silu_gemv(tmp_.get(), L.down.get(), act_.get(), n, hidden, inter, stream_)) {
         mlp_out = act_.get();
       } else {
         CUDA_TRY(cuda::launch_silu_mul({tmp_.get(), act_.get(), n, inter}, stream_));

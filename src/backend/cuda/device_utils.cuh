@@ -1,8 +1,9 @@
 // Device helpers shared by the CUDA kernels: warp and block reductions with a fixed order (so
-// results are deterministic run to run). Block reductions must be called by every thread of the
-// block; they return the result to all threads.
+// results are deterministic run to run), and the rounding of an RMSNorm's output. Block reductions
+// must be called by every thread of the block; they return the result to all threads.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 namespace cascade::cuda {
@@ -73,6 +74,33 @@ __device__ inline void block_argmax(float& v, int& id, float* red_v, int* red_i)
       id = red_i[w];
     }
   }
+}
+
+// The eight bf16 of one 16-byte chunk as floats (exact).
+__device__ __forceinline__ void unpack_bf16x8(const uint4& u, float* f) {
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// bf16(gamma * bf16(h * inv)) for the eight values of one 16-byte chunk (gamma: eight bf16), the
+// rounding of every RMSNorm output here: the add+RMSNorm kernels and the GEMV that forms the norm
+// itself (gemv.cu) give the same bits for the same h and inv.
+__device__ __forceinline__ uint4 rms_norm_pack8(const float* h, float inv, const uint4& gamma) {
+  float g[8];
+  unpack_bf16x8(gamma, g);
+  unsigned packed[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float n0 = __bfloat162float(__float2bfloat16_rn(h[2 * e] * inv));
+    const float n1 = __bfloat162float(__float2bfloat16_rn(h[2 * e + 1] * inv));
+    const __nv_bfloat162 o = __floats2bfloat162_rn(g[2 * e] * n0, g[2 * e + 1] * n1);
+    packed[e] = *reinterpret_cast<const unsigned*>(&o);
+  }
+  return make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
 
 }  // namespace cascade::cuda

@@ -104,7 +104,7 @@ bool Gemm::run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, _
 bool Gemm::run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
                          cudaStream_t stream) {
   if (M == 0 || N == 0) return true;
-  if (gemv_off_ || norm_gemv_off_ || !gemv_norm_supported(nm, w, M, K)) return false;
+  if (gemv_off_ || norm_gemv_off_ || !gemv_norm_supported(nm, w, y, false, M, N, K)) return false;
   CUDA_TRY(launch_gemv_norm(nm, w, y, false, M, N, K, sm_count_, stream));
   return true;
 }

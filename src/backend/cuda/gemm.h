@@ -35,8 +35,9 @@ class Gemm {
                      int K, cudaStream_t stream);
 
   // y = norm_x · wᵀ with the residual add + RMSNorm of nm formed in the GEMV (gemv.h, M <= 2).
-  // Returns false, doing nothing, when the GEMV path does not take the shape: the caller then runs
-  // the norm kernel and run().
+  // Returns false, doing nothing, when the GEMV path does not take the call (shape, alignment, or y
+  // overlapping what the norm reads: gemv_norm_supported): the caller then runs the norm kernel and
+  // run().
   bool run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
                      cudaStream_t stream);
 

@@ -2,12 +2,11 @@
 
 #include <cstdint>
 
+#include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
 
 namespace cascade::cuda {
 namespace {
-
-using bf16 = __nv_bfloat16;
 
 constexpr int kWarps = 4;                     // warps per block, one output column each at a time
 constexpr int kUnroll = 8;                    // 16-byte loads of w in flight per lane
@@ -61,8 +60,8 @@ __device__ __forceinline__ uint4 silu_mul8(const uint4& g, const uint4& u) {
 
 enum class Stage { kPlain, kGated, kNorm };
 
-// x = bf16(gamma * bf16(h * rsqrt(mean(h²) + eps))) for h = residual + delta, rounded as
-// add_rms_norm_vec_kernel rounds it, into xs [MT][K / 8] (rows >= M zero); block 0 writes h to
+// x = bf16(gamma * bf16(h * rsqrt(mean(h²) + eps))) for h = residual + delta, rounded as the
+// add+RMSNorm kernels round it (rms_norm_pack8), into xs [MT][K / 8] (rows >= M zero); block 0 writes h to
 // residual_out. hs: [M][K] fp32 scratch. Every sum has a fixed order (no shared atomics), so the
 // result is the same bits on every run.
 template <int MT>
@@ -137,18 +136,7 @@ __device__ void stage_norm(const GemvNorm& nm, int M, int K, uint4* xs, float* h
     const float4 h0 = reinterpret_cast<const float4*>(hs)[2 * i];
     const float4 h1 = reinterpret_cast<const float4*>(hs)[2 * i + 1];
     const float h[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
-    const uint4 gv = gam[c];
-    const unsigned gw[4] = {gv.x, gv.y, gv.z, gv.w};
-    unsigned packed[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float2 gf = bf2(gw[e]);
-      const float n0 = __bfloat162float(__float2bfloat16_rn(h[2 * e] * inv[m]));
-      const float n1 = __bfloat162float(__float2bfloat16_rn(h[2 * e + 1] * inv[m]));
-      const __nv_bfloat162 o = __floats2bfloat162_rn(gf.x * n0, gf.y * n1);
-      __builtin_memcpy(&packed[e], &o, sizeof(o));
-    }
-    xs[i] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    xs[i] = rms_norm_pack8(h, inv[m], gam[c]);
   }
 }
 
@@ -310,14 +298,30 @@ cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* 
   return launch_any<Stage::kGated>(gate_up, w, y, false, {}, M, N, K, sm_count, stream);
 }
 
-}  // namespace cascade::cuda
-
-namespace cascade::cuda {
-
-bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, int M, int K) {
+bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, const void* y, bool y_f32, int M,
+                         int N, int K) {
   if (!gemv_supported(nm.gamma, w, M, K) || nm.residual == nullptr || nm.gamma == nullptr) return false;
   const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
   if (misaligned(nm.residual) || misaligned(nm.residual_out) || misaligned(nm.delta)) return false;
+  // Every block reads all of residual and delta while some block writes y and block 0 writes
+  // residual_out: an overlap between what is written and what is read would be a race.
+  struct Span {
+    std::uintptr_t begin, end;
+  };
+  const auto span = [](const void* p, std::int64_t bytes) {
+    const auto b = reinterpret_cast<std::uintptr_t>(p);
+    return Span{b, p == nullptr ? b : b + static_cast<std::uintptr_t>(bytes)};
+  };
+  const auto overlap = [](Span a, Span b) { return a.begin < b.end && b.begin < a.end; };
+  const std::int64_t rows = static_cast<std::int64_t>(M) * K;
+  const Span read[] = {span(nm.residual, rows * 4), span(nm.delta, rows * 2)};
+  const Span written[] = {span(y, static_cast<std::int64_t>(M) * N * (y_f32 ? 4 : 2)),
+                          span(nm.residual_out, rows * 4)};
+  for (const Span& r : read) {
+    for (const Span& wr : written) {
+      if (overlap(r, wr)) return false;
+    }
+  }
   return gemv_smem(padded_rows(M), M, K, true) <= kMaxSmemBytes;
 }
 

@@ -38,14 +38,16 @@ cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* 
 struct GemvNorm {
   const __nv_bfloat16* delta = nullptr;  // the addend, or nullptr (plain RMSNorm)
   const float* residual = nullptr;       // fp32 residual stream, read
-  float* residual_out = nullptr;         // h, or nullptr; must not overlap residual (other blocks read it)
+  float* residual_out = nullptr;         // h, or nullptr
   const __nv_bfloat16* gamma = nullptr;  // [K]
   float eps = 1e-6f;
 };
 
-// True when launch_gemv_norm can run this shape: gemv_supported, 16-byte aligned rows, and the x
-// tile plus M fp32 rows of K fit in shared memory.
-bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, int M, int K);
+// True when launch_gemv_norm can run this call: gemv_supported, 16-byte aligned rows, y and
+// residual_out overlapping neither residual nor delta, and the x tile plus M fp32 rows of K fit in
+// shared memory.
+bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, const void* y, bool y_f32, int M,
+                         int N, int K);
 
 // Enqueues y = norm_x · wᵀ for norm_x formed from nm as above.
 cudaError_t launch_gemv_norm(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,

@@ -85,15 +85,6 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormPa
 // loads in flight at once), since at decode batch sizes this kernel is bound by memory latency.
 constexpr int kNormMaxChunks = 4;
 
-__device__ __forceinline__ void unpack_bf16x8(const uint4& u, float* f) {
-  const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = __uint_as_float(w[i] << 16);
-    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
-}
-
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNormParams p) {
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
@@ -132,17 +123,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNo
   for (int k = 0; k < kNormMaxChunks; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
     if (c >= nch) continue;
-    float wf[8];
-    unpack_bf16x8(reinterpret_cast<const uint4*>(p.weight)[c], wf);
-    unsigned packed[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float n0 = __bfloat162float(__float2bfloat16_rn(v[k][2 * e] * inv));
-      const float n1 = __bfloat162float(__float2bfloat16_rn(v[k][2 * e + 1] * inv));
-      const __nv_bfloat162 o = __floats2bfloat162_rn(wf[2 * e] * n0, wf[2 * e + 1] * n1);
-      packed[e] = *reinterpret_cast<const unsigned*>(&o);
-    }
-    reinterpret_cast<uint4*>(out)[c] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    reinterpret_cast<uint4*>(out)[c] = rms_norm_pack8(v[k], inv, reinterpret_cast<const uint4*>(p.weight)[c]);
   }
 }
 
