@@ -11,6 +11,15 @@ ApiError bad_request(std::string message, std::string param, std::string code) {
   return e;
 }
 
+ApiError rate_limited(std::string message, std::string code) {
+  ApiError e;
+  e.status = 429;
+  e.type = "rate_limit_error";
+  e.message = std::move(message);
+  e.code = std::move(code);
+  return e;
+}
+
 ApiError api_error_from(const Error& err) {
   ApiError e;
   e.message = err.what();
@@ -40,10 +49,7 @@ ApiError api_error_from(const Error& err) {
       e.code = "in_use";
       break;
     case ErrorCode::kResourceExhausted:
-      e.status = 429;
-      e.type = "rate_limit_error";
-      e.code = "queue_full";
-      break;
+      return rate_limited(err.what(), "queue_full");
     default:
       e.status = 500;
       e.type = "server_error";

@@ -20,6 +20,9 @@ struct ApiError {
 // A 400 invalid_request_error naming `param`.
 ApiError bad_request(std::string message, std::string param = "", std::string code = "");
 
+// A 429 rate_limit_error: the server is full for now and the client should retry.
+ApiError rate_limited(std::string message, std::string code);
+
 // Maps the engine's error codes to HTTP: invalid input 400, unknown/evicted ids 404, in-use 409,
 // temporarily full 429, the rest 500.
 ApiError api_error_from(const Error& e);

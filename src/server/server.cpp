@@ -272,27 +272,19 @@ void Server::install_routes() {
     const int n = static_cast<int>(call.requests.size());
     // The call's HTTP-thread slot, released when the last holder (this handler, or the response's
     // content provider) lets go.
-    std::shared_ptr<void> call_slot;
     if (open_calls_->fetch_add(1) >= max_open_calls_) {
       open_calls_->fetch_sub(1);
-      ApiError e;
-      e.status = 429;
-      e.type = "rate_limit_error";
-      e.code = "too_many_connections";
-      e.message = fmt::format("the server is serving {} generation calls, its limit for {} HTTP threads; retry later",
-                              max_open_calls_, std::max(2, options_.http_threads));
-      send_error(res, e);
+      send_error(res, rate_limited(fmt::format("the server is serving {} generation calls, its limit for {} "
+                                               "HTTP threads; retry later",
+                                               max_open_calls_, std::max(2, options_.http_threads)),
+                                   "too_many_connections"));
       return;
     }
-    call_slot = std::shared_ptr<void>(nullptr, [open = open_calls_](void*) { open->fetch_sub(1); });
+    const std::shared_ptr<void> call_slot(nullptr, [open = open_calls_](void*) { open->fetch_sub(1); });
     if (!loop_->try_reserve(n)) {
-      ApiError e;
-      e.status = 429;
-      e.type = "rate_limit_error";
-      e.code = "queue_full";
-      e.message = fmt::format("the server's queue is full ({} waiting beyond {} running); retry later",
-                              options_.max_queue, config_.max_num_seqs);
-      send_error(res, e);
+      send_error(res, rate_limited(fmt::format("the server's queue is full ({} waiting beyond {} running); retry later",
+                                               options_.max_queue, config_.max_num_seqs),
+                                   "queue_full"));
       return;
     }
     auto state = std::make_shared<StreamState>();
