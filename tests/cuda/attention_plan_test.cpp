@@ -209,5 +209,50 @@ TEST(CudaPlanPack, MalformedPlansAreRefusedWithAReason) {
   EXPECT_TRUE(refused(good, 2));  // three levels, two state slices
 }
 
+// kv_fresh: per group, the start (within the group's keys) of its first page holding a slot the
+// step writes, its key count if none; 0 everywhere without the step's slots (nothing read ahead).
+// Checked against a token-by-token scan of random plans.
+TEST(CudaPlanPack, KvFreshIsTheStartOfEachGroupsFirstWrittenPage) {
+  std::mt19937_64 rng(47);
+  const int page_size = 16;
+  for (int trial = 0; trial < 20; ++trial) {
+    const CascadePlan plan = random_plan(rng, 1 + static_cast<int>(rng() % 12), 300, page_size);
+    int max_page = 0;
+    for (const CascadeLevel& lv : plan.levels) {
+      for (const std::int32_t id : lv.page_ids) max_page = std::max(max_page, id);
+    }
+    std::vector<std::int32_t> slots;  // a few random slots, one not written (-1)
+    for (int i = 0; i < 4; ++i) slots.push_back(static_cast<int>(rng() % ((max_page + 1) * page_size)));
+    slots.push_back(-1);
+    const char* why = "";
+    PlanPack none, with;
+    ASSERT_TRUE(pack_plan(plan, 16, 8, 132, 64, &none, &why)) << why;
+    ASSERT_TRUE(pack_plan(plan, 16, 8, 132, 64, &with, &why, &slots, page_size)) << why;
+    EXPECT_EQ(none.data.size(), with.data.size());
+    for (std::size_t l = 0; l < plan.levels.size(); ++l) {
+      const CascadeLevel& lv = plan.levels[l];
+      for (int g = 0; g < lv.num_groups(); ++g) {
+        int want = 0, t = 0;
+        bool found = false;
+        for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1] && !found; ++i) {
+          for (const std::int32_t s : slots) {
+            if (s >= 0 && s / page_size == lv.page_ids[i]) found = true;
+          }
+          if (!found) t += lv.page_lens[i];
+        }
+        want = t;
+        EXPECT_EQ(none.data[none.levels[l].kv_fresh + g], 0);
+        EXPECT_EQ(with.data[with.levels[l].kv_fresh + g], want) << "trial " << trial << " level " << l << " group " << g;
+      }
+    }
+  }
+  // Slots without a page size are refused.
+  const CascadePlan plan = random_plan(rng, 3, 50, page_size);
+  const std::vector<std::int32_t> slots = {0};
+  PlanPack pk;
+  const char* why = "";
+  EXPECT_FALSE(pack_plan(plan, 16, 8, 132, 64, &pk, &why, &slots, 0));
+}
+
 }  // namespace
 }  // namespace cascade::cuda

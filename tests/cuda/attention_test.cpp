@@ -57,10 +57,10 @@ void add_group(CascadeLevel& lv, std::vector<std::int32_t>& row_order, const std
 // Runs every level on the GPU and merges; returns the merged fp32 output [rows, heads, head_dim].
 std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const std::vector<float>& q,
                                  const std::vector<float>& kpool, const std::vector<float>& vpool,
-                                 int num_sms) {
+                                 int num_sms, const std::vector<std::int32_t>* written = nullptr) {
   PlanPack pack;
   const char* why = "";
-  EXPECT_TRUE(pack_plan(plan, m.heads, m.kv_heads, num_sms, 64, &pack, &why)) << why;
+  EXPECT_TRUE(pack_plan(plan, m.heads, m.kv_heads, num_sms, 64, &pack, &why, written, m.page_size)) << why;
   const int n = plan.num_rows;
   auto d_q = upload(to_bf16(q));
   auto d_k = upload(to_bf16(kpool)), d_v = upload(to_bf16(vpool));
@@ -79,6 +79,8 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     p.row_order = d_plan.get() + pack.row_order;
     p.q_pos = d_plan.get() + pack.q_pos;
     p.level = level_arrays(pack, l, d_plan.get());
+    p.kv_fresh = level_kv_fresh(lp, d_plan.get());
+    p.read_ahead = written != nullptr;
     p.o = o.get();
     p.lse = lse.get();
     p.slice_base = lp.slice_base;
@@ -166,10 +168,26 @@ struct Fixture {
   void check(const CascadePlan& plan, const char* what) {
     auto q = random_vec(rng, static_cast<std::size_t>(plan.num_rows) * m.heads * m.head_dim, -2.0f, 2.0f);
     const auto ref = reference(m, plan, q, kpool, vpool);
+    std::vector<float> split;
     for (int sms : {0, 132}) {
       const auto got = gpu_attention(m, plan, q, kpool, vpool, sms);
       EXPECT_LT(rel_error(got, ref), 1e-2)
           << what << " H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim << " sms=" << sms;
+      split = got;
+    }
+    // Keys read ahead of the wait (kv_fresh): with nothing written this step every tile may be,
+    // with each row's last key written only those before its page; the same bits either way.
+    std::vector<std::int32_t> last_keys;
+    const CascadeLevel& last = plan.levels.back();
+    for (int g = 0; g < last.num_groups(); ++g) {
+      const int i = last.page_indptr[g + 1] - 1;
+      if (i >= last.page_indptr[g]) last_keys.push_back(last.page_ids[i] * m.page_size + last.page_lens[i] - 1);
+    }
+    const std::vector<std::int32_t> none;
+    for (const std::vector<std::int32_t>* written : {&none, static_cast<const std::vector<std::int32_t>*>(&last_keys)}) {
+      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, written);
+      EXPECT_EQ(got, split) << what << " H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim
+                            << (written->empty() ? ", all keys read ahead" : ", last pages written");
     }
   }
 };

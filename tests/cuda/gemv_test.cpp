@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -231,7 +232,7 @@ TEST(CudaGemv, NormGemvMatchesFloat64AndTheTwoKernelPath) {
         nm.residual_out = res_out.get();
         nm.gamma = d_gamma.get();
         nm.eps = eps;
-        ASSERT_TRUE(gemm.run_norm_gemv(nm, d_w.get(), y.get(), M, N, K, nullptr));
+        ASSERT_TRUE(gemm.run_norm_gemv(nm, d_w.get(), y.get(), false, M, N, K, nullptr));
         const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) +
                                  " K=" + std::to_string(K) + (with_delta ? " with delta" : " plain");
         EXPECT_EQ(download(res_out, h.size()), h) << what;
@@ -266,7 +267,122 @@ TEST(CudaGemv, NormGemvMatchesFloat64AndTheTwoKernelPath) {
   GemvNorm nm;
   nm.residual = r.get();
   nm.gamma = g.get();
-  EXPECT_FALSE(gemm.run_norm_gemv(nm, wv.get(), out.get(), 3, 64, 64, nullptr));
+  EXPECT_FALSE(gemm.run_norm_gemv(nm, wv.get(), out.get(), false, 3, 64, 64, nullptr));
+}
+
+// The final norm + lm_head of small batches: the norm GEMV gathering its rows (row_index) gives
+// the same logits as the same GEMV on those rows laid out contiguously, and its greedy argmax is
+// the sampler's rule applied to those logits: the lowest id among equal maxima, NaN skipped, -1
+// when every logit is NaN. Run twice per shape, so the block counter must have been left at zero.
+TEST(CudaGemv, NormGemvGathersRowsAndTakesTheGreedyArgmax) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(41);
+  Gemm gemm;
+  const int sms = gemm.sm_count();
+  const int src_rows = 5;
+  DeviceBuffer<float> part_v(gemv_argmax_parts(kGemvMaxM, sms));
+  DeviceBuffer<std::int32_t> part_i(part_v.size()), ids(kGemvMaxM);
+  DeviceBuffer<unsigned> counter(1);
+  CUDA_TRY(cudaMemset(counter.get(), 0, counter.bytes()));
+  const GemvArgmax am{part_v.get(), part_i.get(), counter.get(), ids.get()};
+  // CPU rule on the GPU's logits: the lowest id holding the largest non-NaN value > -inf.
+  auto argmax_rows = [](const std::vector<float>& y, int M, int N) {
+    std::vector<std::int32_t> out(M, -1);
+    for (int m = 0; m < M; ++m) {
+      float best = -INFINITY;
+      for (int n = 0; n < N; ++n) {
+        const float v = y[static_cast<std::size_t>(m) * N + n];
+        if (v > best) {
+          best = v;
+          out[m] = n;
+        }
+      }
+    }
+    return out;
+  };
+  struct Case {
+    int n, k;
+    std::vector<std::int32_t> rows;
+  };
+  for (const Case& c : {Case{151936, 1024, {3}}, Case{151936, 1024, {4, 1}}, Case{1001, 136, {0, 0}},
+                        Case{40, 64, {2}}}) {
+    const int M = static_cast<int>(c.rows.size()), N = c.n, K = c.k;
+    for (int rep = 0; rep < 2; ++rep) {
+      auto res = random_vec(rng, static_cast<std::size_t>(src_rows) * K, -4.0f, 4.0f, false);
+      auto delta = random_vec(rng, res.size(), -2.0f, 2.0f);
+      auto gamma = random_vec(rng, K, 0.5f, 1.5f);
+      auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+      // A tie at the top for row 0 of the first repetition: three equal rows of w, the largest
+      // dot product by far (w = sign of the normalised row 0, which the gamma > 0 keeps).
+      const std::size_t r0 = static_cast<std::size_t>(c.rows[0]) * K;
+      const int tie[3] = {N / 2, 7 % N, N - 3};
+      if (rep == 0) {
+        for (const int t : tie) {
+          for (int k = 0; k < K; ++k) w[static_cast<std::size_t>(t) * K + k] = res[r0 + k] + delta[r0 + k] >= 0 ? 1.0f : -1.0f;
+        }
+      } else {
+        // A NaN logit (one NaN weight in column N / 3) is skipped, not taken.
+        w[static_cast<std::size_t>(N / 3) * K] = NAN;
+      }
+      auto d_res = upload(res);
+      auto d_rows = upload(c.rows);
+      auto d_delta = upload(to_bf16(delta)), d_gamma = upload(to_bf16(gamma)), d_w = upload(to_bf16(w));
+      std::vector<float> res_g, delta_g;  // the gathered rows, contiguous
+      for (const int r : c.rows) {
+        res_g.insert(res_g.end(), res.begin() + static_cast<std::size_t>(r) * K, res.begin() + static_cast<std::size_t>(r + 1) * K);
+        delta_g.insert(delta_g.end(), delta.begin() + static_cast<std::size_t>(r) * K,
+                       delta.begin() + static_cast<std::size_t>(r + 1) * K);
+      }
+      auto d_res_g = upload(res_g);
+      auto d_delta_g = upload(to_bf16(delta_g));
+      DeviceBuffer<float> y(static_cast<std::size_t>(M) * N), y_ref(y.size());
+      poison(y);
+      poison(y_ref);
+      poison(ids);
+      GemvNorm nm;
+      nm.delta = d_delta.get();
+      nm.residual = d_res.get();
+      nm.gamma = d_gamma.get();
+      nm.row_index = d_rows.get();
+      nm.src_rows = src_rows;
+      ASSERT_TRUE(gemm.run_norm_gemv(nm, d_w.get(), y.get(), true, M, N, K, nullptr, &am));
+      GemvNorm plain;
+      plain.delta = d_delta_g.get();
+      plain.residual = d_res_g.get();
+      plain.gamma = d_gamma.get();
+      ASSERT_TRUE(gemm.run_norm_gemv(plain, d_w.get(), y_ref.get(), true, M, N, K, nullptr));
+      const auto got = download(y, y.size());
+      const std::string what = "N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" +
+                               std::to_string(M) + " rep " + std::to_string(rep);
+      const auto ref = download(y_ref, y.size());
+      EXPECT_EQ(std::memcmp(got.data(), ref.data(), got.size() * sizeof(float)), 0) << what;
+      const auto want = argmax_rows(got, M, N);
+      EXPECT_EQ(download(ids, M), want) << what;
+      if (rep == 0 && N > 100) EXPECT_EQ(want[0], 7) << what << ": the tie goes to the lowest id";
+    }
+  }
+  // Every logit NaN (gamma NaN): no token, -1.
+  const int K = 64, N = 300;
+  auto d_res = upload(random_vec(rng, K));
+  auto d_w = upload(to_bf16(random_vec(rng, static_cast<std::size_t>(N) * K)));
+  auto d_gamma = upload(to_bf16(std::vector<float>(K, NAN)));
+  DeviceBuffer<float> y(N);
+  GemvNorm nm;
+  nm.residual = d_res.get();
+  nm.gamma = d_gamma.get();
+  ASSERT_TRUE(gemm.run_norm_gemv(nm, d_w.get(), y.get(), true, 1, N, K, nullptr, &am));
+  EXPECT_EQ(download(ids, 1), std::vector<std::int32_t>{-1});
+  // The argmax needs fp32 logits; gathering needs the source row count and no new residual.
+  DeviceBuffer<bf16> yb(N);
+  EXPECT_FALSE(gemm.run_norm_gemv(nm, d_w.get(), yb.get(), false, 1, N, K, nullptr, &am));
+  GemvNorm gathered = nm;
+  DeviceBuffer<std::int32_t> rows(1);
+  gathered.row_index = rows.get();
+  EXPECT_FALSE(gemm.run_norm_gemv(gathered, d_w.get(), y.get(), true, 1, N, K, nullptr));  // src_rows 0
+  gathered.src_rows = 1;
+  DeviceBuffer<float> res_out(K);
+  gathered.residual_out = res_out.get();
+  EXPECT_FALSE(gemm.run_norm_gemv(gathered, d_w.get(), y.get(), true, 1, N, K, nullptr));
 }
 
 // Host-side (runs without a GPU): the fused norm GEMV refuses a call whose outputs overlap what

@@ -181,8 +181,10 @@ TEST(CudaKernels, SiluMulMatchesCpu) {
 TEST(CudaKernels, MergeStatesIsExactLogSumExp) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(5);
-  // 40 states: more than one per lane of the merging warp; 30 (row, head) pairs: a partial block.
-  for (const auto [d, ns] : {std::pair{64, 3}, std::pair{128, 3}, std::pair{64, 40}, std::pair{128, 40}}) {
+  // 3 and 8 states: one batch of 8; 9, 16 and 40: batches of 16 (one full, the last partial);
+  // 30 (row, head) pairs: a partial block.
+  for (const auto [d, ns] : {std::pair{64, 3}, std::pair{128, 8}, std::pair{64, 9}, std::pair{128, 16},
+                             std::pair{64, 40}, std::pair{128, 40}}) {
     const int rows = 6, heads = 5;
     auto o = random_vec(rng, ns * rows * heads * d, -1, 1, false);
     auto lse = random_vec(rng, ns * rows * heads, -5, 5, false);

@@ -53,9 +53,55 @@ __device__ inline unsigned pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const unsigned*>(&v);
 }
 
+// The loader of one KV tile (slots by warp 0's page cursor, then cp.async of K and V), as a
+// macro so that the read-ahead instantiation can place a copy before the wait while the others
+// keep the one after it: moving the only copy changed their code (v7).
+#define CASCADE_LOAD_TILE_LAMBDA \
+  [&](int tile, int stage) { \
+      const int t0 = t_begin + tile * kTile; \
+      int* slots = slot_s + stage * kTile; \
+      if (warp == 0) { \
+        for (int i = lane; i < kTile; i += 32) slots[i] = -1; \
+        __syncwarp(); \
+        const int t_hi = min(t0 + kTile, t_end); /* tokens [t0, t_hi) are read */ \
+        const int t_next = t0 + kTile; \
+        int next = -1; \
+        for (int win = cursor; win < page_end; win += 32) { \
+          const int pidx = win + lane; \
+          const bool in = pidx < page_end; \
+          const int ps = in ? L.page_start[pidx] : 0x7fffffff; \
+          const int pe = !in ? 0x7fffffff : pidx + 1 < page_end ? L.page_start[pidx + 1] : kv_len; \
+          const int pid = in ? L.page_ids[pidx] : 0; \
+          for (int t = max(ps, t0); t < min(pe, t_hi); ++t) slots[t - t0] = pid * p.page_size + (t - ps); \
+          const unsigned holds_next = __ballot_sync(0xffffffffu, in && pe > t_next); \
+          if (next < 0 && holds_next != 0u) next = win + __ffs(holds_next) - 1; \
+          if (__shfl_sync(0xffffffffu, pe, 31) >= t_hi) { \
+            if (next < 0) next = win + 32; /* the window's last page ends at t_next or beyond t_end */ \
+            break; \
+          } \
+        } \
+        cursor = next < 0 ? page_end : next; \
+      } \
+      __syncthreads(); \
+      __nv_bfloat16* ks = k_s + stage * kTile * kStride; \
+      __nv_bfloat16* vs = v_s + stage * kTile * kStride; \
+      for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) { \
+        const int r = c / kChunks, col = (c % kChunks) * 8; \
+        const int slot = slots[r]; \
+        const std::int64_t off = \
+            (static_cast<std::int64_t>(slot < 0 ? 0 : slot) * p.num_kv_heads + kvh) * kD + col; \
+        cp_async16(ks + r * kStride + col, p.k_cache + off, slot >= 0); \
+        cp_async16(vs + r * kStride + col, p.v_cache + off, slot >= 0); \
+      } \
+    }
+
 // Four-warp CTAs are held to 168 registers so that three fit per SM (12 warps to hide the mma and
 // exp latency; 3 x 69.6 KB of shared memory fits too). pack_plan's split-K assumes this.
-template <int kD, int kWarps>
+// kReadAhead (one-warp CTAs of small batches, p.read_ahead): the first two KV tiles are loaded
+// before the wait where kv_fresh allows. A separate instantiation, so that the others compile to
+// the code they had before it (same PTX): with the extra load sites compiled into every launch,
+// flat decode in cuda_attention_bench took up to 9% longer with nothing read ahead (v7).
+template <int kD, int kWarps, bool kReadAhead>
 __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     attention_level_kernel(AttentionLevelParams p) {
   constexpr int kStride = kD + 8;  // padded smem row (bf16): conflict-free fragment loads
@@ -143,6 +189,25 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     cursor = lo;
   }
 
+  // KV before the group's first page written this step (kv_fresh, from the plan) was written by
+  // earlier steps: the first two tiles' loads start before the wait when they lie wholly there,
+  // so their memory latency overlaps the previous kernel.
+  [[maybe_unused]] bool pre0 = false, pre1 = false;
+  if constexpr (kReadAhead) {
+    const int fresh = p.kv_fresh[group];
+    pre0 = num_tiles > 0 && min(t_begin + kTile, t_end) <= fresh;
+    pre1 = pre0 && num_tiles > 1 && min(t_begin + 2 * kTile, t_end) <= fresh;
+    auto load_tile_ahead = CASCADE_LOAD_TILE_LAMBDA;
+    if (pre0) {
+      load_tile_ahead(0, 0);
+      cp_async_commit();
+      if (pre1) {
+        load_tile_ahead(1, 1);
+        cp_async_commit();
+      }
+    }
+  }
+
   pdl_wait();  // launch.cuh: q and this layer's new K/V are written by the previous kernels
   pdl_release();
 
@@ -160,49 +225,23 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     }
   }
 
-  auto load_tile = [&](int tile, int stage) {
-    const int t0 = t_begin + tile * kTile;
-    int* slots = slot_s + stage * kTile;
-    if (warp == 0) {
-      for (int i = lane; i < kTile; i += 32) slots[i] = -1;
-      __syncwarp();
-      const int t_hi = min(t0 + kTile, t_end);  // tokens [t0, t_hi) are read
-      const int t_next = t0 + kTile;
-      int next = -1;
-      for (int win = cursor; win < page_end; win += 32) {
-        const int pidx = win + lane;
-        const bool in = pidx < page_end;
-        const int ps = in ? L.page_start[pidx] : 0x7fffffff;
-        const int pe = !in ? 0x7fffffff : pidx + 1 < page_end ? L.page_start[pidx + 1] : kv_len;
-        const int pid = in ? L.page_ids[pidx] : 0;
-        for (int t = max(ps, t0); t < min(pe, t_hi); ++t) slots[t - t0] = pid * p.page_size + (t - ps);
-        const unsigned holds_next = __ballot_sync(0xffffffffu, in && pe > t_next);
-        if (next < 0 && holds_next != 0u) next = win + __ffs(holds_next) - 1;
-        if (__shfl_sync(0xffffffffu, pe, 31) >= t_hi) {
-          if (next < 0) next = win + 32;  // the window's last page ends at t_next or beyond t_end
-          break;
-        }
-      }
-      cursor = next < 0 ? page_end : next;
-    }
-    __syncthreads();
-    __nv_bfloat16* ks = k_s + stage * kTile * kStride;
-    __nv_bfloat16* vs = v_s + stage * kTile * kStride;
-    for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
-      const int r = c / kChunks, col = (c % kChunks) * 8;
-      const int slot = slots[r];
-      const std::int64_t off =
-          (static_cast<std::int64_t>(slot < 0 ? 0 : slot) * p.num_kv_heads + kvh) * kD + col;
-      cp_async16(ks + r * kStride + col, p.k_cache + off, slot >= 0);
-      cp_async16(vs + r * kStride + col, p.v_cache + off, slot >= 0);
-    }
-  };
+  auto load_tile = CASCADE_LOAD_TILE_LAMBDA;
 
-  if (num_tiles > 0) load_tile(0, 0);
+  // Tiles not started before the wait start now. (Groups of cp.async: wait<1> below waits for
+  // all but the newest, empty ones included.)
+  if constexpr (kReadAhead) {
+    if (num_tiles > 0 && !pre0) load_tile(0, 0);
+  } else {
+    if (num_tiles > 0) load_tile(0, 0);
+  }
   cp_async_commit();
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int stage = tile & 1;
-    if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
+    if constexpr (kReadAhead) {
+      if (tile + 1 < num_tiles && !(tile == 0 && pre1)) load_tile(tile + 1, stage ^ 1);
+    } else {
+      if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
+    }
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -312,20 +351,20 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   }
 }
 
-template <int kD, int kWarps>
+template <int kD, int kWarps, bool kReadAhead = false>
 cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
   constexpr int kStride = kD + 8;
   constexpr int kTile = kTileFor<kWarps>;
   constexpr int kSmem = 2 * 2 * kTile * kStride * 2 + 2 * kTile * 4;
   static bool configured = false;  // the attribute is per function; set once per process
   if (!configured) {
-    const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps>,
+    const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps, kReadAhead>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (err != cudaSuccess) return err;
     configured = true;
   }
   const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
-  return launch_pdl<attention_level_kernel<kD, kWarps>>(grid, dim3(kWarps * 32), kSmem, stream, p);
+  return launch_pdl<attention_level_kernel<kD, kWarps, kReadAhead>>(grid, dim3(kWarps * 32), kSmem, stream, p);
 }
 
 }  // namespace
@@ -337,12 +376,16 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
     return cudaErrorInvalidValue;
   }
   if (p.head_dim == 128) {
-    return p.warps == 4 ? launch_typed<128, 4>(p, stream) : launch_typed<128, 1>(p, stream);
+    if (p.warps == 4) return launch_typed<128, 4>(p, stream);
+    return p.read_ahead ? launch_typed<128, 1, true>(p, stream) : launch_typed<128, 1>(p, stream);
   }
   if (p.head_dim == 64) {
-    return p.warps == 4 ? launch_typed<64, 4>(p, stream) : launch_typed<64, 1>(p, stream);
+    if (p.warps == 4) return launch_typed<64, 4>(p, stream);
+    return p.read_ahead ? launch_typed<64, 1, true>(p, stream) : launch_typed<64, 1>(p, stream);
   }
   return cudaErrorInvalidValue;
 }
+
+#undef CASCADE_LOAD_TILE_LAMBDA
 
 }  // namespace cascade::cuda

@@ -48,6 +48,12 @@ struct AttentionLevelParams {
   // Launch shape (grid.x >= num_items, grid.z >= num_splits; extra CTAs exit): host-known maxima.
   int grid_items = 0, grid_splits = 0;
   int warps = 1;         // 1 (decode-like) or 4
+  // One-warp levels: load the first KV tiles before the PDL wait where kv_fresh allows (worth it
+  // when the previous kernel releases early, launch.cuh; the runner's small batches). kv_fresh:
+  // the level's [groups] array of LevelPack::kv_fresh (level_kv_fresh). These come last so that
+  // the other kernels' parameter offsets, and so their code, are those of a build without them.
+  bool read_ahead = false;
+  const std::int32_t* kv_fresh = nullptr;
 };
 
 /// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
@@ -58,7 +64,7 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
 // launch metadata. Offsets are in int32 elements from the buffer start.
 struct LevelPack {
   int items = 0, q_indptr = 0, page_indptr = 0, page_ids = 0, page_start = 0, kv_len = 0,
-      kv_start_pos = 0, counts = 0;
+      kv_start_pos = 0, kv_fresh = 0, counts = 0;
   int num_items = 0, num_splits = 1, tokens_per_split = 0, warps = 1, slice_base = 0;
 };
 struct PlanPack {
@@ -69,13 +75,20 @@ struct PlanPack {
 };
 
 // Packs `plan` for a model with the given head counts; num_sms guides split-K (0: no splits).
-// max_slices caps the total number of state slices. Returns false (with *why set) if the plan is
-// malformed.
+// max_slices caps the total number of state slices. written_slots (the step's slot_mapping, with
+// page_size) tells which pages the step writes: each group's kv_fresh is the start of its first
+// such page (its key count if none), and the kernels may read the keys before it ahead of the
+// step's earlier kernels. Without it kv_fresh is 0 (nothing read ahead). Returns false (with *why
+// set) if the plan is malformed.
 bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num_sms,
-               int max_slices, PlanPack* out, const char** why);
+               int max_slices, PlanPack* out, const char** why,
+               const std::vector<std::int32_t>* written_slots = nullptr, int page_size = 0);
 
-// Fills AttentionLevelParams::level for level `l` of a pack uploaded at `dev`.
+// Fills AttentionLevelParams::level (and ::kv_fresh) for level `l` of a pack uploaded at `dev`.
 LevelArrays level_arrays(const LevelPack& level, const std::int32_t* dev);
 LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev);
+inline const std::int32_t* level_kv_fresh(const LevelPack& level, const std::int32_t* dev) {
+  return dev + level.kv_fresh;
+}
 
 }  // namespace cascade::cuda

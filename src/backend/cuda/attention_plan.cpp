@@ -16,7 +16,8 @@ int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) 
 }  // namespace
 
 bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num_sms,
-               int max_slices, PlanPack* out, const char** why) {
+               int max_slices, PlanPack* out, const char** why,
+               const std::vector<std::int32_t>* written_slots, int page_size) {
   const int rows = plan.num_rows;
   const int gqa = num_heads / num_kv_heads;
   if (static_cast<int>(plan.row_order.size()) != rows || static_cast<int>(plan.q_pos.size()) != rows) {
@@ -33,6 +34,18 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   if (num_levels > max_slices) {
     *why = "too many levels for the state buffer";
     return false;
+  }
+  // Pages the step writes K/V into, sorted (a step writes one slot per row).
+  std::vector<std::int32_t> dirty;
+  if (written_slots != nullptr) {
+    if (page_size <= 0) {
+      *why = "written slots need a positive page size";
+      return false;
+    }
+    for (const std::int32_t s : *written_slots) {
+      if (s >= 0) dirty.push_back(s / page_size);
+    }
+    std::sort(dirty.begin(), dirty.end());
   }
   PlanPack& pk = *out;
   pk.data.clear();
@@ -53,7 +66,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       *why = "a level's CSR arrays are inconsistent";
       return false;
     }
-    std::vector<std::int32_t> page_start(lv.page_ids.size()), kv_len(groups);
+    std::vector<std::int32_t> page_start(lv.page_ids.size()), kv_len(groups), kv_fresh(groups, 0);
     std::vector<std::int32_t> items;
     int max_m = 0, max_len = 0;
     for (int g = 0; g < groups; ++g) {
@@ -71,6 +84,15 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
         t += lv.page_lens[i];
       }
       kv_len[g] = t;
+      if (written_slots != nullptr) {
+        kv_fresh[g] = t;
+        for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) {
+          if (std::binary_search(dirty.begin(), dirty.end(), lv.page_ids[i])) {
+            kv_fresh[g] = page_start[i];
+            break;
+          }
+        }
+      }
       max_len = std::max(max_len, t);
       max_m = std::max(max_m, (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa);
     }
@@ -135,6 +157,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     lp.page_start = append(pk.data, page_start);
     lp.kv_len = append(pk.data, kv_len);
     lp.kv_start_pos = append(pk.data, lv.kv_start_pos);
+    lp.kv_fresh = append(pk.data, kv_fresh);
     lp.counts = append(pk.data, {lp.num_items, lp.num_splits, lp.tokens_per_split});
   }
   pk.num_slices = used_slices;

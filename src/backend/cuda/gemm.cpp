@@ -94,18 +94,21 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
 }
 
 bool Gemm::run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
-                         int N, int K, cudaStream_t stream) {
+                         int N, int K, cudaStream_t stream, bool early_release) {
   if (M == 0 || N == 0) return true;
   if (gemv_off_ || !gemv_supported(gate_up, w, M, K)) return false;
-  CUDA_TRY(launch_gemv_silu(gate_up, w, y, M, N, K, sm_count_, stream));
+  CUDA_TRY(launch_gemv_silu(gate_up, w, y, M, N, K, sm_count_, stream, early_release));
   return true;
 }
 
-bool Gemm::run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
-                         cudaStream_t stream) {
+bool Gemm::run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N, int K,
+                         cudaStream_t stream, const GemvArgmax* argmax, bool early_release) {
   if (M == 0 || N == 0) return true;
-  if (gemv_off_ || norm_gemv_off_ || !gemv_norm_supported(nm, w, y, false, M, N, K)) return false;
-  CUDA_TRY(launch_gemv_norm(nm, w, y, false, M, N, K, sm_count_, stream));
+  if (gemv_off_ || norm_gemv_off_ || (argmax != nullptr && !y_f32) ||
+      !gemv_norm_supported(nm, w, y, y_f32, M, N, K)) {
+    return false;
+  }
+  CUDA_TRY(launch_gemv_norm(nm, w, y, y_f32, M, N, K, sm_count_, stream, argmax, early_release));
   return true;
 }
 

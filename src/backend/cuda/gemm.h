@@ -32,14 +32,17 @@ class Gemm {
   // doing nothing, when the GEMV path does not take the shape: the caller then runs silu_mul and
   // run(). y (bf16) must not overlap gate_up.
   bool run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N,
-                     int K, cudaStream_t stream);
+                     int K, cudaStream_t stream, bool early_release = false);
 
-  // y = norm_x · wᵀ with the residual add + RMSNorm of nm formed in the GEMV (gemv.h, M <= 2).
-  // Returns false, doing nothing, when the GEMV path does not take the call (shape, alignment, or y
-  // overlapping what the norm reads: gemv_norm_supported): the caller then runs the norm kernel and
-  // run().
-  bool run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
-                     cudaStream_t stream);
+  // y = norm_x · wᵀ with the residual add + RMSNorm of nm formed in the GEMV (gemv.h, M <= 2),
+  // and with argmax (fp32 y only) each row's greedy argmax as well. Returns false, doing nothing,
+  // when the GEMV path does not take the call (shape, alignment, or y overlapping what the norm
+  // reads: gemv_norm_supported): the caller then runs the norm kernel and run().
+  bool run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N, int K,
+                     cudaStream_t stream, const GemvArgmax* argmax = nullptr, bool early_release = false);
+
+  // SMs of the device (sizes GEMV grids and their argmax parts).
+  int sm_count() const { return sm_count_; }
 
   // Same product, always through cuBLASLt (tests compare the two paths; benchmarks time both).
   void run_cublaslt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,

@@ -1,5 +1,6 @@
 #include "backend/cuda/gemv.h"
 
+#include <cmath>
 #include <cstdint>
 
 #include "backend/cuda/device_utils.cuh"
@@ -13,6 +14,8 @@ constexpr int kUnroll = 8;                    // 16-byte loads of w in flight pe
 constexpr int kMaxSmemBytes = 96 * 1024;      // x tile limit (opted in per instantiation)
 constexpr int kSmemPerSm = 227 * 1024;        // usable shared memory per SM on sm_90
 constexpr int kMaxBlocksPerSm = 2048 / (kWarps * 32);
+constexpr int kNormBlocksPerSm = 4;           // grid cap of the kNorm stage (launch_mt) ...
+constexpr int kNormCapColumnsPerWarp = 8;     // ... below this many columns per warp
 
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 v;
@@ -79,9 +82,14 @@ __device__ void stage_norm(const GemvNorm& nm, int M, int K, uint4* xs, float* h
     for (int u = 0; u < kBatch; ++u) {
       const int i = i0 + u * blockDim.x;
       if (i < total) {
-        a[u] = res[2 * i];
-        b[u] = res[2 * i + 1];
-        d[u] = dg != nullptr ? dg[i] : make_uint4(0, 0, 0, 0);
+        int src = i;
+        if (nm.row_index != nullptr) {
+          const int m = i / nch;
+          src = nm.row_index[m] * nch + (i - m * nch);
+        }
+        a[u] = res[2 * src];
+        b[u] = res[2 * src + 1];
+        d[u] = dg != nullptr ? dg[src] : make_uint4(0, 0, 0, 0);
       }
     }
 #pragma unroll
@@ -140,32 +148,141 @@ __device__ void stage_norm(const GemvNorm& nm, int M, int K, uint4* xs, float* h
   }
 }
 
+// Loads chunks lane + 32 u (u < kCount) of one row of w into wv[kOff + u] (zero past the row).
+template <int kOff, int kCount>
+__device__ __forceinline__ void load_w(uint4 (&wv)[kUnroll], const __nv_bfloat16* w, int col, int K,
+                                       int lane) {
+  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<std::int64_t>(col) * K);
+  const int nch = K / 8;
+#pragma unroll
+  for (int u = 0; u < kCount; ++u) {
+    const int c = lane + u * 32;
+    wv[kOff + u] = c < nch ? load_stream(wr + c) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// acc[m] += the lane's part of row m of x times the chunks in wv[kOff .. kOff + kCount).
+template <int MT, int kOff, int kCount>
+__device__ __forceinline__ void dot_w(const uint4 (&wv)[kUnroll], const uint4* xs, int nch, int c0,
+                                      float (&acc)[MT]) {
+#pragma unroll
+  for (int u = 0; u < kCount; ++u) {
+    const int c = c0 + u * 32;
+    if (c < nch) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[m] = dot8(wv[kOff + u], xs[m * nch + c], acc[m]);
+    }
+  }
+}
+
+// (v, id) beats (bv, bid): larger value, ties to the lower id. NaN never beats anything.
+__device__ __forceinline__ bool argmax_better(float v, int id, float bv, int bid) {
+  return v > bv || (v == bv && id < bid);
+}
+
+// After the column loop of a kNorm GEMV with fp32 output: each row's (best, id) over the block's
+// warps in warp order, into the parts; the last block to finish combines all blocks' parts and
+// writes the ids (sentinel N -> -1) and zeroes the counter for the next call.
+template <int MT>
+__device__ void argmax_epilogue(const GemvArgmax& am, const float (&best)[MT], const int (&best_id)[MT],
+                                int M, int N) {
+  __shared__ float red_v[32];
+  __shared__ int red_i[32];
+  __shared__ float wv[kWarps][MT];
+  __shared__ int wi[kWarps][MT];
+  __shared__ bool last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      wv[warp][m] = best[m];
+      wi[warp][m] = best_id[m];
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    const int m = threadIdx.x;
+    float v = wv[0][m];
+    int id = wi[0][m];
+    for (int w = 1; w < kWarps; ++w) {
+      if (argmax_better(wv[w][m], wi[w][m], v, id)) {
+        v = wv[w][m];
+        id = wi[w][m];
+      }
+    }
+    am.part_v[m * gridDim.x + blockIdx.x] = v;
+    am.part_i[m * gridDim.x + blockIdx.x] = id;
+    __threadfence();  // the part is visible before the counter says so
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(am.counter, 1u) == gridDim.x - 1;
+    if (last) *am.counter = 0;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  constexpr int kPer = 8;  // parts per thread loaded together (one round for grids <= 1024)
+  const int parts = static_cast<int>(gridDim.x);
+  for (int m = 0; m < M; ++m) {
+    float v = -INFINITY;
+    int id = N;
+    for (int b0 = threadIdx.x; b0 < parts; b0 += kPer * blockDim.x) {
+      float pv[kPer];
+      int pi[kPer];
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int b = b0 + u * blockDim.x;
+        pv[u] = b < parts ? __ldcg(am.part_v + m * parts + b) : -INFINITY;
+        pi[u] = b < parts ? __ldcg(am.part_i + m * parts + b) : N;
+      }
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        if (argmax_better(pv[u], pi[u], v, id)) {
+          v = pv[u];
+          id = pi[u];
+        }
+      }
+    }
+    block_argmax(v, id, red_v, red_i);
+    if (threadIdx.x == 0) am.out[m] = id < N ? id : -1;
+  }
+}
+
 // MT: rows padded up to 1/2; rows >= M are zero in shared memory and never written.
 // stage: how x is formed in shared memory (kPlain: x as given; kGated: silu(gate) * up from the
 // gate_up projection's [M, 2K] output, the MLP's down projection without a separate silu_mul
-// kernel; kNorm: residual add + RMSNorm from nm, without a separate norm kernel).
+// kernel; kNorm: residual add + RMSNorm from nm, without a separate norm kernel; only kNorm takes
+// the argmax epilogue, am.out != nullptr, with y_f32).
 template <int MT, Stage stage>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                void* __restrict__ y, bool y_f32, GemvNorm nm, int M, int N, int K) {
+                void* __restrict__ y, bool y_f32, GemvNorm nm, GemvArgmax am, int M, int N, int K,
+                bool early_release) {
+  if (early_release) pdl_release();  // launch.cuh: early release
   extern __shared__ uint4 xs[];  // [MT][K / 8], then for kNorm [M][K] fp32
   const int nch = K / 8;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   int n = blockIdx.x * kWarps + warp;
-  // w is constant across the step: start streaming this warp's first column before waiting on
+  const int stride = gridDim.x * kWarps;
+  // Rows of w of at most 32 * kHalf chunks (K <= 1024: the qkv and gate_up projections, lm_head)
+  // go two columns at a time, each in one half of wv: a column's loads are issued while the
+  // other half is summed (double buffering), so a warp's next column never waits a full memory
+  // latency. Longer rows fill wv with one column's first chunks.
+  constexpr int kHalf = kUnroll / 2;
+  const bool pair = nch <= 32 * kHalf;
+  // w is constant across the step: start streaming this warp's first column(s) before waiting on
   // the kernel that produces x (programmatic dependent launch) and before staging x.
   uint4 wv[kUnroll];
-  if (n < N) {
-    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<std::int64_t>(n) * K);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = lane + u * 32;
-      wv[u] = c < nch ? load_stream(wr + c) : make_uint4(0, 0, 0, 0);
-    }
+  if (pair) {
+    if (n < N) load_w<0, kHalf>(wv, w, n, K, lane);
+    if (n + stride < N) load_w<kHalf, kHalf>(wv, w, n + stride, K, lane);
+  } else if (n < N) {
+    load_w<0, kUnroll>(wv, w, n, K, lane);
   }
   pdl_wait();  // x is written and y's last readers are done (launch.cuh)
-  pdl_release();
+  if (!early_release) pdl_release();
   const uint4* xg = reinterpret_cast<const uint4*>(x);
   if constexpr (stage == Stage::kNorm) {
     stage_norm<MT>(nm, M, K, xs, reinterpret_cast<float*>(xs + MT * nch));
@@ -181,30 +298,19 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   __syncthreads();
-  bool prefetched = true;
-  for (; n < N; n += gridDim.x * kWarps) {
-    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<std::int64_t>(n) * K);
-    float acc[MT];
+  // Greedy argmax (kNorm only): every lane holds the full sums, so each keeps the warp's best;
+  // a warp visits its columns in ascending order, so a strict > keeps the lowest id on ties.
+  constexpr bool kArgmax = stage == Stage::kNorm;
+  const bool argmax = kArgmax && am.out != nullptr;
+  float best[MT];
+  int best_id[MT];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
-    for (int c0 = lane; c0 < nch; c0 += 32 * kUnroll) {
-      if (!prefetched) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int c = c0 + u * 32;
-          wv[u] = c < nch ? load_stream(wr + c) : make_uint4(0, 0, 0, 0);
-        }
-      }
-      prefetched = false;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int c = c0 + u * 32;
-        if (c < nch) {
-#pragma unroll
-          for (int m = 0; m < MT; ++m) acc[m] = dot8(wv[u], xs[m * nch + c], acc[m]);
-        }
-      }
-    }
+  for (int m = 0; m < MT; ++m) {
+    best[m] = -INFINITY;
+    best_id[m] = N;
+  }
+  // Column col's sums: butterfly, lane m writes row m, the running argmax.
+  auto finish = [&](float (&acc)[MT], int col) {
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
 #pragma unroll
@@ -214,14 +320,59 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (lane == m && m < M) {
-        const std::int64_t idx = static_cast<std::int64_t>(m) * N + n;
+        const std::int64_t idx = static_cast<std::int64_t>(m) * N + col;
         if (y_f32) {
           static_cast<float*>(y)[idx] = acc[m];
         } else {
           static_cast<__nv_bfloat16*>(y)[idx] = __float2bfloat16_rn(acc[m]);
         }
       }
+      if (kArgmax && argmax && acc[m] > best[m]) {
+        best[m] = acc[m];
+        best_id[m] = col;
+      }
     }
+  };
+  if (pair) {
+    // Columns n, n + stride, n + 2 stride, ... (ascending, as the argmax needs), alternately in
+    // the two halves of wv; each half is refilled with the column after next once summed.
+    for (; n < N; n += 2 * stride) {
+      float acc[MT];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
+      dot_w<MT, 0, kHalf>(wv, xs, nch, lane, acc);
+      if (n + 2 * stride < N) load_w<0, kHalf>(wv, w, n + 2 * stride, K, lane);
+      finish(acc, n);
+      if (n + stride >= N) break;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
+      dot_w<MT, kHalf, kHalf>(wv, xs, nch, lane, acc);
+      if (n + 3 * stride < N) load_w<kHalf, kHalf>(wv, w, n + 3 * stride, K, lane);
+      finish(acc, n + stride);
+    }
+  } else {
+    bool prefetched = true;
+    for (; n < N; n += stride) {
+      const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<std::int64_t>(n) * K);
+      float acc[MT];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
+      for (int c0 = lane; c0 < nch; c0 += 32 * kUnroll) {
+        if (!prefetched) {
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int c = c0 + u * 32;
+            wv[u] = c < nch ? load_stream(wr + c) : make_uint4(0, 0, 0, 0);
+          }
+        }
+        prefetched = false;
+        dot_w<MT, 0, kUnroll>(wv, xs, nch, c0, acc);
+      }
+      finish(acc, n);
+    }
+  }
+  if constexpr (kArgmax) {
+    if (argmax) argmax_epilogue<MT>(am, best, best_id, M, N);
   }
 }
 
@@ -231,7 +382,8 @@ int gemv_smem(int MT, int M, int K, bool norm) { return MT * K * 2 + (norm ? M *
 
 template <int MT, Stage stage>
 cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
-                      const GemvNorm& nm, int M, int N, int K, int sm_count, cudaStream_t stream) {
+                      const GemvNorm& nm, const GemvArgmax& am, int M, int N, int K, int sm_count,
+                      cudaStream_t stream, bool early_release) {
   const int smem = gemv_smem(MT, M, K, stage == Stage::kNorm);
   if (smem + 1024 > 48 * 1024) {  // with headroom for the kernel's static shared memory
     // Opt in to more than 48 KB of dynamic shared memory, once per instantiation and only when a
@@ -252,17 +404,23 @@ cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, b
   }();
   int per_sm = kSmemPerSm / (smem + 1024);  // 1 KB reserved per block by the hardware
   per_sm = per_sm < 1 ? 1 : (per_sm > reg_limit ? reg_limit : per_sm);
-  // Every block of the kNorm stage forms the whole norm itself: 4 blocks per SM (instead of the 7
-  // that registers allow) measured 3% faster at batch 1 and 2 (1 and 2 per SM were 8% and 32%
-  // slower: too few columns streaming at once; v6).
-  if constexpr (stage == Stage::kNorm) per_sm = per_sm > 4 ? 4 : per_sm;
   const std::int64_t need = (static_cast<std::int64_t>(N) + kWarps - 1) / kWarps;
-  const std::int64_t resident = static_cast<std::int64_t>(sm_count > 0 ? sm_count : 1) * per_sm;
+  const std::int64_t sms = sm_count > 0 ? sm_count : 1;
+  // Every block of the kNorm stage forms the whole norm itself: for the layer projections (1-2
+  // columns per warp) 4 blocks per SM instead of the 7 that registers allow measured 3% faster at
+  // batch 1 and 2 (1 and 2 per SM were 8% and 32% slower: too few columns streaming at once; v6).
+  // lm_head (~40 columns per warp) streams 311 MB, where the norm is noise and the warps count.
+  if constexpr (stage == Stage::kNorm) {
+    if (need < kNormCapColumnsPerWarp * sms * per_sm && per_sm > kNormBlocksPerSm) {
+      per_sm = kNormBlocksPerSm;
+    }
+  }
+  const std::int64_t resident = sms * per_sm;
   const int grid = static_cast<int>(need < resident ? need : resident);
   // Programmatic dependent launch (launch.cuh): this grid may start while the previous kernel in
   // the stream finishes; it streams its first columns of w, then waits before touching x or y.
   return launch_pdl<gemv_kernel<MT, stage>>(dim3(grid), dim3(kWarps * 32), static_cast<std::size_t>(smem),
-                                            stream, x, w, y, y_f32, nm, M, N, K);
+                                            stream, x, w, y, y_f32, nm, am, M, N, K, early_release);
 }
 
 }  // namespace
@@ -278,11 +436,12 @@ namespace {
 
 template <Stage stage>
 cudaError_t launch_any(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
-                       const GemvNorm& nm, int M, int N, int K, int sm_count, cudaStream_t stream) {
+                       const GemvNorm& nm, int M, int N, int K, int sm_count, cudaStream_t stream,
+                       const GemvArgmax& am = {}, bool early_release = false) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   switch (padded_rows(M)) {
-    case 1: return launch_mt<1, stage>(x, w, y, y_f32, nm, M, N, K, sm_count, stream);
-    default: return launch_mt<2, stage>(x, w, y, y_f32, nm, M, N, K, sm_count, stream);
+    case 1: return launch_mt<1, stage>(x, w, y, y_f32, nm, am, M, N, K, sm_count, stream, early_release);
+    default: return launch_mt<2, stage>(x, w, y, y_f32, nm, am, M, N, K, sm_count, stream, early_release);
   }
 }
 
@@ -294,13 +453,14 @@ cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y,
 }
 
 cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
-                             int N, int K, int sm_count, cudaStream_t stream) {
-  return launch_any<Stage::kGated>(gate_up, w, y, false, {}, M, N, K, sm_count, stream);
+                             int N, int K, int sm_count, cudaStream_t stream, bool early_release) {
+  return launch_any<Stage::kGated>(gate_up, w, y, false, {}, M, N, K, sm_count, stream, {}, early_release);
 }
 
 bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, const void* y, bool y_f32, int M,
                          int N, int K) {
   if (!gemv_supported(nm.gamma, w, M, K) || nm.residual == nullptr || nm.gamma == nullptr) return false;
+  if (nm.row_index != nullptr && (nm.residual_out != nullptr || nm.src_rows < 1)) return false;
   const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
   if (misaligned(nm.residual) || misaligned(nm.residual_out) || misaligned(nm.delta)) return false;
   // Every block reads all of residual and delta while some block writes y and block 0 writes
@@ -314,7 +474,8 @@ bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, const void*
   };
   const auto overlap = [](Span a, Span b) { return a.begin < b.end && b.begin < a.end; };
   const std::int64_t rows = static_cast<std::int64_t>(M) * K;
-  const Span read[] = {span(nm.residual, rows * 4), span(nm.delta, rows * 2)};
+  const std::int64_t src = static_cast<std::int64_t>(nm.row_index != nullptr ? nm.src_rows : M) * K;
+  const Span read[] = {span(nm.residual, src * 4), span(nm.delta, src * 2)};
   const Span written[] = {span(y, static_cast<std::int64_t>(M) * N * (y_f32 ? 4 : 2)),
                           span(nm.residual_out, rows * 4)};
   for (const Span& r : read) {
@@ -326,8 +487,15 @@ bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, const void*
 }
 
 cudaError_t launch_gemv_norm(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
-                             int K, int sm_count, cudaStream_t stream) {
-  return launch_any<Stage::kNorm>(nullptr, w, y, y_f32, nm, M, N, K, sm_count, stream);
+                             int K, int sm_count, cudaStream_t stream, const GemvArgmax* argmax,
+                             bool early_release) {
+  if (argmax != nullptr && !y_f32) return cudaErrorInvalidValue;
+  return launch_any<Stage::kNorm>(nullptr, w, y, y_f32, nm, M, N, K, sm_count, stream,
+                                  argmax != nullptr ? *argmax : GemvArgmax{}, early_release);
+}
+
+int gemv_argmax_parts(int M, int sm_count) {
+  return M * (sm_count > 0 ? sm_count : 1) * kMaxBlocksPerSm;
 }
 
 }  // namespace cascade::cuda

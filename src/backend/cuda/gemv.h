@@ -11,6 +11,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace cascade::cuda {
 
 // Largest M the GEMV path takes.
@@ -28,20 +30,41 @@ cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y,
 // y = (silu(gate) * up) · wᵀ where gate_up is [M, 2K] (gate in the first K columns of a row, up
 // in the last K), bf16 y; silu(gate) * up is rounded to bf16 as launch_silu_mul rounds it. Same
 // shape rules as launch_gemv (gemv_supported(gate_up, w, M, K)). y must not overlap gate_up.
+// early_release: launch.cuh's early release (the next kernel's pre-wait work overlaps this one's
+// wait); only where the previous kernel released after its wait and the next one does too.
 cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
-                             int N, int K, int sm_count, cudaStream_t stream);
+                             int N, int K, int sm_count, cudaStream_t stream, bool early_release = false);
 
 // Residual add + RMSNorm formed while the GEMV stages x, for the projection that follows a norm:
 // x = bf16(gamma * bf16(h * rsqrt(mean(h²) + eps))) with h = residual + delta, rounded as
 // launch_add_rms_norm rounds it (its sum of squares may differ in the last bits: another order);
-// block 0 writes h to residual_out. All [M, K] rows contiguous.
+// block 0 writes h to residual_out. Rows are contiguous [rows, K]; with row_index, row m of x is
+// formed from row row_index[m] of residual and delta (the final norm of the logit rows only).
 struct GemvNorm {
   const __nv_bfloat16* delta = nullptr;  // the addend, or nullptr (plain RMSNorm)
   const float* residual = nullptr;       // fp32 residual stream, read
-  float* residual_out = nullptr;         // h, or nullptr
+  float* residual_out = nullptr;         // h, or nullptr (must be nullptr with row_index)
   const __nv_bfloat16* gamma = nullptr;  // [K]
   float eps = 1e-6f;
+  const std::int32_t* row_index = nullptr;  // [M] source rows (device), or nullptr: row m
+  int src_rows = 0;                          // rows of residual/delta when row_index is set
 };
+
+// Greedy argmax of each fp32 output row, formed as the GEMV writes the row (lm_head at batch 1-2,
+// so that greedy decoding needs no sampling kernel): out[m] = the lowest column holding the row's
+// largest value, NaN skipped, -1 if no value is > -inf (the sampler's greedy rule, the same ids).
+// Every block leaves its candidate in part_v/part_i[m * blocks + block] (capacity
+// gemv_argmax_parts(M)); the last block to finish (counter, zero before the call and left zero)
+// combines them.
+struct GemvArgmax {
+  float* part_v = nullptr;
+  std::int32_t* part_i = nullptr;
+  unsigned* counter = nullptr;
+  std::int32_t* out = nullptr;  // [M]
+};
+
+// Capacity part_v and part_i need for M rows (M * the largest grid the launcher uses).
+int gemv_argmax_parts(int M, int sm_count);
 
 // True when launch_gemv_norm can run this call: gemv_supported, 16-byte aligned rows, y and
 // residual_out overlapping neither residual nor delta, and the x tile plus M fp32 rows of K fit in
@@ -49,8 +72,10 @@ struct GemvNorm {
 bool gemv_norm_supported(const GemvNorm& nm, const __nv_bfloat16* w, const void* y, bool y_f32, int M,
                          int N, int K);
 
-// Enqueues y = norm_x · wᵀ for norm_x formed from nm as above.
+// Enqueues y = norm_x · wᵀ for norm_x formed from nm as above; with argmax (y_f32 only, may be
+// nullptr) also each row's greedy argmax.
 cudaError_t launch_gemv_norm(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
-                             int K, int sm_count, cudaStream_t stream);
+                             int K, int sm_count, cudaStream_t stream, const GemvArgmax* argmax = nullptr,
+                             bool early_release = false);
 
 }  // namespace cascade::cuda

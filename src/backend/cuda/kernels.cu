@@ -154,8 +154,9 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
     wq[j] = __bfloat162float(p.q_norm[lane + 32 * j]);
     wk[j] = __bfloat162float(p.k_norm[lane + 32 * j]);
   }
+  if (p.early_release) pdl_release();  // launch.cuh: early release
   pdl_wait();  // launch.cuh: the qkv rows are written by the previous kernel
-  pdl_release();
+  if (!p.early_release) pdl_release();
   const bf16* row = p.qkv + static_cast<std::int64_t>(r) * total_heads * kD;
   for (int h = warp; h < total_heads; h += nwarps) {
     float v[kPer];
@@ -221,15 +222,16 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
   }
 }
 
-// One block per (row, head), a thread per dim. One pass over the states, eight at a time: the
-// eight lse and eight o loads of a batch are independent, so they are in flight together, and
-// the running (max, sum, acc) is rescaled per batch. A decode step merges up to 16 split-K slices
-// per head, and a loop of one dependent load per state made this kernel latency-bound.
-constexpr int kMergeBatch = 8;
-
+// One block per (row, head), a thread per dim. One pass over the states, kBatch at a time: the
+// lse and o loads of a batch are independent, so they are in flight together, and the running
+// (max, sum, acc) is rescaled per batch. A loop of one dependent load per state made this kernel
+// latency-bound (v5). kBatch is 8, or 16 for more than 8 states: a small-batch decode step
+// reserves 16 state slices (split K), which batches of 8 took in two rounds of loads (v7).
+template <int kMergeBatch>
 __global__ void merge_states_kernel(MergeStatesParams p) {
+  if (p.early_release) pdl_release();  // launch.cuh: early release
   pdl_wait();  // launch.cuh: before any read or write of step data
-  pdl_release();
+  if (!p.early_release) pdl_release();
   const std::int64_t rh = blockIdx.x;  // row * heads + head
   const int d = threadIdx.x;
   const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.heads;
@@ -525,7 +527,11 @@ cudaError_t launch_merge_states(const MergeStatesParams& p, cudaStream_t stream)
   if (p.rows == 0) return cudaSuccess;
 if (p.head_dim <= 0 || p.head_dim > 1024) return cudaErrorInvalidValue;  // a thread per dim
   const int threads = (p.head_dim + 31) / 32 * 32;
-  return launch_pdl<merge_states_kernel>(dim3(static_cast<unsigned>(p.rows * p.heads)), dim3(threads), 0, stream, p);
+  const dim3 grid(static_cast<unsigned>(p.rows * p.heads));
+  if (p.num_states_dev != nullptr || p.num_states > 8) {
+    return launch_pdl<merge_states_kernel<16>>(grid, dim3(threads), 0, stream, p);
+  }
+  return launch_pdl<merge_states_kernel<8>>(grid, dim3(threads), 0, stream, p);
 }
 
 cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream) {

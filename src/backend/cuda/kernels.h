@@ -73,6 +73,7 @@ struct QkNormRopeParams {
   bf16* v_cache = nullptr;
   float eps = 1e-6f;
   int rows = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  bool early_release = false;  // launch.cuh's early release (the next kernel's prologue overlaps)
 };
 /// \brief q/k per-head RMSNorm + RoPE + KV page write. head_dim must be 64 or 128.
 cudaError_t launch_qk_norm_rope_kv_write(const QkNormRopeParams& p, cudaStream_t stream);
@@ -97,6 +98,7 @@ struct MergeStatesParams {
   float* out_lse = nullptr;    // [rows, heads] or nullptr
   int num_states = 0, rows = 0, heads = 0, head_dim = 0;
   const int* num_states_dev = nullptr;  // if set, overrides num_states (CUDA-graph replays)
+  bool early_release = false;  // launch.cuh's early release (the next kernel's prologue overlaps)
 };
 /// \brief Exact merge of attention states (log-sum-exp weighted). head_dim at most 1024
 /// (cudaErrorInvalidValue otherwise).
