@@ -110,15 +110,19 @@ class CudaRunner final : public ModelRunner {
     const int R = static_cast<int>(batch.logit_rows.size());
     num_logit_rows_ = 0;
     argmax_ready_ = false;
-    // Enqueued only: sample() and copy_logits() wait for the step (one host round trip per step,
-    // not two). Host staging buffers and device buffers that the queued work may still read are
-    // waited for before they are rewritten or reallocated (acquire(), quiesce()).
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
       argmax_ready_ = forward_bucketed(batch, plan, pack);
     } else {
       argmax_ready_ = forward_eager(batch, pack);
     }
     num_logit_rows_ = R;
+    // Where the lm_head GEMV took the greedy argmax (1-2 rows), the step is left enqueued:
+    // a greedy sample() then costs one copy and one wait. Elsewhere waiting here measured faster:
+    // letting sample() queue its copy and kernel behind the running step made batch 16 and 64
+    // steps 3-4% slower (cause not established; bench/NOTES_cuda.md v7). Either way, host staging
+    // buffers and device buffers that queued work may still read are waited for before they are
+    // rewritten or freed (acquire(), quiesce()).
+    if (!argmax_ready_) CUDA_TRY(cudaStreamSynchronize(stream_));
   }
 
   CudaGraphStats stats() const { return stats_; }
