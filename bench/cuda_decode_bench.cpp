@@ -5,8 +5,10 @@
 //
 // Usage: cuda_decode_bench OUT.json [--ctx N] [--steps N] [--batches 1,16,64,256] [--no-eager]
 // A step is forward() + greedy sample() as the engine calls them, timed on the host clock (the
-// runner synchronises); median over --steps steps after 5 warm-up steps. Run once with CUDA graphs
-// and once without (same padded launches, eager).
+// runner synchronises in sample() at the latest); median over --steps steps after 5 warm-up steps.
+// "fwd us" is forward() alone: the whole step's GPU time where forward() waits, only the host's
+// enqueue where it does not (batches of 1-2 rows, whose greedy argmax is fused into lm_head).
+// Run once with CUDA graphs and once without (same padded launches, eager).
 // CASCADE_BENCH_PROFILE_BATCH=B runs one extra step of batch B inside a cudaProfilerStart/Stop range.
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>

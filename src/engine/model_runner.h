@@ -44,7 +44,9 @@ class ModelRunner {
   virtual const char* device_name() const = 0;
 
   // Runs the model over batch.token_ids, writing their K/V into batch.slot_mapping and keeping the
-  // logits of batch.logit_rows for sample()/copy_logits(). Throws cascade::Error.
+  // logits of batch.logit_rows for sample()/copy_logits(). Throws cascade::Error. A backend may
+  // return with the work still queued (the CUDA runner does at 1-2 logit rows): then a failure of
+  // that work is thrown by the next sample(), copy_logits() or forward().
   virtual void forward(const StepBatch& batch) = 0;
   // Samples one token per logit row of the last forward (params.size() == logit_rows.size()).
   virtual std::vector<std::int32_t> sample(const std::vector<RowSampling>& params) = 0;

@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <random>
+#include <string>
 
 #include "backend/cpu/ops.h"
 #include "engine/default_model.h"
+#include "engine/sampler.h"
 #include "cuda_test_util.h"
 
 namespace cascade::cuda::test {
@@ -318,6 +321,55 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   EXPECT_EQ(se.captures, 0);
   EXPECT_EQ(su.replays + su.padded_eager, 0);
   EXPECT_EQ(su.eager, steps + 1);
+}
+
+// At one or two logit rows the lm_head GEMV takes the greedy argmax and sample() with greedy rows
+// only copies it: those ids must be the CPU sampler's on the same logits, for steps through the
+// graph and the eager path; a step with a sampled (temperature > 0) row, greedy or not beside it,
+// goes through the sampling kernel and must equal the CPU sampler too; and a second forward before
+// any sample() replaces the first one's ids.
+TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, false);
+  Qwen3Weights w = random_qwen3_weights(c, 91);
+  round_all(w);
+  const int page_size = 16, num_pages = 64;
+  CudaRunnerOptions graphs, eager;
+  eager.cuda_graphs = false;
+  for (const CudaRunnerOptions& opt : {graphs, eager}) {
+    auto r = make_cuda_runner(c, w, num_pages, page_size, opt);
+    std::mt19937_64 rng(5);
+    std::vector<Seq> seqs(2);
+    for (int s = 0; s < 2; ++s) {
+      for (int t = 0; t < 40; ++t) seqs[s].tokens.push_back(static_cast<int>(rng() % c.vocab_size));
+      for (int p = 0; p < 3; ++p) seqs[s].pages.push_back(s * 8 + p);
+    }
+    CascadePlan plan;
+    r->forward(flat_step(seqs, {0, 0}, {20, 27}, page_size, plan));
+    std::vector<int> len = {20, 27};
+    for (int i = 0; i < 6; ++i) {
+      const int nb = 1 + i % 2;
+      std::vector<Seq> sub(seqs.begin(), seqs.begin() + nb);
+      std::vector<int> from(len.begin(), len.begin() + nb), to(from);
+      for (int& t : to) ++t;
+      const StepBatch step = flat_step(sub, from, to, page_size, plan);
+      std::vector<RowSampling> greedy(nb), mixed(nb);
+      for (int k = 0; k < nb; ++k) {
+        mixed[k].temperature = k == 0 ? 0.8f : 0.0f;
+        mixed[k].top_p = 0.9f;
+        mixed[k].seed = 1000 + i;
+        mixed[k].step = k;
+      }
+      const std::string what = std::string(opt.cuda_graphs ? "graphs" : "eager") + " step " + std::to_string(i);
+      if (i == 4) r->forward(step);  // a forward nobody samples: the next one replaces its ids
+      r->forward(step);
+      const auto logits = r->copy_logits();
+      ASSERT_EQ(logits.size(), static_cast<std::size_t>(nb) * c.vocab_size);
+      EXPECT_EQ(r->sample(greedy), sample_tokens(logits, c.vocab_size, greedy)) << what;
+      EXPECT_EQ(r->sample(mixed), sample_tokens(logits, c.vocab_size, mixed)) << what << ", sampled";
+      for (int k = 0; k < nb; ++k) ++len[k];
+    }
+  }
 }
 
 }  // namespace

@@ -304,8 +304,10 @@ TEST(CudaGemv, NormGemvGathersRowsAndTakesTheGreedyArgmax) {
     int n, k;
     std::vector<std::int32_t> rows;
   };
+  // K <= 1024 takes the two-columns-per-warp loop, K > 1024 the one-column loop (lm_head of
+  // larger models).
   for (const Case& c : {Case{151936, 1024, {3}}, Case{151936, 1024, {4, 1}}, Case{1001, 136, {0, 0}},
-                        Case{40, 64, {2}}}) {
+                        Case{40, 64, {2}}, Case{20000, 2048, {1}}, Case{5000, 4096, {0, 2}}}) {
     const int M = static_cast<int>(c.rows.size()), N = c.n, K = c.k;
     for (int rep = 0; rep < 2; ++rep) {
       auto res = random_vec(rng, static_cast<std::size_t>(src_rows) * K, -4.0f, 4.0f, false);

@@ -8,7 +8,10 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
 #include <thread>
 
 #include "cascade/llm.h"
@@ -84,6 +87,23 @@ class Running {
     return -1;
   }
   // Polls until metric `name` equals `value` (true) or `timeout` passes (false).
+  // Every metric of one /metrics answer (the engine publishes them together after a step, so
+  // they describe one moment).
+  std::map<std::string, double> metrics() const {
+    auto c = client();
+    auto r = c.Get("/metrics");
+    EXPECT_TRUE(r);
+    std::map<std::string, double> out;
+    std::istringstream in(r ? r->body : std::string());
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty() || line[0] == '#') continue;
+      const std::size_t sp = line.find(' ');
+      if (sp != std::string::npos) out[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
+    }
+    return out;
+  }
+
   bool wait_metric(const std::string& name, double value, std::chrono::seconds timeout = 15s) const {
     const auto end = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < end) {
@@ -466,11 +486,18 @@ TEST(Server, ClientDisconnectCancelsAndFreesPages) {
     Running srv(config);
     std::atomic<double> used_mid{0};
     std::thread probe([&] {
+      // Pages in use, read from the same snapshot that shows the sequence running (two separate
+      // reads raced with the cancellation: running, then the pages already freed).
       const auto end = std::chrono::steady_clock::now() + 10s;
-      while (srv.metric("cascade_running_sequences") == 0 && std::chrono::steady_clock::now() < end) {
+      while (std::chrono::steady_clock::now() < end) {
+        const auto m = srv.metrics();
+        const auto running = m.find("cascade_running_sequences"), pages = m.find("cascade_kv_pages_used");
+        if (running != m.end() && pages != m.end() && running->second > 0) {
+          used_mid = pages->second;
+          break;
+        }
         std::this_thread::sleep_for(1ms);
       }
-      used_mid = srv.metric("cascade_kv_pages_used");
     });
     stream_and_hang_up(srv, 4000, 5);
     probe.join();

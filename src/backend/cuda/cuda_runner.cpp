@@ -93,6 +93,9 @@ class CudaRunner final : public ModelRunner {
   const char* device_name() const override { return device_name_.c_str(); }
 
   void forward(const StepBatch& batch) override {
+    // A forward that throws leaves nothing to sample (not the previous step's ids).
+    num_logit_rows_ = 0;
+    argmax_ready_ = false;
     const int n = batch.num_rows();
     validate_batch(batch);
     const CascadePlan& plan = *batch.plan;
@@ -108,8 +111,6 @@ class CudaRunner final : public ModelRunner {
       throw_error(ErrorCode::kInvalidArgument, "cuda runner: invalid cascade plan: {}", why);
     }
     const int R = static_cast<int>(batch.logit_rows.size());
-    num_logit_rows_ = 0;
-    argmax_ready_ = false;
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
       argmax_ready_ = forward_bucketed(batch, plan, pack);
     } else {
@@ -117,7 +118,8 @@ class CudaRunner final : public ModelRunner {
     }
     num_logit_rows_ = R;
     // Where the lm_head GEMV took the greedy argmax (1-2 rows), the step is left enqueued:
-    // a greedy sample() then costs one copy and one wait. Elsewhere waiting here measured faster:
+    // a greedy sample() then costs one copy and one wait (and an error of the step's kernels is
+    // reported by sample() or copy_logits(), not here). Elsewhere waiting here measured faster:
     // letting sample() queue its copy and kernel behind the running step made batch 16 and 64
     // steps 3-4% slower (cause not established; bench/NOTES_cuda.md v7). Either way, host staging
     // buffers and device buffers that queued work may still read are waited for before they are
@@ -595,7 +597,8 @@ class CudaRunner final : public ModelRunner {
     // while block 0 writes the new one, so it goes to the other buffer and the two swap roles.
     float* res = residual_.get();
     float* res_other = residual_alt_.get();
-    // launch.cuh's early release for qk_norm_rope and merge (CASCADE_PDL_NO_EARLY_RELEASE=1: off).
+    // launch.cuh's early release for qk_norm_rope, merge and the down GEMV
+    // (CASCADE_PDL_NO_EARLY_RELEASE=1: off).
     static const bool early_release = [] {
       const char* v = std::getenv("CASCADE_PDL_NO_EARLY_RELEASE");
       return !(v != nullptr && v[0] == '1');

@@ -14,8 +14,7 @@ constexpr int kUnroll = 8;                    // 16-byte loads of w in flight pe
 constexpr int kMaxSmemBytes = 96 * 1024;      // x tile limit (opted in per instantiation)
 constexpr int kSmemPerSm = 227 * 1024;        // usable shared memory per SM on sm_90
 constexpr int kMaxBlocksPerSm = 2048 / (kWarps * 32);
-constexpr int kNormBlocksPerSm = 4;           // grid cap of the kNorm stage (launch_mt) ...
-constexpr int kNormCapColumnsPerWarp = 8;     // ... below this many columns per warp
+constexpr int kNormBlocksPerSm = 4;           // grid cap of the kNorm stage with bf16 y (launch_mt)
 
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 v;
@@ -406,14 +405,13 @@ cudaError_t launch_mt(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, b
   per_sm = per_sm < 1 ? 1 : (per_sm > reg_limit ? reg_limit : per_sm);
   const std::int64_t need = (static_cast<std::int64_t>(N) + kWarps - 1) / kWarps;
   const std::int64_t sms = sm_count > 0 ? sm_count : 1;
-  // Every block of the kNorm stage forms the whole norm itself: for the layer projections (1-2
-  // columns per warp) 4 blocks per SM instead of the 7 that registers allow measured 3% faster at
-  // batch 1 and 2 (1 and 2 per SM were 8% and 32% slower: too few columns streaming at once; v6).
-  // lm_head (~40 columns per warp) streams 311 MB, where the norm is noise and the warps count.
+  // Every block of the kNorm stage forms the whole norm itself: for the layer projections 4
+  // blocks per SM instead of the 7 that registers allow measured 3% faster at batch 1 and 2 (1 and
+  // 2 per SM were 8% and 32% slower: too few columns streaming at once; v6). lm_head (fp32
+  // logits; ~40 columns per warp at Qwen3-0.6B's vocab) keeps the register limit: capped, it lost
+  // more than the norm kernel it replaced (v7). Other shapes were not measured either way.
   if constexpr (stage == Stage::kNorm) {
-    if (need < kNormCapColumnsPerWarp * sms * per_sm && per_sm > kNormBlocksPerSm) {
-      per_sm = kNormBlocksPerSm;
-    }
+    if (!y_f32 && per_sm > kNormBlocksPerSm) per_sm = kNormBlocksPerSm;
   }
   const std::int64_t resident = sms * per_sm;
   const int grid = static_cast<int>(need < resident ? need : resident);

@@ -8,21 +8,21 @@
 //      or writes anything an earlier kernel reads, and before any early return: it blocks until
 //      the previous grid in the stream has completed and its writes are visible. Completion is
 //      transitive (the previous grid itself waited on its own predecessor before finishing).
-//   2. `pdl_release()` comes after `pdl_wait()`: it lets the next grid be scheduled. Its CTAs then
-//      sit in their own pdl_wait(), so the chain runs at most one kernel ahead.
-// Work that touches only data constant across the step may come before pdl_wait(): the weights,
-// the step's plan arrays (copied to the device before the step's first kernel: when a kernel
-// runs at all, its predecessor has passed its own wait, so by induction every kernel before that
-// has completed and the step's first kernel, stream-ordered after the copy, has started), and KV
-// of earlier steps (the attention kernels' keys before kv_fresh).
-// Early release: a kernel may call pdl_release() before pdl_wait() (the early_release flags of
-// QkNormRopeParams, MergeStatesParams and the GEMV launchers), so that its successor's pre-wait
-// work (attention's plan lookups and first KV tiles; a GEMV's first columns of w) overlaps this
-// kernel's own wait on its predecessor. The induction above then steps over one kernel: when the
-// successor runs, this kernel's predecessor has passed its wait. It still holds if no two
-// consecutive kernels release early; the runner's small-batch chain per layer is qkv GEMV,
-// qk_norm_rope (early), attention levels, merge (early), o_proj, gate_up, down (early).
-// CASCADE_PDL_NO_EARLY_RELEASE=1 turns it off (A/B).
+//   2. `pdl_release()` lets the next grid be scheduled; its CTAs then sit in their own
+//      pdl_wait(). It comes after `pdl_wait()`, except in a kernel that releases early (below).
+// Work that touches only data complete before the step's first kernel started may come before
+// pdl_wait(): the weights, the step's plan arrays (their H2D copy is stream-ordered before the
+// step's first kernel, and every later kernel of the step launches after that one started), and
+// KV of earlier steps (the attention kernels' keys before kv_fresh).
+// Early release: a kernel may call pdl_release() before its pdl_wait() (the early_release flags
+// of QkNormRopeParams, MergeStatesParams and the GEMV launchers), so that its successor's
+// pre-wait work (attention's plan lookups and first KV tiles; a GEMV's first columns of w)
+// overlaps this kernel's own wait. That keeps the rules above: pre-wait reads need only the
+// step's first kernel to have started, and the successor's post-wait part still runs after this
+// kernel completed, which itself waited for its predecessor. No deadlock either: a grid's
+// dependents launch only once all of its CTAs have started. The runner's small-batch chain per
+// layer is qkv GEMV, qk_norm_rope (early), attention levels, merge (early), o_proj, gate_up, down
+// (early), as measured (v7); CASCADE_PDL_NO_EARLY_RELEASE=1 turns it off (A/B).
 // In code compiled for older architectures (the compute_80 PTX) both are no-ops, and such kernels
 // are launched without the attribute (pdl_kernel_ok), so their launches are ordinary.
 // CASCADE_NO_PDL=1 launches without the attribute (ordinary stream order), for A/B timing.
