@@ -48,13 +48,20 @@ __device__ inline unsigned long long block_min_u64(unsigned long long v, double*
   return block_reduce(v, reinterpret_cast<unsigned long long*>(red), MinOp{});
 }
 
+// (v, id) beats (bv, bid): larger value, ties to the lower id. NaN never beats anything. Every
+// argmax of the backend (the sampler, the lm_head GEMV's) combines candidates with it, so they
+// all pick the same id.
+__device__ __forceinline__ bool argmax_better(float v, int id, float bv, int bid) {
+  return v > bv || (v == bv && id < bid);
+}
+
 // (value, id) argmax: larger value wins, ties to the lower id; id == sentinel loses to any id.
 __device__ inline void block_argmax(float& v, int& id, float* red_v, int* red_i) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, v, o);
     const int oi = __shfl_xor_sync(0xffffffffu, id, o);
-    if (ov > v || (ov == v && oi < id)) {
+    if (argmax_better(ov, oi, v, id)) {
       v = ov;
       id = oi;
     }
@@ -69,7 +76,7 @@ __device__ inline void block_argmax(float& v, int& id, float* red_v, int* red_i)
   v = red_v[0];
   id = red_i[0];
   for (int w = 1; w < nw; ++w) {
-    if (red_v[w] > v || (red_v[w] == v && red_i[w] < id)) {
+    if (argmax_better(red_v[w], red_i[w], v, id)) {
       v = red_v[w];
       id = red_i[w];
     }

@@ -174,11 +174,6 @@ __device__ __forceinline__ void dot_w(const uint4 (&wv)[kUnroll], const uint4* x
   }
 }
 
-// (v, id) beats (bv, bid): larger value, ties to the lower id. NaN never beats anything.
-__device__ __forceinline__ bool argmax_better(float v, int id, float bv, int bid) {
-  return v > bv || (v == bv && id < bid);
-}
-
 // After the column loop of a kNorm GEMV with fp32 output: each row's (best, id) over the block's
 // warps in warp order, into the parts; the last block to finish combines all blocks' parts and
 // writes the ids (sentinel N -> -1) and zeroes the counter for the next call.

@@ -353,7 +353,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) 
     for (int b = 0; b < nb; ++b) {
       const float v = __ldcg(p.scan_v + row * nb + b);
       const int id = __ldcg(p.scan_i + row * nb + b);
-      if (v > best || (v == best && id < best_id)) {
+      if (argmax_better(v, id, best, best_id)) {
         best = v;
         best_id = id;
       }
