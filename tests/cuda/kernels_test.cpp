@@ -57,12 +57,14 @@ TEST(CudaKernels, AddRmsNormMatchesCpu) {
       auto d_w = upload(to_bf16(w));
       DeviceBuffer<bf16> out(rows * dim);
       poison(out);
+      // In place: the new residual replaces the old one.
       AddRmsNormParams p;
-      p.x = with_x ? d_x.get() : nullptr;
-      p.residual = d_res.get();
-      p.weight = d_w.get();
+      p.norm.delta = with_x ? d_x.get() : nullptr;
+      p.norm.residual = d_res.get();
+      p.norm.residual_out = d_res.get();
+      p.norm.gamma = d_w.get();
       p.out = out.get();
-      p.eps = 1e-6f;
+      p.norm.eps = 1e-6f;
       p.rows = rows;
       p.dim = dim;
       ASSERT_EQ(launch_add_rms_norm(p, nullptr), cudaSuccess);
@@ -74,16 +76,30 @@ TEST(CudaKernels, AddRmsNormMatchesCpu) {
       }
       EXPECT_LT(rel_error(from_bf16(download(out, rows * dim)), ref_out), 1e-2) << dim;
       EXPECT_LT(rel_error(download(d_res, rows * dim), ref_res), 1e-6) << dim;
+      const auto in_place_out = download(out, rows * dim);
+
+      // Into another buffer (the runner's two residual buffers): the same output, the new residual
+      // there, the old one untouched.
+      auto d_res_in = upload(res);
+      DeviceBuffer<float> res_out(rows * dim);
+      poison(res_out);
+      poison(out);
+      p.norm.residual = d_res_in.get();
+      p.norm.residual_out = res_out.get();
+      ASSERT_EQ(launch_add_rms_norm(p, nullptr), cudaSuccess);
+      EXPECT_EQ(download(out, rows * dim), in_place_out) << dim;
+      EXPECT_LT(rel_error(download(res_out, rows * dim), ref_res), 1e-6) << dim;
+      EXPECT_EQ(rel_error(download(d_res_in, rows * dim), res), 0.0) << "input residual must be untouched";
 
       // Gathered rows without writing the residual (the final norm before lm_head).
       std::vector<std::int32_t> idx = {3, 0, 8};
       auto d_idx = upload(idx);
       auto d_res2 = upload(res);
       poison(out);
-      p.residual = d_res2.get();
-      p.row_index = d_idx.get();
+      p.norm.residual = d_res2.get();
+      p.norm.residual_out = nullptr;
+      p.norm.row_index = d_idx.get();
       p.rows = 3;
-      p.write_residual = false;
       ASSERT_EQ(launch_add_rms_norm(p, nullptr), cudaSuccess);
       std::vector<float> ref_g(3 * dim);
       for (int j = 0; j < 3; ++j) {

@@ -549,8 +549,7 @@ class CudaRunner final : public ModelRunner {
     }
     return nullptr;
   }
-  void drop_graphs_of(int rows) {
-    quiesce();
+  void drop_graphs_of(int rows) {  // callers quiesce() first, as for drop_graphs()
     for (GraphEntry& e : graphs_) {
       if (e.layout.rows == rows && e.exec != nullptr) {
         cudaGraphExecDestroy(e.exec);
@@ -592,38 +591,36 @@ class CudaRunner final : public ModelRunner {
     CUDA_TRY(cuda::launch_embedding({embed_.get(), s.tok, residual_.get(), n, hidden}, stream_));
     const std::int64_t layer_elems = layout_.layer_elems();
     bf16* mlp_out = nullptr;
-    // The residual stream starts the step in residual_. Small batches form the residual add +
-    // RMSNorm inside the GEMV that follows it; that GEMV's other blocks still read the old residual
-    // while block 0 writes the new one, so it goes to the other buffer and the two swap roles.
+    // The residual stream starts the step in residual_. Each residual add + RMSNorm reads it and
+    // writes the new residual into the other buffer, which then takes its place: small batches
+    // form the norm inside the GEMV that follows it, whose other blocks still read the old
+    // residual while block 0 writes the new one.
     float* res = residual_.get();
     float* res_other = residual_alt_.get();
+    auto residual_norm = [&](const bf16* delta, const bf16* gamma) {
+      cuda::ResidualNorm nm;
+      nm.delta = delta;
+      nm.residual = res;
+      nm.residual_out = res_other;
+      nm.gamma = gamma;
+      nm.eps = eps;
+      std::swap(res, res_other);
+      return nm;
+    };
     // launch.cuh's early release for qk_norm_rope, merge and the down GEMV
     // (CASCADE_PDL_NO_EARLY_RELEASE=1: off).
     static const bool early_release = [] {
       const char* v = std::getenv("CASCADE_PDL_NO_EARLY_RELEASE");
       return !(v != nullptr && v[0] == '1');
     }();
-    auto norm_then_gemm = [&](const bf16* delta, const bf16* gamma, const bf16* w, int N) {
-      cuda::GemvNorm nm;
-      nm.delta = delta;
-      nm.residual = res;
-      nm.residual_out = res_other;
-      nm.gamma = gamma;
-      nm.eps = eps;
-      if (gemm_->run_norm_gemv(nm, w, tmp_.get(), false, n, N, hidden, stream_)) {
-        std::swap(res, res_other);
-        return true;
-      }
-      norm(delta, gamma, nullptr, n, xb_.get(), true, eps, res);
-      gemm_->run(xb_.get(), w, tmp_.get(), false, n, N, hidden, stream_);
-      return false;
-    };
     for (int li = 0; li < config_.num_hidden_layers; ++li) {
       const LayerDev& L = layers_[li];
       // Early release (launch.cuh) only where the qkv projection ran as our GEMV, which releases
       // after its wait; when and whether a cuBLASLt GEMM (batches of 3+) releases its dependents
       // is not ours to know. With it, attention reads its first KV tiles ahead (read_ahead).
-      const bool early = norm_then_gemm(mlp_out, L.in_ln.get(), L.qkv.get(), qkv_n) && early_release;
+      const bool early =
+          norm_gemm(residual_norm(mlp_out, L.in_ln.get()), n, L.qkv.get(), tmp_.get(), false, qkv_n) &&
+          early_release;
       bf16* kc = k_pool_.get() + li * layer_elems;
       bf16* vc = v_pool_.get() + li * layer_elems;
       cuda::QkNormRopeParams qp;
@@ -681,7 +678,7 @@ class CudaRunner final : public ModelRunner {
       // o_proj writes act_ (free until the down projection), so a fused norm + gate_up GEMV reads
       // it while writing tmp_.
       gemm_->run(xb_.get(), L.o_proj.get(), act_.get(), false, n, hidden, H * D, stream_);
-      norm_then_gemm(act_.get(), L.post_ln.get(), L.gate_up.get(), 2 * inter);
+      norm_gemm(residual_norm(act_.get(), L.post_ln.get()), n, L.gate_up.get(), tmp_.get(), false, 2 * inter);
       // Small batches: silu(gate) * up is formed while the down GEMV stages its input (one kernel
       // less per layer); its output goes to act_ (reserve_step sizes it for [n, hidden] too).
       // The down GEMV releases early as well (its successor, the next qkv GEMV, streams its first
@@ -697,7 +694,7 @@ class CudaRunner final : public ModelRunner {
     // Final norm only for the rows whose logits are wanted (the residual is not needed after).
     // One or two rows: the norm is formed in the lm_head GEMV, which also takes the greedy argmax
     // of each row (sample() then needs no kernel for greedy rows).
-    cuda::GemvNorm fn;
+    cuda::ResidualNorm fn;
     fn.delta = mlp_out;
     fn.residual = res;
     fn.gamma = final_norm_.get();
@@ -705,11 +702,23 @@ class CudaRunner final : public ModelRunner {
     fn.row_index = s.logit;
     fn.src_rows = n;
     const cuda::GemvArgmax am{argmax_v_.get(), argmax_i_.get(), argmax_counter_.get(), argmax_out_.get()};
-    if (gemm_->run_norm_gemv(fn, lm_head_, logits_.get(), true, R, config_.vocab_size, hidden, stream_, &am)) {
-      return R > 0;
-    }
-    norm(mlp_out, final_norm_.get(), s.logit, R, xb_.get(), false, eps, res);
-    gemm_->run(xb_.get(), lm_head_, logits_.get(), true, R, config_.vocab_size, hidden, stream_);
+    return norm_gemm(fn, R, lm_head_, logits_.get(), true, config_.vocab_size, &am) && R > 0;
+  }
+
+  // y = norm(nm) · wᵀ over `rows` rows: one GEMV that forms the norm itself where the GEMV path
+  // takes the call (1-2 rows; returns true, and with argmax also each row's greedy argmax), else
+  // the norm kernel into xb_, then run(). Either way nm.residual_out receives the new residual.
+  bool norm_gemm(const cuda::ResidualNorm& nm, int rows, const bf16* w, void* y, bool y_f32, int N,
+                 const cuda::GemvArgmax* argmax = nullptr) {
+    const int hidden = config_.hidden_size;
+    if (gemm_->run_norm_gemv(nm, w, y, y_f32, rows, N, hidden, stream_, argmax)) return true;
+    cuda::AddRmsNormParams p;
+    p.norm = nm;
+    p.out = xb_.get();
+    p.rows = rows;
+    p.dim = hidden;
+    CUDA_TRY(cuda::launch_add_rms_norm(p, stream_));
+    gemm_->run(xb_.get(), w, y, y_f32, rows, N, hidden, stream_);
     return false;
   }
   void validate_config(int num_pages, int page_size) const {
@@ -759,21 +768,6 @@ class CudaRunner final : public ModelRunner {
         }
       }
     }
-  }
-
-  void norm(const bf16* x, const bf16* w, const std::int32_t* row_index, int rows, bf16* out,
-            bool write_residual, float eps, float* residual) {
-    cuda::AddRmsNormParams p;
-    p.x = x;
-    p.residual = residual;
-    p.weight = w;
-    p.row_index = row_index;
-    p.out = out;
-    p.eps = eps;
-    p.rows = rows;
-    p.dim = config_.hidden_size;
-    p.write_residual = write_residual;
-    CUDA_TRY(cuda::launch_add_rms_norm(p, stream_));
   }
 
   // Converts `t` (checked against `shape`) into dst[offset ...] as bf16.

@@ -83,6 +83,23 @@ __device__ inline void block_argmax(float& v, int& id, float* red_v, int* red_i)
   }
 }
 
+// For a grid whose blocks each leave a partial result for one block to combine: call from every
+// thread of the block once the threads that wrote its part have each done __threadfence().
+// Returns true (in every thread) in the last of `blocks` blocks to arrive at *counter, which
+// then sees every block's part; that block leaves the counter at zero for the next use.
+__device__ __forceinline__ bool last_block_to_arrive(unsigned* counter, unsigned blocks) {
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == blocks - 1;
+    if (last) *counter = 0;
+  }
+  __syncthreads();
+  if (!last) return false;
+  __threadfence();
+  return true;
+}
+
 // The eight bf16 of one 16-byte chunk as floats (exact).
 __device__ __forceinline__ void unpack_bf16x8(const uint4& u, float* f) {
   const unsigned w[4] = {u.x, u.y, u.z, u.w};

@@ -184,7 +184,6 @@ __device__ void argmax_epilogue(const GemvArgmax& am, const float (&best)[MT], c
   __shared__ int red_i[32];
   __shared__ float wv[kWarps][MT];
   __shared__ int wi[kWarps][MT];
-  __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) {
 #pragma unroll
@@ -208,14 +207,7 @@ __device__ void argmax_epilogue(const GemvArgmax& am, const float (&best)[MT], c
     am.part_i[m * gridDim.x + blockIdx.x] = id;
     __threadfence();  // the part is visible before the counter says so
   }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(am.counter, 1u) == gridDim.x - 1;
-    if (last) *am.counter = 0;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_block_to_arrive(am.counter, gridDim.x)) return;
   constexpr int kPer = 8;  // parts per thread loaded together (one round for grids <= 1024)
   const int parts = static_cast<int>(gridDim.x);
   for (int m = 0; m < M; ++m) {

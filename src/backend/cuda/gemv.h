@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "backend/cuda/kernels.h"
+
 namespace cascade::cuda {
 
 // Largest M the GEMV path takes.
@@ -35,20 +37,12 @@ cudaError_t launch_gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y,
 cudaError_t launch_gemv_silu(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,
                              int N, int K, int sm_count, cudaStream_t stream, bool early_release = false);
 
-// Residual add + RMSNorm formed while the GEMV stages x, for the projection that follows a norm:
-// x = bf16(gamma * bf16(h * rsqrt(mean(h²) + eps))) with h = residual + delta, rounded as
-// launch_add_rms_norm rounds it (its sum of squares may differ in the last bits: another order);
-// block 0 writes h to residual_out. Rows are contiguous [rows, K]; with row_index, row m of x is
-// formed from row row_index[m] of residual and delta (the final norm of the logit rows only).
-struct GemvNorm {
-  const __nv_bfloat16* delta = nullptr;  // the addend, or nullptr (plain RMSNorm)
-  const float* residual = nullptr;       // fp32 residual stream, read
-  float* residual_out = nullptr;         // h, or nullptr (must be nullptr with row_index)
-  const __nv_bfloat16* gamma = nullptr;  // [K]
-  float eps = 1e-6f;
-  const std::int32_t* row_index = nullptr;  // [M] source rows (device), or nullptr: row m
-  int src_rows = 0;                          // rows of residual/delta when row_index is set
-};
+// The residual add + RMSNorm (kernels.h's ResidualNorm) formed while the GEMV stages x, for the
+// projection that follows a norm: x = the norm's bf16 output, rounded as launch_add_rms_norm
+// rounds it (its sum of squares may differ in the last bits: another order); block 0 writes h to
+// residual_out, which must be another buffer than residual (the other blocks still read it) and
+// nullptr with row_index. Rows are contiguous [rows, K].
+using GemvNorm = ResidualNorm;
 
 // Greedy argmax of each fp32 output row, formed as the GEMV writes the row (lm_head at batch 1-2,
 // so that greedy decoding needs no sampling kernel): out[m] = the lowest column holding the row's

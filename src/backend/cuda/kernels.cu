@@ -42,41 +42,45 @@ __global__ void embedding_kernel(EmbeddingParams p) {
 
 constexpr int kNormThreads = 256;
 
-// This block's rows: output row blockIdx.x reads residual (and x) row row_index[blockIdx.x].
+// This block's rows: output row blockIdx.x reads residual (and delta) row row_index[blockIdx.x].
 struct NormRow {
-  float* res;
-  const bf16* x;  // nullptr: no addend
+  const float* res;
+  float* res_out;  // nullptr: h is not kept
+  const bf16* x;   // nullptr: no addend
   bf16* out;
 };
 __device__ __forceinline__ NormRow norm_row(const AddRmsNormParams& p) {
+  const ResidualNorm& nm = p.norm;
   const int j = blockIdx.x;
-  const std::int64_t r = p.row_index != nullptr ? p.row_index[j] : j;
-  return {p.residual + r * p.dim, p.x != nullptr ? p.x + r * p.dim : nullptr,
-          p.out + static_cast<std::int64_t>(j) * p.dim};
+  const std::int64_t r = nm.row_index != nullptr ? nm.row_index[j] : j;
+  return {nm.residual + r * p.dim, nm.residual_out != nullptr ? nm.residual_out + r * p.dim : nullptr,
+          nm.delta != nullptr ? nm.delta + r * p.dim : nullptr, p.out + static_cast<std::int64_t>(j) * p.dim};
 }
 
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormParams p) {
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
   const NormRow row = norm_row(p);
-  float* res = row.res;
+  const float* res = row.res;
+  float* res_out = row.res_out;
   const bf16* x = row.x;
   __shared__ float red[32];
   float ss = 0.0f;
   for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
     float v = res[i];
     if (x != nullptr) v += __bfloat162float(x[i]);
-    if (p.write_residual) res[i] = v;
+    if (res_out != nullptr) res_out[i] = v;
     ss += v * v;
   }
   ss = block_sum(ss, red);
-  const float inv = rsqrtf(ss / static_cast<float>(p.dim) + p.eps);
+  const float inv = rsqrtf(ss / static_cast<float>(p.dim) + p.norm.eps);
   bf16* out = row.out;
-  // Re-read (our own writes, or the unchanged input) so no row has to fit in registers.
+  // Re-read (our own writes, which may have replaced the input, or the unchanged input) so no
+  // row has to fit in registers.
   for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
-    float v = p.write_residual || x == nullptr ? res[i] : res[i] + __bfloat162float(x[i]);
+    float v = res_out != nullptr ? res_out[i] : x == nullptr ? res[i] : res[i] + __bfloat162float(x[i]);
     const float n = __bfloat162float(__float2bfloat16_rn(v * inv));
-    out[i] = __float2bfloat16_rn(__bfloat162float(p.weight[i]) * n);
+    out[i] = __float2bfloat16_rn(__bfloat162float(p.norm.gamma[i]) * n);
   }
 }
 
@@ -89,7 +93,8 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNo
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
   const NormRow row = norm_row(p);
-  float* res = row.res;
+  const float* res = row.res;
+  float* res_out = row.res_out;
   const bf16* x = row.x;
   const int nch = p.dim / 8;
   __shared__ float red[32];
@@ -108,22 +113,22 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNo
       unpack_bf16x8(reinterpret_cast<const uint4*>(x)[c], xf);
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[k][e] += xf[e];
-      if (p.write_residual) {
-        reinterpret_cast<float4*>(res)[2 * c] = make_float4(v[k][0], v[k][1], v[k][2], v[k][3]);
-        reinterpret_cast<float4*>(res)[2 * c + 1] = make_float4(v[k][4], v[k][5], v[k][6], v[k][7]);
-      }
+    }
+    if (res_out != nullptr) {
+      reinterpret_cast<float4*>(res_out)[2 * c] = make_float4(v[k][0], v[k][1], v[k][2], v[k][3]);
+      reinterpret_cast<float4*>(res_out)[2 * c + 1] = make_float4(v[k][4], v[k][5], v[k][6], v[k][7]);
     }
 #pragma unroll
     for (int e = 0; e < 8; ++e) ss += v[k][e] * v[k][e];
   }
   ss = block_sum(ss, red);
-  const float inv = rsqrtf(ss / static_cast<float>(p.dim) + p.eps);
+  const float inv = rsqrtf(ss / static_cast<float>(p.dim) + p.norm.eps);
   bf16* out = row.out;
 #pragma unroll
   for (int k = 0; k < kNormMaxChunks; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
     if (c >= nch) continue;
-    reinterpret_cast<uint4*>(out)[c] = rms_norm_pack8(v[k], inv, reinterpret_cast<const uint4*>(p.weight)[c]);
+    reinterpret_cast<uint4*>(out)[c] = rms_norm_pack8(v[k], inv, reinterpret_cast<const uint4*>(p.norm.gamma)[c]);
   }
 }
 
@@ -337,17 +342,12 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) 
   if (nb > 1) {
     // The last block of the row to finish combines the blocks' results in block order (so ties
     // still go to the lowest id) and carries on alone (threadfence + counter).
-    __shared__ bool last;
     if (threadIdx.x == 0) {
       p.scan_v[row * nb + part] = best;
       p.scan_i[row * nb + part] = best_id;
       __threadfence();
-      last = atomicAdd(p.scan_counters + row, 1u) == static_cast<unsigned>(nb - 1);
-      if (last) p.scan_counters[row] = 0;
     }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!last_block_to_arrive(p.scan_counters + row, nb)) return;
     best = -INFINITY;
     best_id = V;
     for (int b = 0; b < nb; ++b) {
@@ -496,8 +496,10 @@ cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream) {
 cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
   const auto aligned = [](const void* q) { return (reinterpret_cast<std::uintptr_t>(q) & 15) == 0; };
-  const bool vec = p.dim % 8 == 0 && p.dim <= kNormThreads * 8 * kNormMaxChunks && aligned(p.residual) &&
-                   aligned(p.out) && aligned(p.weight) && (p.x == nullptr || aligned(p.x));
+  const ResidualNorm& nm = p.norm;
+  const bool vec = p.dim % 8 == 0 && p.dim <= kNormThreads * 8 * kNormMaxChunks && aligned(nm.residual) &&
+                   aligned(p.out) && aligned(nm.gamma) && (nm.delta == nullptr || aligned(nm.delta)) &&
+                   (nm.residual_out == nullptr || aligned(nm.residual_out));
   if (vec) return launch_pdl<add_rms_norm_vec_kernel>(dim3(p.rows), dim3(kNormThreads), 0, stream, p);
   return launch_pdl<add_rms_norm_kernel>(dim3(p.rows), dim3(kNormThreads), 0, stream, p);
 }

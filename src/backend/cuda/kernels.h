@@ -35,21 +35,27 @@ struct EmbeddingParams {
 /// \brief Embedding gather into the fp32 residual stream.
 cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream);
 
-// For each output row j with source row r = row_index ? row_index[j] : j:
-//   res = residual[r] + (x ? float(x[r]) : 0);  if (write_residual) residual[r] = res;
-//   out[j] = bf16(float(w) * float(bf16(res * rsqrt(mean(res^2) + eps))))
+// A residual add + RMSNorm, as the norm kernels below and the GEMV that forms its own input
+// (gemv.h) both take it. For each output row j with source row r = row_index ? row_index[j] : j:
+//   h = residual[r] + (delta ? float(delta[r]) : 0);  if (residual_out) residual_out[r] = h;
+//   out[j] = bf16(float(gamma) * float(bf16(h * rsqrt(mean(h^2) + eps))))
 // The residual stream stays fp32 (more accurate than HF's bf16 residual at the cost of 4 bytes per
 // hidden value); the normalised value is rounded to bf16 before the weight multiply, as HF's
 // Qwen3RMSNorm does in bf16.
-struct AddRmsNormParams {
-  const bf16* x = nullptr;          // [*, dim] or nullptr (plain RMSNorm)
-  float* residual = nullptr;        // [*, dim]
-  const bf16* weight = nullptr;     // [dim]
-  const std::int32_t* row_index = nullptr;  // [rows] or nullptr
-  bf16* out = nullptr;              // [rows, dim]
+struct ResidualNorm {
+  const bf16* delta = nullptr;              // [*, dim] or nullptr (plain RMSNorm)
+  const float* residual = nullptr;          // [*, dim], read
+  float* residual_out = nullptr;            // [*, dim] h, or nullptr; the norm kernels allow
+                                            // residual itself, the GEMV does not
+  const bf16* gamma = nullptr;              // [dim]
   float eps = 1e-6f;
+  const std::int32_t* row_index = nullptr;  // [rows] source rows, or nullptr: row j
+  int src_rows = 0;                         // rows of residual/delta when row_index is set
+};
+struct AddRmsNormParams {
+  ResidualNorm norm;
+  bf16* out = nullptr;  // [rows, dim]
   int rows = 0, dim = 0;
-  bool write_residual = true;
 };
 /// \brief Fused residual add + RMSNorm (one block per row).
 cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream);
