@@ -3,9 +3,9 @@
 #   scripts/gpu_check.sh                 configure + build (Release, sm_90a) and run the gpu tests
 #   PREBUILT=build-cuda scripts/gpu_check.sh   run an already built build-cuda/test_cuda (built
 #                                        elsewhere with the same CUDA major version) instead
-# Then the two benchmarks (cuda_decode_bench, cuda_attention_bench; BENCH=0 skips them) and
-# bench/cuda_targets.py's report of the performance targets. Prints the check table, then the
-# targets table, last. Logs, the gtest XML and the benchmark JSON go to $OUT (or ./out).
+# Then the benchmarks (cuda_decode_bench, cuda_attention_bench, and cuda_gemm_bench where built;
+# BENCH=0 skips them) and bench/cuda_targets.py's report of the performance targets. Prints the
+# check table, then the targets table, last. Logs, the gtest XML and the benchmark JSON go to $OUT (or ./out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-out}"
@@ -24,7 +24,7 @@ else
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCASCADE_CUDA_ARCHS=90a-real \
     -DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20 \
     -DCMAKE_CUDA20_EXTENSION_COMPILE_OPTION=-std=c++20 >"$OUT_DIR/configure.log" 2>&1 &&
-    cmake --build "$BUILD" -j"$(nproc)" --target test_cuda cascade_cli cuda_decode_bench cuda_attention_bench \
+    cmake --build "$BUILD" -j"$(nproc)" --target test_cuda cascade_cli cuda_decode_bench cuda_attention_bench cuda_gemm_bench \
       >"$OUT_DIR/build.log" 2>&1
   build_status=$([[ $? -eq 0 ]] && echo ok || echo FAILED)
   [[ "$build_status" == ok ]] || tail -40 "$OUT_DIR/configure.log" "$OUT_DIR/build.log"
@@ -65,9 +65,10 @@ DIR="${PREBUILT:-$BUILD}"
 bench_status=skipped
 if [[ "${BENCH:-1}" != 0 && -x "$DIR/cuda_decode_bench" && -x "$DIR/cuda_attention_bench" ]]; then
   "$DIR/cuda_decode_bench" "$OUT_DIR/decode.json" >"$OUT_DIR/decode_bench.log" 2>&1 &&
-    "$DIR/cuda_attention_bench" "$OUT_DIR/attention.json" >"$OUT_DIR/attention_bench.log" 2>&1
+    "$DIR/cuda_attention_bench" "$OUT_DIR/attention.json" >"$OUT_DIR/attention_bench.log" 2>&1 &&
+    { [[ ! -x "$DIR/cuda_gemm_bench" ]] || "$DIR/cuda_gemm_bench" "$OUT_DIR/gemm.json" >"$OUT_DIR/gemm_bench.log" 2>&1; }
   bench_status=$([[ $? -eq 0 ]] && echo ok || echo FAILED)
-  [[ "$bench_status" == ok ]] || tail -20 "$OUT_DIR/decode_bench.log" "$OUT_DIR/attention_bench.log"
+  [[ "$bench_status" == ok ]] || tail -20 "$OUT_DIR/decode_bench.log" "$OUT_DIR/attention_bench.log" "$OUT_DIR/gemm_bench.log" 2>/dev/null
 fi
 
 echo

@@ -42,6 +42,9 @@ Gemm::Gemm() {
   gemv_off_ = off != nullptr && off[0] == '1';
   const char* norm_off = std::getenv("CASCADE_GEMV_NO_NORM");
   norm_gemv_off_ = norm_off != nullptr && norm_off[0] == '1';
+  const char* skinny_off = std::getenv("CASCADE_GEMM_NO_SKINNY");
+  skinny_on_ = !(skinny_off != nullptr && skinny_off[0] == '1') && skinny_gemm_available();
+  skinny_target_ctas_ = 2 * sm_count_;  // two skinny CTAs fit an SM (one per SM measured the same)
 }
 
 Gemm::~Gemm() {
@@ -88,6 +91,10 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
   if (M == 0 || N == 0) return;
   if (!gemv_off_ && gemv_supported(x, w, M, K)) {
     CUDA_TRY(launch_gemv(x, w, y, y_f32, M, N, K, sm_count_, stream));
+    return;
+  }
+  if (skinny_on_ && skinny_gemm_supported(x, w, M, N, K)) {
+    CUDA_TRY(launch_skinny_gemm(x, w, y, y_f32, M, N, K, skinny_target_ctas_, stream));
     return;
   }
   run_cublaslt(x, w, y, y_f32, M, N, K, stream);

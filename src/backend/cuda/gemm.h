@@ -1,7 +1,9 @@
 // GEMM y[M, N] = x[M, K] · w[N, K]ᵀ with bf16 inputs, fp32 accumulation and a bf16 or fp32 output.
-// M <= 2 (decode) goes to the memory-bound GEMV kernel of gemv.h when the shape allows it; larger
-// M goes through cuBLASLt, whose plan (descriptors + heuristic algorithm) is cached per shape, so
-// after warm-up a call does no host allocation and is safe inside CUDA-graph capture.
+// M <= 2 (decode) goes to the memory-bound GEMV kernel of gemv.h when the shape allows it,
+// 3 <= M <= 64 to the tensor-core skinny GEMM of skinny_gemm.h on sm_90a; larger M (and every
+// shape the others do not take) goes through cuBLASLt, whose plan (descriptors + heuristic
+// algorithm) is cached per shape, so after warm-up a call does no host allocation and is safe
+// inside CUDA-graph capture.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -13,6 +15,7 @@
 #include <tuple>
 
 #include "backend/cuda/gemv.h"
+#include "backend/cuda/skinny_gemm.h"
 
 namespace cascade::cuda {
 
@@ -41,6 +44,9 @@ class Gemm {
   bool run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N, int K,
                      cudaStream_t stream, const GemvArgmax* argmax = nullptr, bool early_release = false);
 
+  // Whether run() sends 3 <= M <= 64 to the skinny GEMM (skinny_gemm.h) on this device.
+  bool skinny_enabled() const { return skinny_on_; }
+
   // SMs of the device (sizes GEMV grids and their argmax parts).
   int sm_count() const { return sm_count_; }
 
@@ -58,6 +64,8 @@ class Gemm {
   int sm_count_ = 0;  // SMs of the current device, sizes the GEMV grid
   bool gemv_off_ = false;  // CASCADE_GEMM_NO_GEMV=1: cuBLASLt for every M (A/B benchmarks)
   bool norm_gemv_off_ = false;  // CASCADE_GEMV_NO_NORM=1: separate norm kernels (A/B benchmarks)
+  bool skinny_on_ = false;  // skinny_gemm_available() and not CASCADE_GEMM_NO_SKINNY=1 (A/B)
+  int skinny_target_ctas_ = 0;  // split-K sizes skinny grids to about this many CTAs
   std::map<std::tuple<int, int, int, bool>, std::unique_ptr<Plan>> plans_;
 };
 

@@ -1,0 +1,198 @@
+// The decode-batch GEMMs of a Qwen3-0.6B layer (qkv 4096x1024, o_proj 1024x2048, gate_up
+// 6144x1024, down 1024x3072; lm_head 151936x1024 with fp32 out) at M rows, through Gemm::run (the
+// GEMV for M <= 2, the skinny GEMM for 3-64 on sm_90a, else cuBLASLt) and through cuBLASLt alone,
+// against the floor: bytes of w read once over the copy bandwidth measured in the same run.
+// "down+silu" is the MLP's down projection from the gate_up output as the runner runs it: the
+// silu GEMV at M <= 2, else (and in the cuBLASLt column) the silu_mul kernel and then the GEMM.
+//
+// Usage: cuda_gemm_bench OUT.json [--m 4,8,16,32,64] [--reps N]
+// Each timing is the median over --reps runs of a CUDA graph of 16 back-to-back GEMMs, each on
+// its own copy of w (together larger than L2, so w comes from DRAM as in a decode step).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/kernels.h"
+
+namespace {
+
+#define CK(expr)                                                                              \
+  do {                                                                                        \
+    const cudaError_t e_ = (expr);                                                            \
+    if (e_ != cudaSuccess) {                                                                  \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                           \
+    }                                                                                         \
+  } while (0)
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+__global__ void fill_kernel(__nv_bfloat16* p, std::size_t n, unsigned seed) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    unsigned h = static_cast<unsigned>(i) * 2654435761u ^ seed;
+    h ^= h >> 13;
+    p[i] = __float2bfloat16((static_cast<float>(h & 0xffff) / 65536.0f - 0.5f) * 0.05f);
+  }
+}
+
+// Copy bandwidth (bytes read + written per second) of a 1 GiB device copy.
+double copy_bandwidth() {
+  const std::size_t bytes = 1ull << 30;
+  void *a = nullptr, *b = nullptr;
+  CK(cudaMalloc(&a, bytes));
+  CK(cudaMalloc(&b, bytes));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  std::vector<double> t;
+  for (int i = 0; i < 6; ++i) {
+    CK(cudaEventRecord(e0));
+    CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    if (i > 0) t.push_back(ms * 1e-3);
+  }
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes / median(t);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s OUT.json [--m 4,8,16,32,64] [--reps N]\n", argv[0]);
+    return 2;
+  }
+  std::vector<int> ms = {4, 8, 16, 32, 64};
+  int reps = 30;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) {
+      reps = std::atoi(argv[++i]);
+    } else if (a == "--m" && i + 1 < argc) {
+      ms.clear();
+      std::stringstream ss(argv[++i]);
+      std::string tok;
+      while (std::getline(ss, tok, ',')) ms.push_back(std::atoi(tok.c_str()));
+    }
+  }
+  struct G {
+    const char* name;
+    int n, k;
+    bool f32;
+    bool silu = false;  // x is gate_up [M, 2K]: Gemm::run_silu_gemm (cuBLASLt: silu_mul + GEMM)
+  };
+  const G shapes[] = {{"qkv", 4096, 1024, false},
+                      {"o_proj", 1024, 2048, false},
+                      {"gate_up", 6144, 1024, false},
+                      {"down", 1024, 3072, false},
+                      {"down+silu", 1024, 3072, false, true},
+                      {"lm_head", 151936, 1024, true}};
+  constexpr int kCopies = 16;
+  const double bw = copy_bandwidth();
+  cascade::cuda::Gemm gemm;
+  cudaStream_t stream;
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  const int max_m = *std::max_element(ms.begin(), ms.end());
+  std::string json = "{\n  \"copy_bandwidth_gbs\": " + std::to_string(bw / 1e9) + ",\n  \"skinny\": " +
+                     (gemm.skinny_enabled() ? "true" : "false") + ",\n  \"results\": [\n";
+  bool first = true;
+  std::printf("copy bandwidth %.0f GB/s, skinny GEMM %s\n", bw / 1e9, gemm.skinny_enabled() ? "on" : "off");
+  std::printf("%-8s %4s %10s %10s %10s %8s %8s\n", "gemm", "M", "run us", "cublas us", "floor us",
+              "run/fl", "cub/fl");
+  for (const G& g : shapes) {
+    const int copies = g.n > 100000 ? 2 : kCopies;  // lm_head: 311 MB a copy
+    const std::size_t wn = static_cast<std::size_t>(g.n) * g.k;
+    std::vector<__nv_bfloat16*> w(copies);
+    for (int c = 0; c < copies; ++c) {
+      CK(cudaMalloc(&w[c], wn * 2));
+      fill_kernel<<<1024, 256>>>(w[c], wn, 17u + c);
+    }
+    __nv_bfloat16* x = nullptr;
+    void* y = nullptr;
+    CK(cudaMalloc(&x, static_cast<std::size_t>(max_m) * g.k * 2 * (g.silu ? 3 : 1)));
+    CK(cudaMalloc(&y, static_cast<std::size_t>(max_m) * g.n * 4));
+    fill_kernel<<<256, 256>>>(x, static_cast<std::size_t>(max_m) * g.k * (g.silu ? 3 : 1), 5u);
+    __nv_bfloat16* act = x + static_cast<std::size_t>(max_m) * g.k * 2;  // silu_mul's output (cuBLASLt path)
+    CK(cudaDeviceSynchronize());
+    for (int M : ms) {
+      double us[2];
+      for (int path = 0; path < 2; ++path) {
+        auto enqueue = [&] {
+          for (int r = 0; r < kCopies; ++r) {
+            if (g.silu) {
+              if (path == 0 && gemm.run_silu_gemv(x, w[r % copies], static_cast<__nv_bfloat16*>(y), M, g.n, g.k, stream)) continue;
+              CK(cascade::cuda::launch_silu_mul({x, act, M, g.k}, stream));
+              if (path == 0) gemm.run(act, w[r % copies], y, false, M, g.n, g.k, stream);
+              else gemm.run_cublaslt(act, w[r % copies], y, false, M, g.n, g.k, stream);
+            } else if (path == 0) {
+              gemm.run(x, w[r % copies], y, g.f32, M, g.n, g.k, stream);
+            } else {
+              gemm.run_cublaslt(x, w[r % copies], y, g.f32, M, g.n, g.k, stream);
+            }
+          }
+        };
+        enqueue();  // warm-up: plans, attributes
+        CK(cudaStreamSynchronize(stream));
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        enqueue();
+        CK(cudaStreamEndCapture(stream, &graph));
+        CK(cudaGraphInstantiate(&exec, graph, 0));
+        std::vector<double> t;
+        for (int i = 0; i < reps + 2; ++i) {
+          CK(cudaEventRecord(e0, stream));
+          CK(cudaGraphLaunch(exec, stream));
+          CK(cudaEventRecord(e1, stream));
+          CK(cudaEventSynchronize(e1));
+          float msec = 0;
+          CK(cudaEventElapsedTime(&msec, e0, e1));
+          if (i >= 2) t.push_back(msec * 1e3 / kCopies);
+        }
+        us[path] = median(t);
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+      }
+      const double floor_us = wn * 2.0 / bw * 1e6;
+      std::printf("%-8s %4d %10.2f %10.2f %10.2f %8.2f %8.2f\n", g.name, M, us[0], us[1], floor_us,
+                  us[0] / floor_us, us[1] / floor_us);
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    "%s    {\"gemm\": \"%s\", \"m\": %d, \"n\": %d, \"k\": %d, \"run_us\": %.3f, "
+                    "\"cublaslt_us\": %.3f, \"floor_us\": %.3f}",
+                    first ? "" : ",\n", g.name, M, g.n, g.k, us[0], us[1], floor_us);
+      json += buf;
+      first = false;
+    }
+    for (auto* p : w) cudaFree(p);
+    cudaFree(x);
+    cudaFree(y);
+  }
+  json += "\n  ]\n}\n";
+  FILE* f = std::fopen(argv[1], "w");
+  if (f == nullptr) {
+    std::fprintf(stderr, "cannot write %s\n", argv[1]);
+    return 1;
+  }
+  std::fputs(json.c_str(), f);
+  std::fclose(f);
+  return 0;
+}

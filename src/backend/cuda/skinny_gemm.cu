@@ -1,0 +1,323 @@
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/device_utils.cuh"
+#include "backend/cuda/launch.cuh"
+#include "backend/cuda/skinny_gemm.h"
+
+namespace cascade::cuda {
+namespace {
+
+constexpr int kBN = 64;       // rows of w per CTA: the wgmma M side
+constexpr int kBM = 64;       // rows of x (zero-padded): the wgmma N side
+constexpr int kBK = 64;       // K per chunk: one 128-byte swizzle row of bf16
+// Ring depth: kStages - 1 chunks in flight, three from before the PDL wait. Four stages (65 KB)
+// leave room for a third CTA on an SM (the next kernel's, under PDL); five (81 KB, all four
+// chunks of a qkv or o_proj CTA ahead of the wait) made batch 8-32 decode steps 4-7% slower.
+constexpr int kStages = 4;
+constexpr int kThreads = 128;  // one warpgroup
+constexpr int kWBytes = kBN * kBK * 2;
+constexpr int kXBytes = kBM * kBK * 2;
+constexpr int kStageBytes = kWBytes + kXBytes;  // a stage: the w chunk, then the x chunk
+constexpr int kSmem = kStages * kStageBytes + 1024;  // + slack to align the ring to 1024 bytes
+constexpr int kMaxSplits = 8;  // split-K CTAs of a tile form one cluster (portable size)
+
+struct SkinnyParams {
+  const __nv_bfloat16* x;
+  const __nv_bfloat16* w;
+  void* y;
+  int M, N, K;
+  int chunks_per_split, splits;
+  bool y_f32;
+};
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CASCADE_SKINNY_SM90A 1
+#endif
+
+#ifdef CASCADE_SKINNY_SM90A
+__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Shared-memory matrix descriptor of a K-major tile in the 128-byte swizzle: rows of 128 bytes,
+// eight-row groups 1024 bytes apart (the stride offset); the leading offset is unused for this
+// layout. Stepping 16 elements of K within the swizzle row adds 32 bytes to the start address.
+__device__ __forceinline__ std::uint64_t smem_desc(std::uint32_t addr) {
+  return static_cast<std::uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<std::uint64_t>(1) << 16) |
+         (static_cast<std::uint64_t>(1024 >> 4) << 32) | (static_cast<std::uint64_t>(1) << 62);
+}
+
+// D[64 x 64] += A[64 x 16] · B[16 x 64]ᵀ, both operands K-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], std::uint64_t a, std::uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
+      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+// Keeps the compiler from moving accesses of the accumulators across the wgmma fences and waits.
+__device__ __forceinline__ void fence_operands(float (&d)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+// 16 bytes at a shared-memory address of CTA `rank` of the cluster.
+__device__ __forceinline__ float4 ld_cluster_f4(std::uint32_t addr, unsigned rank) {
+  std::uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+}
+
+// Writes D[r][c] of a thread's accumulator register i (see the fragment layout below).
+__device__ __forceinline__ void store_out(const SkinnyParams& p, int n0, int tid, int i, float v) {
+  const int warp = tid >> 5, lane = tid & 31;
+  const int n = n0 + warp * 16 + (lane >> 2) + ((i >> 1) & 1) * 8;
+  const int m = (i >> 2) * 8 + (lane & 3) * 2 + (i & 1);
+  if (n >= p.N || m >= p.M) return;
+  const std::int64_t o = static_cast<std::int64_t>(m) * p.N + n;
+  if (p.y_f32) {
+    static_cast<float*>(p.y)[o] = v;
+  } else {
+    static_cast<__nv_bfloat16*>(p.y)[o] = __float2bfloat16_rn(v);
+  }
+}
+#endif
+
+__global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p) {
+#ifdef CASCADE_SKINNY_SM90A
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const std::uint32_t ring = (raw + 1023u) & ~1023u;  // the swizzle pattern follows address bits 4-9
+  unsigned char* const ring_ptr = smem_raw + (ring - raw);
+  const int tid = threadIdx.x;
+  const int tile = blockIdx.x, split = blockIdx.y;
+  const int n0 = tile * kBN;
+  const int chunks = (p.K + kBK - 1) / kBK;
+  const int c_begin = split * p.chunks_per_split;
+  const int nc = min(p.chunks_per_split, chunks - c_begin);
+
+  // A staged chunk of R rows is R rows of 128 bytes; element (r, k) sits in row r, 16-byte unit
+  // (k / 8) ^ (r % 8) (the 128-byte swizzle). Thread tid stages units tid + j * 128.
+  const auto unit_offset = [](int r, int u) { return r * 128 + ((u ^ (r & 7)) << 4); };
+  auto load_w = [&](int c, int s) {
+    const std::uint32_t dst = ring + s * kStageBytes;
+    const int k0 = (c_begin + c) * kBK;
+#pragma unroll
+    for (int j = 0; j < kBN * 8 / kThreads; ++j) {
+      const int i = tid + j * kThreads;
+      const int r = i >> 3, u = i & 7;
+      const int n = n0 + r, k = k0 + u * 8;
+      const bool ok = n < p.N && k < p.K;
+      cp_async16(dst + unit_offset(r, u), ok ? p.w + static_cast<std::int64_t>(n) * p.K + k : p.w, ok);
+    }
+  };
+  auto load_x = [&](int c, int s) {
+    const std::uint32_t dst = ring + s * kStageBytes + kWBytes;
+    const int k0 = (c_begin + c) * kBK;
+#pragma unroll
+    for (int j = 0; j < kBM * 8 / kThreads; ++j) {
+      const int i = tid + j * kThreads;
+      const int r = i >> 3, u = i & 7;
+      const int k = k0 + u * 8;
+      const bool ok = r < p.M && k < p.K;
+      cp_async16(dst + unit_offset(r, u), ok ? p.x + static_cast<std::int64_t>(r) * p.K + k : p.x, ok);
+    }
+  };
+  // Commit groups: w of chunks 0..kStages-2 (before the wait: weights are constant), then x of
+  // the same chunks, then one group per iteration (w and x of the chunk kStages - 1 ahead,
+  // possibly empty), so chunk c's data is complete when at most kStages - 2 groups are pending
+  // at iteration c. The refill goes to the stage chunk c - 1 used, before chunk c's wgmmas.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nc) load_w(s, s);
+    cp_async_commit();
+  }
+  pdl_wait();  // launch.cuh: x is written by the previous kernel
+  pdl_release();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nc) load_x(s, s);
+    cp_async_commit();
+  }
+
+  float acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
+  for (int c = 0; c < nc; ++c) {
+    cp_async_wait<kStages - 2>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async writes -> wgmma reads
+    __syncthreads();  // every thread's part of chunk c landed; chunk c - 1's wgmmas are done
+    const int ahead = c + kStages - 1;
+    if (ahead < nc) {
+      load_w(ahead, ahead % kStages);
+      load_x(ahead, ahead % kStages);
+    }
+    cp_async_commit();
+    const std::uint32_t ws = ring + (c % kStages) * kStageBytes;
+    fence_operands(acc);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      wgmma_m64n64k16(acc, smem_desc(ws + kk * 32), smem_desc(ws + kWBytes + kk * 32));
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    fence_operands(acc);
+  }
+  cp_async_wait<0>();
+
+  // acc[i] is D[row][col] with row (a row of w) = warp * 16 + lane / 4 + 8 * bit 1 of i and
+  // col (a row of x) = (i / 4) * 8 + (lane % 4) * 2 + bit 0 of i (the wgmma accumulator layout).
+  if (p.splits > 1) {
+    // Split-K: the tile's CTAs are one cluster. Each leaves its partial tile in its own shared
+    // memory (as float4 [i / 4][thread]); after a cluster barrier, CTA r sums slice r of the
+    // tile over the CTAs in rank order (the same bits whatever the timing) and writes it.
+    __syncthreads();  // every warp's wgmmas are done with the ring
+    float4* mine = reinterpret_cast<float4*>(ring_ptr);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    cluster_sync();
+    const int S = p.splits;
+    const int r = static_cast<int>(cluster_rank());
+    const int q_end = (r + 1) * (8 * kThreads) / S;
+    for (int q = r * (8 * kThreads) / S + tid; q < q_end; q += kThreads) {
+      float4 sum = ld_cluster_f4(ring + q * 16, 0);
+      for (int src = 1; src < S; ++src) {
+        const float4 v = ld_cluster_f4(ring + q * 16, static_cast<unsigned>(src));
+        sum.x += v.x;
+        sum.y += v.y;
+        sum.z += v.z;
+        sum.w += v.w;
+      }
+      const int j = q / kThreads, t = q % kThreads;
+      store_out(p, n0, t, 4 * j, sum.x);
+      store_out(p, n0, t, 4 * j + 1, sum.y);
+      store_out(p, n0, t, 4 * j + 2, sum.z);
+      store_out(p, n0, t, 4 * j + 3, sum.w);
+    }
+    cluster_sync();  // no CTA leaves while another still reads its shared memory
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 32; ++i) store_out(p, n0, tid, i, acc[i]);
+#else
+  pdl_wait();
+  pdl_release();
+#endif
+}
+
+__global__ void skinny_probe_kernel(int* out) {
+#ifdef CASCADE_SKINNY_SM90A
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+}  // namespace
+
+bool skinny_gemm_available() {
+  static const bool ok = [] {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
+        major != 9 || minor != 0) {
+      return false;
+    }
+    int* d = nullptr;
+    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) return false;
+    int h = 0;
+    skinny_probe_kernel<<<1, 1>>>(d);
+    const bool ran = cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(d);
+    return ran && h == 1;
+  }();
+  return ok;
+}
+
+bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K) {
+  const auto aligned = [](const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; };
+  return M >= kSkinnyMinM && M <= kSkinnyMaxM && N >= 1 && K >= 8 && K % 8 == 0 && aligned(x) &&
+         aligned(w);
+}
+
+namespace {
+
+cudaError_t launch_typed(const SkinnyParams& p, int tiles, cudaStream_t stream) {
+  static bool configured = false;  // the attribute is per function; set once per process
+  if (!configured) {
+    const cudaError_t err = cudaFuncSetAttribute(skinny_gemm_kernel,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (err != cudaSuccess) return err;
+    configured = true;
+  }
+  static const bool use_pdl =
+      pdl_enabled() && pdl_kernel_ok(reinterpret_cast<const void*>(skinny_gemm_kernel));
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(tiles, p.splits);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (p.splits > 1) {  // the split-K CTAs of a tile are one cluster
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = static_cast<unsigned>(p.splits);
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (use_pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  return cudaLaunchKernelEx(&cfg, skinny_gemm_kernel, p);
+}
+
+}  // namespace
+
+cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
+                               int M, int N, int K, int target_ctas, cudaStream_t stream) {
+  const int tiles = (N + kBN - 1) / kBN;
+  const int chunks = (K + kBK - 1) / kBK;
+  // As many splits as keep the grid within target_ctas (at most a cluster's worth, one chunk
+  // each at least), then the fewest splits that give the same chunks per split.
+  int splits = std::clamp(target_ctas / tiles, 1, std::min(kMaxSplits, chunks));
+  const int per_split = (chunks + splits - 1) / splits;
+  splits = (chunks + per_split - 1) / per_split;
+  const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32};
+  return launch_typed(p, tiles, stream);
+}
+
+}  // namespace cascade::cuda

@@ -1,0 +1,189 @@
+// The tensor-core skinny GEMM (3 <= M <= 64, sm_90a) against a float64 CPU product: decode-batch
+// M values, Qwen3-0.6B layer shapes and lm_head, ragged N and K (partial w tiles, partial 64-column
+// chunks), split-K and not, bf16 and fp32 outputs, poisoned outputs and rows past M left alone,
+// run-to-run bit equality (the split-K sum has a fixed order), and Gemm::run's routing.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/skinny_gemm.h"
+#include "cuda_test_util.h"
+
+namespace cascade::cuda::test {
+namespace {
+
+std::vector<double> matmul_f64(const std::vector<float>& x, const std::vector<float>& w, int M,
+                               int N, int K) {
+  std::vector<double> y(static_cast<std::size_t>(M) * N);
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    for (int m = 0; m < M; ++m) {
+      double acc = 0.0;
+      const float* xr = x.data() + static_cast<std::size_t>(m) * K;
+      const float* wr = w.data() + static_cast<std::size_t>(n) * K;
+      for (int k = 0; k < K; ++k) acc += static_cast<double>(xr[k]) * wr[k];
+      y[static_cast<std::size_t>(m) * N + n] = acc;
+    }
+  }
+  return y;
+}
+
+double max_rel_error(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0.0, den = 0.0;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num = std::max(num, std::abs(a[i] - b[i]));
+    den = std::max(den, std::abs(b[i]));
+  }
+  return den > 0 ? num / den : num;
+}
+
+bool device_is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+}
+
+#define SKIP_WITHOUT_SKINNY()                                                          \
+  do {                                                                                 \
+    SKIP_WITHOUT_GPU();                                                                \
+    if (!skinny_gemm_available()) GTEST_SKIP() << "no sm_90a device for the skinny GEMM"; \
+  } while (0)
+
+struct Shape {
+  int n, k;
+};
+
+// Gemm::run with bf16 and fp32 outputs against float64; one spare poisoned row after y must stay
+// poisoned (no writes past row M - 1).
+void check_run(Gemm& gemm, std::mt19937_64& rng, int M, Shape s) {
+  auto x = random_vec(rng, static_cast<std::size_t>(M) * s.k);
+  auto w = random_vec(rng, static_cast<std::size_t>(s.n) * s.k);
+  auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+  ASSERT_TRUE(skinny_gemm_supported(d_x.get(), d_w.get(), M, s.n, s.k));
+  const auto ref = matmul_f64(x, w, M, s.n, s.k);
+  const std::size_t total = ref.size() + s.n;
+  DeviceBuffer<bf16> yb(total);
+  DeviceBuffer<float> yf(total);
+  poison(yb);
+  poison(yf);
+  gemm.run(d_x.get(), d_w.get(), yb.get(), false, M, s.n, s.k, nullptr);
+  gemm.run(d_x.get(), d_w.get(), yf.get(), true, M, s.n, s.k, nullptr);
+  auto got_b = from_bf16(download(yb, total));
+  auto got_f = download(yf, total);
+  for (std::size_t i = ref.size(); i < total; ++i) {
+    ASSERT_TRUE(std::isnan(got_b[i]) && std::isnan(got_f[i])) << "write past row M-1 at " << i;
+  }
+  got_b.resize(ref.size());
+  got_f.resize(ref.size());
+  EXPECT_LT(rel_error(got_b, ref), 1e-2) << "bf16 out, M=" << M << " N=" << s.n << " K=" << s.k;
+  EXPECT_LT(max_rel_error(got_b, ref), 1e-2) << "bf16 out, M=" << M << " N=" << s.n << " K=" << s.k;
+  EXPECT_LT(rel_error(got_f, ref), 1e-5) << "fp32 out, M=" << M << " N=" << s.n << " K=" << s.k;
+  EXPECT_LT(max_rel_error(got_f, ref), 1e-5) << "fp32 out, M=" << M << " N=" << s.n << " K=" << s.k;
+}
+
+TEST(CudaSkinnyGemm, AvailableOnSm90) {
+  SKIP_WITHOUT_GPU();
+  // The build's sm_90a code must be what runs on an H100/H200; elsewhere the path is off.
+  EXPECT_EQ(skinny_gemm_available(), device_is_sm90());
+  Gemm gemm;
+  EXPECT_EQ(gemm.skinny_enabled(), skinny_gemm_available());
+}
+
+TEST(CudaSkinnyGemm, DecodeBatchesMatchFloat64) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(41);
+  Gemm gemm;
+  ASSERT_TRUE(gemm.skinny_enabled());
+  // qkv, o_proj, gate_up, down of Qwen3-0.6B (split-K), plus ragged N (partial 128-row tiles)
+  // and K (partial 64-column chunks, K below one chunk).
+  const Shape shapes[] = {{4096, 1024}, {1024, 2048}, {6144, 1024}, {1024, 3072},
+                          {1000, 1032}, {77, 520},    {130, 8},     {3001, 200}};
+  for (int M : {3, 8, 9, 16, 33, 64}) {
+    for (Shape s : shapes) check_run(gemm, rng, M, s);
+  }
+}
+
+TEST(CudaSkinnyGemm, EveryMFrom3To64) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(42);
+  Gemm gemm;
+  for (int M = kSkinnyMinM; M <= kSkinnyMaxM; ++M) check_run(gemm, rng, M, {384, 328});
+}
+
+TEST(CudaSkinnyGemm, LmHeadShapeWithoutSplit) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(43);
+  Gemm gemm;
+  check_run(gemm, rng, 64, {151936, 1024});  // 1187 tiles: one CTA per tile over all of K
+  check_run(gemm, rng, 5, {40000, 4096});    // 64 chunks through the four-stage ring
+}
+
+// Direct launches with one split and with split-K (8-CTA clusters adding their partial tiles) agree
+// to fp32 rounding, and a split launch repeated gives the same bits (ranks are added in order).
+TEST(CudaSkinnyGemm, SplitKIsDeterministicAndAgreesWithOneSplit) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(44);
+  for (const int M : {48, 5}) {
+    const int N = 1000, K = 3072;  // 16 tiles (the last partial), 48 chunks: 8 splits of 6
+    auto x = random_vec(rng, static_cast<std::size_t>(M) * K);
+    auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+    auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+    DeviceBuffer<float> one(M * N), split_a(M * N), split_b(M * N);
+    poison(one);
+    poison(split_a);
+    poison(split_b);
+    CUDA_TRY(launch_skinny_gemm(d_x.get(), d_w.get(), one.get(), true, M, N, K, 1, nullptr));
+    CUDA_TRY(launch_skinny_gemm(d_x.get(), d_w.get(), split_a.get(), true, M, N, K, 1000, nullptr));
+    CUDA_TRY(launch_skinny_gemm(d_x.get(), d_w.get(), split_b.get(), true, M, N, K, 1000, nullptr));
+    const auto a = download(one, M * N), b = download(split_a, M * N), c = download(split_b, M * N);
+    const auto ref = matmul_f64(x, w, M, N, K);
+    EXPECT_LT(max_rel_error(a, ref), 1e-5) << "M=" << M;
+    EXPECT_LT(max_rel_error(b, ref), 1e-5) << "M=" << M;
+    EXPECT_EQ(std::memcmp(b.data(), c.data(), b.size() * sizeof(float)), 0) << "M=" << M;
+    EXPECT_NE(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
+        << "one split and eight summed in the same order: the split path did not run";
+  }
+}
+
+TEST(CudaSkinnyGemm, AgreesWithCublasLt) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(45);
+  Gemm gemm;
+  const int M = 64, N = 6144, K = 1024;
+  auto x = random_vec(rng, static_cast<std::size_t>(M) * K);
+  auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+  auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+  DeviceBuffer<float> a(M * N), b(M * N);
+  poison(a);
+  poison(b);
+  gemm.run(d_x.get(), d_w.get(), a.get(), true, M, N, K, nullptr);
+  gemm.run_cublaslt(d_x.get(), d_w.get(), b.get(), true, M, N, K, nullptr);
+  const auto va = download(a, M * N), vb = download(b, M * N);
+  EXPECT_LT(max_rel_error(va, std::vector<double>(vb.begin(), vb.end())), 1e-5);
+}
+
+// Host-side (runs in CI): the shape and alignment rules; only the addresses are looked at.
+TEST(CudaSkinnyGemm, RefusesShapesItCannotTake) {
+  alignas(16) static bf16 buf[64];
+  const bf16* x = buf;
+  const bf16* w = buf + 8;
+  EXPECT_TRUE(skinny_gemm_supported(x, w, 3, 70, 264));
+  EXPECT_TRUE(skinny_gemm_supported(x, w, 64, 70, 264));
+  EXPECT_FALSE(skinny_gemm_supported(x, w, 2, 70, 264));   // the GEMV's
+  EXPECT_FALSE(skinny_gemm_supported(x, w, 65, 70, 264));  // cuBLASLt's
+  EXPECT_FALSE(skinny_gemm_supported(x, w, 8, 70, 260));   // K not a multiple of 8
+  EXPECT_FALSE(skinny_gemm_supported(x, w, 8, 0, 264));
+  EXPECT_FALSE(skinny_gemm_supported(x + 1, w, 8, 70, 264));  // 2-byte aligned
+  EXPECT_FALSE(skinny_gemm_supported(x, w + 4, 8, 70, 264));  // 8-byte aligned
+}
+
+}  // namespace
+}  // namespace cascade::cuda::test
