@@ -111,10 +111,14 @@ int main(int argc, char** argv) {
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
   const int max_m = *std::max_element(ms.begin(), ms.end());
-  std::string json = "{\n  \"copy_bandwidth_gbs\": " + std::to_string(bw / 1e9) + ",\n  \"skinny\": " +
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_bandwidth_gbs\": " +
+                     std::to_string(bw / 1e9) + ",\n  \"skinny\": " +
                      (gemm.skinny_enabled() ? "true" : "false") + ",\n  \"results\": [\n";
   bool first = true;
-  std::printf("copy bandwidth %.0f GB/s, skinny GEMM %s\n", bw / 1e9, gemm.skinny_enabled() ? "on" : "off");
+  std::printf("%s, copy bandwidth %.0f GB/s, skinny GEMM %s\n", prop.name, bw / 1e9,
+              gemm.skinny_enabled() ? "on" : "off");
   std::printf("%-8s %4s %10s %10s %10s %8s %8s\n", "gemm", "M", "run us", "cublas us", "floor us",
               "run/fl", "cub/fl");
   for (const G& g : shapes) {

@@ -1,16 +1,19 @@
 // The tensor-core skinny GEMM (3 <= M <= 64, sm_90a) against a float64 CPU product: decode-batch
 // M values, Qwen3-0.6B layer shapes and lm_head, ragged N and K (partial w tiles, partial 64-column
-// chunks), split-K and not, bf16 and fp32 outputs, poisoned outputs and rows past M left alone,
-// run-to-run bit equality (the split-K sum has a fixed order), and Gemm::run's routing.
+// chunks), every split count 1-8, bf16 and fp32 outputs, poisoned outputs and rows past M left
+// alone, run-to-run bit equality (the split-K sum has a fixed order), x from the previous kernel
+// of a stream (the PDL wait), and Gemm::run's routing.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/kernels.h"
 #include "backend/cuda/skinny_gemm.h"
 #include "cuda_test_util.h"
 
@@ -51,10 +54,17 @@ bool device_is_sm90() {
   return major == 9 && minor == 0;
 }
 
-#define SKIP_WITHOUT_SKINNY()                                                          \
-  do {                                                                                 \
-    SKIP_WITHOUT_GPU();                                                                \
-    if (!skinny_gemm_available()) GTEST_SKIP() << "no sm_90a device for the skinny GEMM"; \
+bool skinny_switched_off() {
+  const char* v = std::getenv("CASCADE_GEMM_NO_SKINNY");
+  return v != nullptr && v[0] == '1';
+}
+
+// Tests that go through Gemm need its skinny path on (they would test cuBLASLt otherwise).
+#define SKIP_WITHOUT_SKINNY()                                                              \
+  do {                                                                                     \
+    SKIP_WITHOUT_GPU();                                                                    \
+    if (!skinny_gemm_available()) GTEST_SKIP() << "no sm_90a device for the skinny GEMM";  \
+    if (skinny_switched_off()) GTEST_SKIP() << "CASCADE_GEMM_NO_SKINNY=1";                 \
   } while (0)
 
 struct Shape {
@@ -91,10 +101,16 @@ void check_run(Gemm& gemm, std::mt19937_64& rng, int M, Shape s) {
 
 TEST(CudaSkinnyGemm, AvailableOnSm90) {
   SKIP_WITHOUT_GPU();
-  // The build's sm_90a code must be what runs on an H100/H200; elsewhere the path is off.
+  // The repository builds sm_90a code (CASCADE_CUDA_ARCHS): on an H100/H200 it must be what runs;
+  // elsewhere the path is off and a direct launch is refused rather than doing nothing.
   EXPECT_EQ(skinny_gemm_available(), device_is_sm90());
   Gemm gemm;
-  EXPECT_EQ(gemm.skinny_enabled(), skinny_gemm_available());
+  EXPECT_EQ(gemm.skinny_enabled(), skinny_gemm_available() && !skinny_switched_off());
+  if (!skinny_gemm_available()) {
+    DeviceBuffer<bf16> x(64 * 64), w(64 * 64), y(64 * 64);
+    EXPECT_EQ(launch_skinny_gemm(x.get(), w.get(), y.get(), false, 8, 64, 64, 1, nullptr),
+              cudaErrorNotSupported);
+  }
 }
 
 TEST(CudaSkinnyGemm, DecodeBatchesMatchFloat64) {
@@ -102,7 +118,7 @@ TEST(CudaSkinnyGemm, DecodeBatchesMatchFloat64) {
   std::mt19937_64 rng(41);
   Gemm gemm;
   ASSERT_TRUE(gemm.skinny_enabled());
-  // qkv, o_proj, gate_up, down of Qwen3-0.6B (split-K), plus ragged N (partial 128-row tiles)
+  // qkv, o_proj, gate_up, down of Qwen3-0.6B (split-K), plus ragged N (partial 64-row tiles)
   // and K (partial 64-column chunks, K below one chunk).
   const Shape shapes[] = {{4096, 1024}, {1024, 2048}, {6144, 1024}, {1024, 3072},
                           {1000, 1032}, {77, 520},    {130, 8},     {3001, 200}};
@@ -151,6 +167,65 @@ TEST(CudaSkinnyGemm, SplitKIsDeterministicAndAgreesWithOneSplit) {
     EXPECT_NE(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
         << "one split and eight summed in the same order: the split path did not run";
   }
+}
+
+// Every split count a cluster can have (1-8), each with a partial last chunk, a partial last
+// tile, bf16 and fp32 out: K = 128 * S - 8 is 2S chunks, two per split.
+TEST(CudaSkinnyGemm, EverySplitCountFrom1To8) {
+  SKIP_WITHOUT_GPU();
+  if (!skinny_gemm_available()) GTEST_SKIP() << "no sm_90a device for the skinny GEMM";
+  std::mt19937_64 rng(47);
+  const int M = 19, N = 130, tiles = 3;
+  for (int S = 1; S <= 8; ++S) {
+    const int K = 128 * S - 8;
+    auto x = random_vec(rng, static_cast<std::size_t>(M) * K);
+    auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+    auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+    const auto ref = matmul_f64(x, w, M, N, K);
+    DeviceBuffer<bf16> yb(ref.size());
+    DeviceBuffer<float> yf(ref.size());
+    poison(yb);
+    poison(yf);
+    CUDA_TRY(launch_skinny_gemm(d_x.get(), d_w.get(), yb.get(), false, M, N, K, tiles * S, nullptr));
+    CUDA_TRY(launch_skinny_gemm(d_x.get(), d_w.get(), yf.get(), true, M, N, K, tiles * S, nullptr));
+    EXPECT_LT(max_rel_error(from_bf16(download(yb, ref.size())), ref), 1e-2) << "splits " << S;
+    EXPECT_LT(max_rel_error(download(yf, ref.size()), ref), 1e-5) << "splits " << S;
+  }
+}
+
+// x written by the previous kernel on the same stream (PDL lets the GEMM start while it runs):
+// the GEMM must read x only after its wait. silu_mul writes x over a poisoned buffer.
+TEST(CudaSkinnyGemm, ReadsXOnlyAfterThePreviousKernel) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(48);
+  Gemm gemm;
+  const int M = 64, N = 1024, K = 3072;
+  auto gu = to_bf16(random_vec(rng, static_cast<std::size_t>(M) * 2 * K, -3.0f, 3.0f));
+  const auto guf = from_bf16(gu);
+  std::vector<float> act(static_cast<std::size_t>(M) * K);
+  for (int m = 0; m < M; ++m) {
+    for (int k = 0; k < K; ++k) {
+      const float g = guf[static_cast<std::size_t>(m) * 2 * K + k];
+      const float u = guf[static_cast<std::size_t>(m) * 2 * K + K + k];
+      act[static_cast<std::size_t>(m) * K + k] = round_bf16(g / (1.0f + std::exp(-g)) * u);
+    }
+  }
+  auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+  const auto ref = matmul_f64(act, w, M, N, K);
+  auto d_gu = upload(gu), d_w = upload(to_bf16(w));
+  DeviceBuffer<bf16> x(static_cast<std::size_t>(M) * K), y(ref.size());
+  cudaStream_t stream = nullptr;
+  CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int round = 0; round < 3; ++round) {
+    poison(x);
+    poison(y);
+    CUDA_TRY(cudaDeviceSynchronize());
+    ASSERT_EQ(launch_silu_mul({d_gu.get(), x.get(), M, K}, stream), cudaSuccess);
+    gemm.run(x.get(), d_w.get(), y.get(), false, M, N, K, stream);
+    CUDA_TRY(cudaStreamSynchronize(stream));
+    EXPECT_LT(max_rel_error(from_bf16(download(y, ref.size())), ref), 1e-2) << "round " << round;
+  }
+  CUDA_TRY(cudaStreamDestroy(stream));
 }
 
 TEST(CudaSkinnyGemm, AgreesWithCublasLt) {

@@ -28,6 +28,8 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   // y = x · wᵀ (row-major). `y` is bf16 unless y_f32. Throws cascade::Error(kCuda) on failure.
+  // y must not overlap x or w; w (weights) must not be written by the kernel just before: the
+  // GEMV and skinny paths read it before their PDL wait (launch.cuh).
   void run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
            int K, cudaStream_t stream);
 
@@ -62,7 +64,7 @@ class Gemm {
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
   int sm_count_ = 0;  // SMs of the current device, sizes the GEMV grid
-  bool gemv_off_ = false;  // CASCADE_GEMM_NO_GEMV=1: cuBLASLt for every M (A/B benchmarks)
+  bool gemv_off_ = false;  // CASCADE_GEMM_NO_GEMV=1: no GEMV, cuBLASLt at M <= 2 (A/B benchmarks)
   bool norm_gemv_off_ = false;  // CASCADE_GEMV_NO_NORM=1: separate norm kernels (A/B benchmarks)
   bool skinny_on_ = false;  // skinny_gemm_available() and not CASCADE_GEMM_NO_SKINNY=1 (A/B)
   int skinny_target_ctas_ = 0;  // split-K sizes skinny grids to about this many CTAs

@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
@@ -228,8 +230,7 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
 #pragma unroll
   for (int i = 0; i < 32; ++i) store_out(p, n0, tid, i, acc[i]);
 #else
-  pdl_wait();
-  pdl_release();
+  __trap();  // launch_skinny_gemm refuses devices without this kernel's sm_90a code
 #endif
 }
 
@@ -243,23 +244,40 @@ __global__ void skinny_probe_kernel(int* out) {
 
 }  // namespace
 
+namespace {
+
+// Whether the current device runs the sm_90a code of this file: compute capability 9.0 and a
+// one-thread probe kernel that reports having been compiled with it.
+bool probe_current_device() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
+      major != 9 || minor != 0) {
+    return false;
+  }
+  int* d = nullptr;
+  if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) return false;
+  int h = 0;
+  skinny_probe_kernel<<<1, 1>>>(d);
+  const bool launched = cudaGetLastError() == cudaSuccess;  // also clears a launch error
+  const bool copied = launched && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+  cudaFree(d);
+  return copied && h == 1;
+}
+
+}  // namespace
+
 bool skinny_gemm_available() {
-  static const bool ok = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
-        major != 9 || minor != 0) {
-      return false;
-    }
-    int* d = nullptr;
-    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) return false;
-    int h = 0;
-    skinny_probe_kernel<<<1, 1>>>(d);
-    const bool ran = cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(d);
-    return ran && h == 1;
-  }();
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  static std::mutex mu;
+  static std::map<int, bool> known;  // per device ordinal
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto it = known.find(dev);
+  if (it != known.end()) return it->second;
+  const bool ok = probe_current_device();
+  known.emplace(dev, ok);
   return ok;
 }
 
@@ -272,13 +290,10 @@ bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M
 namespace {
 
 cudaError_t launch_typed(const SkinnyParams& p, int tiles, cudaStream_t stream) {
-  static bool configured = false;  // the attribute is per function; set once per process
-  if (!configured) {
-    const cudaError_t err = cudaFuncSetAttribute(skinny_gemm_kernel,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (err != cudaSuccess) return err;
-    configured = true;
-  }
+  // The shared-memory opt-in, once per process (thread-safe static initialisation).
+  static const cudaError_t attr_err =
+      cudaFuncSetAttribute(skinny_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (attr_err != cudaSuccess) return attr_err;
   static const bool use_pdl =
       pdl_enabled() && pdl_kernel_ok(reinterpret_cast<const void*>(skinny_gemm_kernel));
   cudaLaunchConfig_t cfg{};
@@ -309,6 +324,7 @@ cudaError_t launch_typed(const SkinnyParams& p, int tiles, cudaStream_t stream) 
 
 cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
                                int M, int N, int K, int target_ctas, cudaStream_t stream) {
+  if (!skinny_gemm_available()) return cudaErrorNotSupported;
   const int tiles = (N + kBN - 1) / kBN;
   const int chunks = (K + kBK - 1) / kBK;
   // As many splits as keep the grid within target_ctas (at most a cluster's worth, one chunk

@@ -28,15 +28,17 @@ inline constexpr int kSkinnyMaxM = 64;
 
 // True when the current device runs the kernel's sm_90a code (an H100/H200 with this build's
 // sm_90a cubin loaded; false on older devices, in a build without sm_90a, and without a device).
-// Probed once per process with a one-thread kernel.
+// Probed once per device with a one-thread kernel and a synchronous copy: call it first outside
+// stream capture (Gemm's constructor does).
 bool skinny_gemm_available();
 
 // True when launch_skinny_gemm takes the shape: kSkinnyMinM <= M <= kSkinnyMaxM, N >= 1, K a
 // positive multiple of 8, x and w 16-byte aligned (availability is checked separately).
 bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K);
 
-// Enqueues y = x · wᵀ (shape must satisfy skinny_gemm_supported, and skinny_gemm_available() must
-// hold). target_ctas: split-K (at most 8 splits, a cluster per tile) keeps the grid within about
+// Enqueues y = x · wᵀ (shape must satisfy skinny_gemm_supported; cudaErrorNotSupported where
+// skinny_gemm_available() is false). y must not overlap x or w, and w must be complete before
+// the previous kernel in the stream started (it is read before the PDL wait: weights). target_ctas: split-K (at most 8 splits, a cluster per tile) keeps the grid within about
 // this many CTAs (Gemm passes twice the SM count: two CTAs fit an SM); 1 means no split.
 cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
                                int M, int N, int K, int target_ctas, cudaStream_t stream);
