@@ -24,15 +24,7 @@
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/kernels.h"
-
-#define CK(expr)                                                                            \
-  do {                                                                                      \
-    const cudaError_t e_ = (expr);                                                          \
-    if (e_ != cudaSuccess) {                                                                \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(2);                                                                         \
-    }                                                                                       \
-  } while (0)
+#include "cuda_bench_util.h"
 
 namespace {
 
@@ -60,10 +52,7 @@ struct Op {  // one attention op (plan uploaded, graph captured)
   cudaGraphExec_t exec = nullptr;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using cascade::bench::median;
 
 float bf(bf16 x) { return __bfloat162float(x); }
 

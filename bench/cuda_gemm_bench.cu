@@ -20,22 +20,12 @@
 
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kernels.h"
+#include "cuda_bench_util.h"
 
 namespace {
 
-#define CK(expr)                                                                              \
-  do {                                                                                        \
-    const cudaError_t e_ = (expr);                                                            \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using cascade::bench::copy_bandwidth;
+using cascade::bench::median;
 
 __global__ void fill_kernel(__nv_bfloat16* p, std::size_t n, unsigned seed) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
@@ -44,30 +34,6 @@ __global__ void fill_kernel(__nv_bfloat16* p, std::size_t n, unsigned seed) {
     h ^= h >> 13;
     p[i] = __float2bfloat16((static_cast<float>(h & 0xffff) / 65536.0f - 0.5f) * 0.05f);
   }
-}
-
-// Copy bandwidth (bytes read + written per second) of a 1 GiB device copy.
-double copy_bandwidth() {
-  const std::size_t bytes = 1ull << 30;
-  void *a = nullptr, *b = nullptr;
-  CK(cudaMalloc(&a, bytes));
-  CK(cudaMalloc(&b, bytes));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  std::vector<double> t;
-  for (int i = 0; i < 6; ++i) {
-    CK(cudaEventRecord(e0));
-    CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    if (i > 0) t.push_back(ms * 1e-3);
-  }
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * bytes / median(t);
 }
 
 }  // namespace

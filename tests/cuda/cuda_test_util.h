@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +15,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_runner.h"
+#include "backend/cuda/gemm.h"
 
 #define SKIP_WITHOUT_GPU()                                                     \
   do {                                                                         \
@@ -76,6 +78,48 @@ inline double rel_error(const std::vector<float>& a, const std::vector<double>& 
 }
 inline double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
   return rel_error(a, std::vector<double>(b.begin(), b.end()));
+}
+
+// y[m][n] = sum_k x[m][k] * w[n][k] in float64 (x and w hold bf16-exact values).
+inline std::vector<double> matmul_f64(const std::vector<float>& x, const std::vector<float>& w, int M,
+                               int N, int K) {
+  std::vector<double> y(static_cast<std::size_t>(M) * N);
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    for (int m = 0; m < M; ++m) {
+      double acc = 0.0;
+      const float* xr = x.data() + static_cast<std::size_t>(m) * K;
+      const float* wr = w.data() + static_cast<std::size_t>(n) * K;
+      for (int k = 0; k < K; ++k) acc += static_cast<double>(xr[k]) * wr[k];
+      y[static_cast<std::size_t>(m) * N + n] = acc;
+    }
+  }
+  return y;
+}
+
+// max |a - b| / max |b|; +inf if any a is not finite (poisoned outputs never pass).
+inline double max_rel_error(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0.0, den = 0.0;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num = std::max(num, std::abs(a[i] - b[i]));
+    den = std::max(den, std::abs(b[i]));
+  }
+  return den > 0 ? num / den : num;
+}
+
+// Gemm::run against Gemm::run_cublaslt on the same random inputs (fp32 out): max relative error.
+inline double run_vs_cublaslt(Gemm& gemm, std::mt19937_64& rng, int M, int N, int K) {
+  auto x = random_vec(rng, static_cast<std::size_t>(M) * K);
+  auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+  auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+  DeviceBuffer<float> a(static_cast<std::size_t>(M) * N), b(static_cast<std::size_t>(M) * N);
+  poison(a);
+  poison(b);
+  gemm.run(d_x.get(), d_w.get(), a.get(), true, M, N, K, nullptr);
+  gemm.run_cublaslt(d_x.get(), d_w.get(), b.get(), true, M, N, K, nullptr);
+  const auto va = download(a, a.size()), vb = download(b, b.size());
+  return max_rel_error(va, std::vector<double>(vb.begin(), vb.end()));
 }
 
 }  // namespace cascade::cuda::test
