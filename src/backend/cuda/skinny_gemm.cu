@@ -3,7 +3,6 @@
 #include <map>
 #include <mutex>
 
-#include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/skinny_gemm.h"
 
@@ -15,7 +14,7 @@ constexpr int kBM = 64;       // rows of x (zero-padded): the wgmma N side
 constexpr int kBK = 64;       // K per chunk: one 128-byte swizzle row of bf16
 // Ring depth: kStages - 1 chunks in flight, three from before the PDL wait. Four stages (65 KB)
 // leave room for a third CTA on an SM (the next kernel's, under PDL); five (81 KB, all four
-// chunks of a qkv or o_proj CTA ahead of the wait) made batch 8-32 decode steps 4-7% slower.
+// chunks of a qkv or o_proj CTA ahead of the wait) made batch 8-32 decode steps 3-8% slower.
 constexpr int kStages = 4;
 constexpr int kThreads = 128;  // one warpgroup
 constexpr int kWBytes = kBN * kBK * 2;
@@ -78,7 +77,8 @@ __device__ __forceinline__ void fence_operands(float (&d)[32]) {
 }
 
 __device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.arrive.release.aligned;\n"
+               "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 __device__ __forceinline__ unsigned cluster_rank() {
   unsigned r;
@@ -204,7 +204,9 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
     __syncthreads();  // every warp's wgmmas are done with the ring
     float4* mine = reinterpret_cast<float4*>(ring_ptr);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    for (int j = 0; j < 8; ++j) {
+      mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    }
     cluster_sync();
     const int S = p.splits;
     const int r = static_cast<int>(cluster_rank());
@@ -241,10 +243,6 @@ __global__ void skinny_probe_kernel(int* out) {
   *out = 0;
 #endif
 }
-
-}  // namespace
-
-namespace {
 
 // Whether the current device runs the sm_90a code of this file: compute capability 9.0 and a
 // one-thread probe kernel that reports having been compiled with it.
@@ -289,7 +287,7 @@ bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M
 
 namespace {
 
-cudaError_t launch_typed(const SkinnyParams& p, int tiles, cudaStream_t stream) {
+cudaError_t launch_kernel(const SkinnyParams& p, int tiles, cudaStream_t stream) {
   // The shared-memory opt-in, once per process (thread-safe static initialisation).
   static const cudaError_t attr_err =
       cudaFuncSetAttribute(skinny_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -333,7 +331,7 @@ cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, v
   const int per_split = (chunks + splits - 1) / splits;
   splits = (chunks + per_split - 1) / per_split;
   const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32};
-  return launch_typed(p, tiles, stream);
+  return launch_kernel(p, tiles, stream);
 }
 
 }  // namespace cascade::cuda
