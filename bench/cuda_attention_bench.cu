@@ -346,13 +346,7 @@ int main(int argc, char** argv) {
     }
   }
   json += "  ],\n  \"checks_passed\": " + std::string(all_ok ? "true" : "false") + "\n}\n";
-  FILE* f = std::fopen(argv[1], "w");
-  if (f == nullptr) {
-    std::fprintf(stderr, "cannot write %s\n", argv[1]);
-    return 2;
-  }
-  std::fputs(json.c_str(), f);
-  std::fclose(f);
+  if (!cascade::bench::write_text(argv[1], json)) return 2;
   std::printf("checks %s; JSON written to %s\n", all_ok ? "passed" : "FAILED", argv[1]);
   return all_ok ? 0 : 3;
 }

@@ -1,6 +1,6 @@
-// Helpers shared by the CUDA benchmarks: a CUDA error check that exits, the median, and the copy
+// Helpers shared by the CUDA benchmarks: a CUDA error check that exits, the median, the copy
 // bandwidth the floors are measured against (bytes read + written per second by a 1 GiB
-// device-to-device copy, median of 10 after 2 warm-up copies).
+// device-to-device copy, median of 10 after 2 warm-up copies), and writing the JSON.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #define CK(expr)                                                                                  \
@@ -50,6 +51,18 @@ inline double copy_bandwidth() {
   CK(cudaFree(a));
   CK(cudaFree(b));
   return 2.0 * bytes / (median(t) * 1e-3);
+}
+
+// Writes a benchmark's JSON to `path`; false (with a message) when it cannot.
+inline bool write_text(const char* path, const std::string& text) {
+  FILE* f = std::fopen(path, "w");
+  if (f == nullptr) {
+    std::fprintf(stderr, "cannot write %s\n", path);
+    return false;
+  }
+  std::fputs(text.c_str(), f);
+  std::fclose(f);
+  return true;
 }
 
 }  // namespace cascade::bench

@@ -218,12 +218,6 @@ int main(int argc, char** argv) {
   }
   for (std::size_t i = 0; i < rows.size(); ++i) json += rows[i] + (i + 1 < rows.size() ? ",\n" : "\n");
   json += "  ],\n  \"graph_eager_identical\": " + std::string(same ? "true" : "false") + "\n}\n";
-  FILE* f = std::fopen(argv[1], "w");
-  if (f == nullptr) {
-    std::fprintf(stderr, "cannot write %s\n", argv[1]);
-    return 2;
-  }
-  std::fputs(json.c_str(), f);
-  std::fclose(f);
+  if (!cascade::bench::write_text(argv[1], json)) return 2;
   return same ? 0 : 3;
 }

@@ -157,12 +157,6 @@ int main(int argc, char** argv) {
     cudaFree(y);
   }
   json += "\n  ]\n}\n";
-  FILE* f = std::fopen(argv[1], "w");
-  if (f == nullptr) {
-    std::fprintf(stderr, "cannot write %s\n", argv[1]);
-    return 1;
-  }
-  std::fputs(json.c_str(), f);
-  std::fclose(f);
+  if (!cascade::bench::write_text(argv[1], json)) return 1;
   return 0;
 }

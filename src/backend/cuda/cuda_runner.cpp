@@ -274,9 +274,8 @@ class CudaRunner final : public ModelRunner {
   template <typename T>
   void reserve_work(DeviceBuffer<T>& b, std::size_t size) {
     if (size <= b.size()) return;
-    quiesce();
-    b.resize(size);
-    drop_graphs();
+    grow(b, size);
+    drop_graphs();  // their kernels have the old address baked in
   }
   void drop_graphs() {  // callers quiesce() first (the destructor cannot throw)
     for (auto& e : graphs_) {

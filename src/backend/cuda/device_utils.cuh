@@ -100,6 +100,22 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* counter, unsigned
   return true;
 }
 
+// cp.async: 16 bytes global -> shared (sm_80+), zero-filled when !valid; groups committed and
+// waited on per thread (wait<N>: at most N of this thread's groups still pending).
+__device__ __forceinline__ void cp_async16(std::uint32_t smem_addr, const void* gmem, bool valid) {
+  const int src_size = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
+               "r"(src_size));
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  cp_async16(static_cast<std::uint32_t>(__cvta_generic_to_shared(smem)), gmem, valid);
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 // The eight bf16 of one 16-byte chunk as floats (exact).
 __device__ __forceinline__ void unpack_bf16x8(const uint4& u, float* f) {
   const unsigned w[4] = {u.x, u.y, u.z, u.w};

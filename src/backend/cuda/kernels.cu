@@ -159,9 +159,7 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
     wq[j] = __bfloat162float(p.q_norm[lane + 32 * j]);
     wk[j] = __bfloat162float(p.k_norm[lane + 32 * j]);
   }
-  if (p.early_release) pdl_release();  // launch.cuh: early release
-  pdl_wait();  // launch.cuh: the qkv rows are written by the previous kernel
-  if (!p.early_release) pdl_release();
+  pdl_wait_and_release(p.early_release);  // launch.cuh: the qkv rows are written by the previous kernel
   const bf16* row = p.qkv + static_cast<std::int64_t>(r) * total_heads * kD;
   for (int h = warp; h < total_heads; h += nwarps) {
     float v[kPer];
@@ -234,9 +232,7 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
 // reserves 16 state slices (split K), which batches of 8 took in two rounds of loads (v7).
 template <int kMergeBatch>
 __global__ void merge_states_kernel(MergeStatesParams p) {
-  if (p.early_release) pdl_release();  // launch.cuh: early release
-  pdl_wait();  // launch.cuh: before any read or write of step data
-  if (!p.early_release) pdl_release();
+  pdl_wait_and_release(p.early_release);  // launch.cuh: before any read or write of step data
   const std::int64_t rh = blockIdx.x;  // row * heads + head
   const int d = threadIdx.x;
   const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.heads;

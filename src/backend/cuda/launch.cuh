@@ -47,6 +47,14 @@ __device__ __forceinline__ void pdl_release() {
 #endif
 }
 
+// pdl_wait() and pdl_release() in the order a kernel's early_release flag asks for (launch.cuh's
+// early release: release first, so the next kernel's pre-wait work overlaps this wait).
+__device__ __forceinline__ void pdl_wait_and_release(bool early_release) {
+  if (early_release) pdl_release();
+  pdl_wait();
+  if (!early_release) pdl_release();
+}
+
 // PDL needs compute capability 9.0; the attribute is left off on older devices (and when
 // CASCADE_NO_PDL=1). Read once per process, for the device current at the first launch.
 // pdl_kernel_ok() below also requires that the kernel's loaded code has the griddepcontrol
@@ -74,23 +82,41 @@ inline bool pdl_kernel_ok(const void* kernel) {
   return cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.ptxVersion >= 90;
 }
 
-// Kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed.
-// The kernel is a template argument so that whether it may use PDL is looked up once per kernel
-// (a function-local static), not on every launch.
+// Kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed,
+// and with thread-block clusters of `cluster` CTAs where that has more than one (the cluster
+// dimensions must divide the grid's). The kernel is a template argument so that whether it may
+// use PDL is looked up once per kernel (a function-local static), not on every launch.
 template <auto Kernel, typename... Args>
-cudaError_t launch_pdl(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, Args&&... args) {
+cudaError_t launch_pdl_cluster(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, dim3 cluster,
+                               Args&&... args) {
   static const bool use_pdl = pdl_enabled() && pdl_kernel_ok(reinterpret_cast<const void*>(Kernel));
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster.x;
+    attr[n].val.clusterDim.y = cluster.y;
+    attr[n].val.clusterDim.z = cluster.z;
+    ++n;
+  }
+  if (use_pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = use_pdl ? 1 : 0;
+  cfg.numAttrs = n;
   return cudaLaunchKernelEx(&cfg, Kernel, std::forward<Args>(args)...);
+}
+
+template <auto Kernel, typename... Args>
+cudaError_t launch_pdl(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, Args&&... args) {
+  return launch_pdl_cluster<Kernel>(grid, block, smem, stream, dim3(1, 1, 1), std::forward<Args>(args)...);
 }
 
 }  // namespace cascade::cuda

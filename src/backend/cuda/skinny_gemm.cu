@@ -1,8 +1,8 @@
 #include <algorithm>
 #include <cstdint>
-#include <map>
-#include <mutex>
+#include <atomic>
 
+#include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/skinny_gemm.h"
 
@@ -37,16 +37,6 @@ struct SkinnyParams {
 #endif
 
 #ifdef CASCADE_SKINNY_SM90A
-__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 // Shared-memory matrix descriptor of a K-major tile in the 128-byte swizzle: rows of 128 bytes,
 // eight-row groups 1024 bytes apart (the stride offset); the leading offset is unused for this
 // layout. Stepping 16 elements of K within the swizzle row adds 32 bytes to the start address.
@@ -267,15 +257,17 @@ bool probe_current_device() {
 }  // namespace
 
 bool skinny_gemm_available() {
+  // Per device ordinal: 0 not yet probed, 1 available, -1 not. Read without a lock, since every
+  // skinny launch asks; a first probe on two threads at once gives the same answer twice.
+  constexpr int kMaxDevices = 64;
+  static std::atomic<signed char> known[kMaxDevices];
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  static std::mutex mu;
-  static std::map<int, bool> known;  // per device ordinal
-  const std::lock_guard<std::mutex> lock(mu);
-  const auto it = known.find(dev);
-  if (it != known.end()) return it->second;
+  if (dev < 0 || dev >= kMaxDevices) return probe_current_device();
+  const signed char k = known[dev].load(std::memory_order_relaxed);
+  if (k != 0) return k > 0;
   const bool ok = probe_current_device();
-  known.emplace(dev, ok);
+  known[dev].store(ok ? 1 : -1, std::memory_order_relaxed);
   return ok;
 }
 
@@ -292,30 +284,9 @@ cudaError_t launch_kernel(const SkinnyParams& p, int tiles, cudaStream_t stream)
   static const cudaError_t attr_err =
       cudaFuncSetAttribute(skinny_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (attr_err != cudaSuccess) return attr_err;
-  static const bool use_pdl =
-      pdl_enabled() && pdl_kernel_ok(reinterpret_cast<const void*>(skinny_gemm_kernel));
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(tiles, p.splits);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kSmem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int n = 0;
-  if (p.splits > 1) {  // the split-K CTAs of a tile are one cluster
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = 1;
-    attr[n].val.clusterDim.y = static_cast<unsigned>(p.splits);
-    attr[n].val.clusterDim.z = 1;
-    ++n;
-  }
-  if (use_pdl) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n].val.programmaticStreamSerializationAllowed = 1;
-    ++n;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = n;
-  return cudaLaunchKernelEx(&cfg, skinny_gemm_kernel, p);
+  // The split-K CTAs of a tile are one cluster.
+  return launch_pdl_cluster<skinny_gemm_kernel>(dim3(tiles, p.splits), dim3(kThreads), kSmem, stream,
+                                                dim3(1, p.splits, 1), p);
 }
 
 }  // namespace
