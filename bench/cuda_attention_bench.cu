@@ -124,10 +124,14 @@ int main(int argc, char** argv) {
   CK(cudaGetLastError());
   std::mt19937_64 rng(7);
 
-  std::printf("device: %s, %d SMs; copy bandwidth %.0f GB/s (1 GiB D2D, read+write)\n", prop.name,
-              num_sms, bw / 1e9);
+  // Probed here, outside the graph captures below.
+  const bool wgmma = cascade::cuda::attention_wgmma_available();
+  std::printf("device: %s, %d SMs; copy bandwidth %.0f GB/s (1 GiB D2D, read+write); four-warp "
+              "levels on %s\n",
+              prop.name, num_sms, bw / 1e9, wgmma ? "wgmma" : "mma.sync");
   std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_bandwidth_GBps\": " +
-                     std::to_string(bw / 1e9) + ",\n  \"shapes\": [\n";
+                     std::to_string(bw / 1e9) + ",\n  \"four_warp_levels\": \"" +
+                     (wgmma ? "wgmma" : "mma.sync") + "\",\n  \"shapes\": [\n";
   std::printf("%-22s %9s %9s %9s %9s %8s %8s %9s %9s\n", "shape (P/U/B)", "flat us", "casc us",
               "floor us", "flatflr", "casc/flr", "casc/flt", "err c-f", "err ref");
   bool all_ok = true;

@@ -57,7 +57,8 @@ void add_group(CascadeLevel& lv, std::vector<std::int32_t>& row_order, const std
 // Runs every level on the GPU and merges; returns the merged fp32 output [rows, heads, head_dim].
 std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const std::vector<float>& q,
                                  const std::vector<float>& kpool, const std::vector<float>& vpool,
-                                 int num_sms, const std::vector<std::int32_t>* written = nullptr) {
+                                 int num_sms, const std::vector<std::int32_t>* written = nullptr,
+                                 bool no_wgmma = false) {
   PlanPack pack;
   const char* why = "";
   EXPECT_TRUE(pack_plan(plan, m.heads, m.kv_heads, num_sms, 64, &pack, &why, written, m.page_size)) << why;
@@ -93,6 +94,7 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     p.grid_items = lp.num_items;
     p.grid_splits = lp.num_splits;
     p.warps = lp.warps;
+    p.no_wgmma = no_wgmma;
     EXPECT_EQ(launch_attention_level(p, nullptr), cudaSuccess);
   }
   DeviceBuffer<float> out(static_cast<std::size_t>(n) * m.heads * m.head_dim);
@@ -174,6 +176,12 @@ struct Fixture {
       EXPECT_LT(rel_error(got, ref), 1e-2)
           << what << " H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim << " sms=" << sms;
       split = got;
+    }
+    // Where four-warp levels run as wgmma (sm_90a), the mma.sync form must pass too.
+    if (attention_wgmma_available()) {
+      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, nullptr, true);
+      EXPECT_LT(rel_error(got, ref), 1e-2)
+          << what << " (mma.sync) H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
     }
     // Keys read ahead of the wait (kv_fresh): with nothing written this step every tile may be,
     // with each row's last key written only those before its page; the same bits either way.

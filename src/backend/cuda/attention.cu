@@ -1,8 +1,10 @@
 #include <cstdint>
+#include <cstdlib>
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/wgmma.cuh"
 
 namespace cascade::cuda {
 namespace {
@@ -36,6 +38,19 @@ __device__ inline void ldmatrix_x4_trans(unsigned (&r)[4], const void* smem) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+}
+
+// Element (token r, column col) of a staged K or V tile: padded rows for the mma.sync kernels;
+// for the wgmma kernel (kWg) the 128-byte swizzle of wgmma.cuh, the tile cut into 64-column
+// halves of kTile rows of 128 bytes each (K is then K-major for S = Q Kᵀ and V MN-major for
+// O = P V).
+template <int kD, int kTile, bool kWg>
+__device__ __forceinline__ int tile_elem(int r, int col) {
+  if constexpr (kWg) {
+    return (col >> 6) * (kTile * 64) + r * 64 + ((((col & 63) >> 3) ^ (r & 7)) << 3);
+  } else {
+    return r * (kD + 8) + col;
+  }
 }
 
 __device__ inline unsigned pack_bf16(float lo, float hi) {
@@ -80,8 +95,9 @@ __device__ inline unsigned pack_bf16(float lo, float hi) {
         const int slot = slots[r]; \
         const std::int64_t off = \
             (static_cast<std::int64_t>(slot < 0 ? 0 : slot) * p.num_kv_heads + kvh) * kD + col; \
-        cp_async16(ks + r * kStride + col, p.k_cache + off, slot >= 0); \
-        cp_async16(vs + r * kStride + col, p.v_cache + off, slot >= 0); \
+        const int e = tile_elem<kD, kTile, kWg>(r, col); \
+        cp_async16(ks + e, p.k_cache + off, slot >= 0); \
+        cp_async16(vs + e, p.v_cache + off, slot >= 0); \
       } \
     }
 
@@ -91,15 +107,30 @@ __device__ inline unsigned pack_bf16(float lo, float hi) {
 // before the wait where kv_fresh allows. A separate instantiation, so that the others compile to
 // the code they had before it (same PTX): with the extra load sites compiled into every launch,
 // flat decode in cuda_attention_bench took up to 9% longer with nothing read ahead (v7).
-template <int kD, int kWarps, bool kReadAhead>
+// kWg (four-warp CTAs on sm_90a, attention_wgmma_available()): the same CTA work, with the two
+// products as warpgroup MMAs: S = Q Kᵀ with Q's fragments from registers and K from the swizzled
+// tile, O += P V with P from registers and V read transposed (MN-major) from its tile.
+template <int kD, int kWarps, bool kReadAhead, bool kWg = false>
 __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     attention_level_kernel(AttentionLevelParams p) {
-  constexpr int kStride = kD + 8;  // padded smem row (bf16): conflict-free fragment loads
+  static_assert(!kWg || (kWarps == 4 && !kReadAhead), "the wgmma form is a four-warp kernel");
+  // Shared-memory row (bf16): padded for conflict-free fragment loads, or swizzled (tile_elem).
+  constexpr int kStride = kWg ? kD : kD + 8;
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunks = kD / 8;  // 16-byte chunks per KV row
   constexpr int kTile = kTileFor<kWarps>;
+#ifndef CASCADE_SM90A
+  if constexpr (kWg) {
+    __trap();  // launch_attention_level takes this form only where the sm_90a code runs
+  }
+#endif
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __nv_bfloat16* k_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [2][kTile][kStride]
+  unsigned char* smem_base = smem_raw;
+  if constexpr (kWg) {  // the swizzle pattern follows address bits 4-9: align the tiles to 1024
+    const unsigned raw = static_cast<unsigned>(__cvta_generic_to_shared(smem_raw));
+    smem_base += ((raw + 1023u) & ~1023u) - raw;
+  }
+  __nv_bfloat16* k_s = reinterpret_cast<__nv_bfloat16*>(smem_base);  // [2][kTile][kStride]
   __nv_bfloat16* v_s = k_s + 2 * kTile * kStride;
   int* slot_s = reinterpret_cast<int*>(v_s + 2 * kTile * kStride);  // [2][kTile]
 
@@ -234,6 +265,9 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     }
     cp_async_commit();
     cp_async_wait<1>();
+#ifdef CASCADE_SM90A
+    if constexpr (kWg) fence_proxy_async_smem();  // this thread's cp.async writes -> wgmma reads
+#endif
     __syncthreads();
 
     const __nv_bfloat16* ks = k_s + stage * kTile * kStride;
@@ -244,16 +278,37 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     // K B-fragments come four 8x8 matrices per ldmatrix: token rows j*8..j*8+7, columns
     // kk*16 + {0, 8, 16, 24}, i.e. (b0, b1) of k-steps kk and kk + 1.
     float s[kTile / 8][4];
+    if constexpr (kWg) {
+#ifdef CASCADE_SM90A
+      // The warpgroup's 64 rows x 64 tokens: s[j][e] is the accumulator register 4j + e (the
+      // same row/column assignment as the mma.sync fragments). K-major K: 16 columns of d are
+      // 32 bytes within a 128-byte row; columns 64+ are the second half of the tile.
+      auto& sf = reinterpret_cast<float (&)[kTile / 2]>(s);
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j) {
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-      const __nv_bfloat16* krow = ks + (j * 8 + (lane & 7)) * kStride + (lane >> 3) * 8;
+      for (int i = 0; i < kTile / 2; ++i) sf[i] = 0.0f;
+      const unsigned k_addr = static_cast<unsigned>(__cvta_generic_to_shared(ks));
+      fence_operands(sf);
+      wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kD / 16; kk += 2) {
-        unsigned b[4];
-        ldmatrix_x4(b, krow + kk * 16);
-        mma_bf16(s[j], qa[kk], b[0], b[1]);
-        mma_bf16(s[j], qa[kk + 1], b[2], b[3]);
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        wgmma_m64n64k16_rs<0>(sf, qa[kk], sw128_kmajor_desc(k_addr + (kk >> 2) * (kTile * 128) + (kk & 3) * 32));
+      }
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_operands(sf);
+#endif
+    } else {
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j) {
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        const __nv_bfloat16* krow = ks + (j * 8 + (lane & 7)) * kStride + (lane >> 3) * 8;
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; kk += 2) {
+          unsigned b[4];
+          ldmatrix_x4(b, krow + kk * 16);
+          mma_bf16(s[j], qa[kk], b[0], b[1]);
+          mma_bf16(s[j], qa[kk + 1], b[2], b[3]);
+        }
       }
     }
     // Mask (split end, causality) and scale into log2 units.
@@ -294,21 +349,52 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
       acc[n][3] *= corr[1];
     }
     // O += P V: P's accumulator layout is the A layout of the next mma (k = tokens).
+    if constexpr (kWg) {
+#ifdef CASCADE_SM90A
+      // V is the MN-major B operand: 16 tokens are 16 rows (2048 bytes) of the tile, the next
+      // 64 columns of d the other half (kTile rows further).
+      unsigned pa[kTile / 16][4];
 #pragma unroll
-    for (int kj = 0; kj < kTile / 16; ++kj) {
-      unsigned pa[4];
-      pa[0] = pack_bf16(s[2 * kj][0], s[2 * kj][1]);
-      pa[1] = pack_bf16(s[2 * kj][2], s[2 * kj][3]);
-      pa[2] = pack_bf16(s[2 * kj + 1][0], s[2 * kj + 1][1]);
-      pa[3] = pack_bf16(s[2 * kj + 1][2], s[2 * kj + 1][3]);
-      const int vrow = kj * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-      const int vcol = (lane >> 4) * 8;
+      for (int kj = 0; kj < kTile / 16; ++kj) {
+        pa[kj][0] = pack_bf16(s[2 * kj][0], s[2 * kj][1]);
+        pa[kj][1] = pack_bf16(s[2 * kj][2], s[2 * kj][3]);
+        pa[kj][2] = pack_bf16(s[2 * kj + 1][0], s[2 * kj + 1][1]);
+        pa[kj][3] = pack_bf16(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+      }
+      auto& of = reinterpret_cast<float (&)[kD / 2]>(acc);
+      const unsigned v_addr = static_cast<unsigned>(__cvta_generic_to_shared(vs));
+      fence_operands(of);
+      wgmma_fence();
 #pragma unroll
-      for (int dn = 0; dn < kD / 16; ++dn) {
-        unsigned b[4];
-        ldmatrix_x4_trans(b, vs + vrow * kStride + dn * 16 + vcol);
-        mma_bf16(acc[2 * dn], pa, b[0], b[1]);
-        mma_bf16(acc[2 * dn + 1], pa, b[2], b[3]);
+      for (int kj = 0; kj < kTile / 16; ++kj) {
+        const std::uint64_t vd = sw128_desc(v_addr + kj * 16 * 128, kTile * 128, 1024);
+        if constexpr (kD == 128) {
+          wgmma_m64n128k16_rs<1>(of, pa[kj], vd);
+        } else {
+          wgmma_m64n64k16_rs<1>(of, pa[kj], vd);
+        }
+      }
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_operands(of);
+#endif
+    } else {
+#pragma unroll
+      for (int kj = 0; kj < kTile / 16; ++kj) {
+        unsigned pa[4];
+        pa[0] = pack_bf16(s[2 * kj][0], s[2 * kj][1]);
+        pa[1] = pack_bf16(s[2 * kj][2], s[2 * kj][3]);
+        pa[2] = pack_bf16(s[2 * kj + 1][0], s[2 * kj + 1][1]);
+        pa[3] = pack_bf16(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+        const int vrow = kj * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        const int vcol = (lane >> 4) * 8;
+#pragma unroll
+        for (int dn = 0; dn < kD / 16; ++dn) {
+          unsigned b[4];
+          ldmatrix_x4_trans(b, vs + vrow * kStride + dn * 16 + vcol);
+          mma_bf16(acc[2 * dn], pa, b[0], b[1]);
+          mma_bf16(acc[2 * dn + 1], pa, b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // this stage is refilled by the next iteration's load
@@ -341,23 +427,32 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   }
 }
 
-template <int kD, int kWarps, bool kReadAhead = false>
+template <int kD, int kWarps, bool kReadAhead = false, bool kWg = false>
 cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
-  constexpr int kStride = kD + 8;
+  constexpr int kStride = kWg ? kD : kD + 8;
   constexpr int kTile = kTileFor<kWarps>;
-  constexpr int kSmem = 2 * 2 * kTile * kStride * 2 + 2 * kTile * 4;
+  // Two stages of K and V tiles and their slots (+ slack to align the tiles to 1024 for kWg).
+  constexpr int kSmem = 2 * 2 * kTile * kStride * 2 + 2 * kTile * 4 + (kWg ? 1024 : 0);
   static bool configured = false;  // the attribute is per function; set once per process
   if (!configured) {
-    const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps, kReadAhead>,
+    const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps, kReadAhead, kWg>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (err != cudaSuccess) return err;
     configured = true;
   }
   const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
-  return launch_pdl<attention_level_kernel<kD, kWarps, kReadAhead>>(grid, dim3(kWarps * 32), kSmem, stream, p);
+  return launch_pdl<attention_level_kernel<kD, kWarps, kReadAhead, kWg>>(grid, dim3(kWarps * 32), kSmem, stream, p);
 }
 
 }  // namespace
+
+bool attention_wgmma_available() {
+  static const bool off = [] {
+    const char* v = std::getenv("CASCADE_ATTENTION_NO_WGMMA");
+    return v != nullptr && v[0] == '1';
+  }();
+  return !off && sm90a_code_available();
+}
 
 cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream) {
   if (p.grid_items <= 0 || p.grid_splits <= 0) return cudaSuccess;
@@ -365,12 +460,13 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
       p.num_heads / p.num_kv_heads > 8) {
     return cudaErrorInvalidValue;
   }
+  const bool wg = p.warps == 4 && !p.no_wgmma && attention_wgmma_available();
   if (p.head_dim == 128) {
-    if (p.warps == 4) return launch_typed<128, 4>(p, stream);
+    if (p.warps == 4) return wg ? launch_typed<128, 4, false, true>(p, stream) : launch_typed<128, 4>(p, stream);
     return p.read_ahead ? launch_typed<128, 1, true>(p, stream) : launch_typed<128, 1>(p, stream);
   }
   if (p.head_dim == 64) {
-    if (p.warps == 4) return launch_typed<64, 4>(p, stream);
+    if (p.warps == 4) return wg ? launch_typed<64, 4, false, true>(p, stream) : launch_typed<64, 4>(p, stream);
     return p.read_ahead ? launch_typed<64, 1, true>(p, stream) : launch_typed<64, 1>(p, stream);
   }
   return cudaErrorInvalidValue;

@@ -7,6 +7,8 @@
 // products and fp32 accumulation. Decode-like
 // levels (<= 16 stacked rows per group) use one-warp CTAs and split the KV range across CTAs
 // (split-K); the partial states are merged with the other levels' states by merge_states.
+// On sm_90a the four-warp CTAs do the same work with warpgroup MMAs (wgmma: Q and P from
+// registers, K and V from 128-byte-swizzled tiles), attention_wgmma_available().
 // Supported: head_dim 64 or 128, num_heads / num_kv_heads in 1..8.
 #pragma once
 
@@ -54,7 +56,16 @@ struct AttentionLevelParams {
   // the other kernels' parameter offsets, and so their code, are those of a build without them.
   bool read_ahead = false;
   const std::int32_t* kv_fresh = nullptr;
+  // Four-warp levels use the wgmma form where attention_wgmma_available(); true keeps them on
+  // mma.sync (tests compare the two).
+  bool no_wgmma = false;
 };
+
+/// \brief True when four-warp levels (more than 16 stacked rows per group: shared cascade levels,
+/// prefill) run as warpgroup MMAs: the device runs this build's sm_90a code and
+/// CASCADE_ATTENTION_NO_WGMMA=1 is not set. The first call probes the device (a synchronous
+/// copy): make it outside stream capture.
+bool attention_wgmma_available();
 
 /// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
 /// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice.

@@ -5,6 +5,7 @@
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/skinny_gemm.h"
+#include "backend/cuda/wgmma.cuh"
 
 namespace cascade::cuda {
 namespace {
@@ -32,40 +33,7 @@ struct SkinnyParams {
   bool y_f32;
 };
 
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define CASCADE_SKINNY_SM90A 1
-#endif
-
-#ifdef CASCADE_SKINNY_SM90A
-// Shared-memory matrix descriptor of a K-major tile in the 128-byte swizzle: rows of 128 bytes,
-// eight-row groups 1024 bytes apart (the stride offset); the leading offset is unused for this
-// layout. Stepping 16 elements of K within the swizzle row adds 32 bytes to the start address.
-__device__ __forceinline__ std::uint64_t smem_desc(std::uint32_t addr) {
-  return static_cast<std::uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<std::uint64_t>(1) << 16) |
-         (static_cast<std::uint64_t>(1024 >> 4) << 32) | (static_cast<std::uint64_t>(1) << 62);
-}
-
-// D[64 x 64] += A[64 x 16] · B[16 x 64]ᵀ, both operands K-major in shared memory.
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], std::uint64_t a, std::uint64_t b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
-      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(a), "l"(b), "r"(1));
-}
-
-// Keeps the compiler from moving accesses of the accumulators across the wgmma fences and waits.
-__device__ __forceinline__ void fence_operands(float (&d)[32]) {
-#pragma unroll
-  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
+#ifdef CASCADE_SM90A
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n"
                "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
@@ -103,7 +71,7 @@ __device__ __forceinline__ void store_out(const SkinnyParams& p, int n0, int tid
 #endif
 
 __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p) {
-#ifdef CASCADE_SKINNY_SM90A
+#ifdef CASCADE_SM90A
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
   const std::uint32_t ring = (raw + 1023u) & ~1023u;  // the swizzle pattern follows address bits 4-9
@@ -164,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
   for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
   for (int c = 0; c < nc; ++c) {
     cp_async_wait<kStages - 2>();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async writes -> wgmma reads
+    fence_proxy_async_smem();
     __syncthreads();  // every thread's part of chunk c landed; chunk c - 1's wgmmas are done
     const int ahead = c + kStages - 1;
     if (ahead < nc) {
@@ -174,13 +142,13 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
     cp_async_commit();
     const std::uint32_t ws = ring + (c % kStages) * kStageBytes;
     fence_operands(acc);
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) {
-      wgmma_m64n64k16(acc, smem_desc(ws + kk * 32), smem_desc(ws + kWBytes + kk * 32));
+      wgmma_m64n64k16_ss(acc, sw128_kmajor_desc(ws + kk * 32), sw128_kmajor_desc(ws + kWBytes + kk * 32));
     }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmma_commit();
+    wgmma_wait_all();
     fence_operands(acc);
   }
   cp_async_wait<0>();
@@ -226,16 +194,17 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
 #endif
 }
 
-__global__ void skinny_probe_kernel(int* out) {
-#ifdef CASCADE_SKINNY_SM90A
+__global__ void sm90a_probe_kernel(int* out) {
+#ifdef CASCADE_SM90A
   *out = 1;
 #else
   *out = 0;
 #endif
 }
 
-// Whether the current device runs the sm_90a code of this file: compute capability 9.0 and a
-// one-thread probe kernel that reports having been compiled with it.
+// Whether the current device runs the library's sm_90a code (every .cu file is compiled for the
+// same architectures): compute capability 9.0 and a one-thread probe kernel that reports having
+// been compiled with it.
 bool probe_current_device() {
   int dev = 0, major = 0, minor = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
@@ -247,7 +216,7 @@ bool probe_current_device() {
   int* d = nullptr;
   if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) return false;
   int h = 0;
-  skinny_probe_kernel<<<1, 1>>>(d);
+  sm90a_probe_kernel<<<1, 1>>>(d);
   const bool launched = cudaGetLastError() == cudaSuccess;  // also clears a launch error
   const bool copied = launched && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
   cudaFree(d);
@@ -256,7 +225,7 @@ bool probe_current_device() {
 
 }  // namespace
 
-bool skinny_gemm_available() {
+bool sm90a_code_available() {
   // Per device ordinal: 0 not yet probed, 1 available, -1 not. Read without a lock, since every
   // skinny launch asks; a first probe on two threads at once gives the same answer twice.
   constexpr int kMaxDevices = 64;
@@ -270,6 +239,8 @@ bool skinny_gemm_available() {
   known[dev].store(ok ? 1 : -1, std::memory_order_relaxed);
   return ok;
 }
+
+bool skinny_gemm_available() { return sm90a_code_available(); }
 
 bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K) {
   const auto aligned = [](const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; };
