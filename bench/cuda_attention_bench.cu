@@ -7,7 +7,7 @@
 // Before timing, each shape is checked: cascade and flat outputs must agree (bf16 tolerance) and
 // two rows of each are compared with a float64 CPU softmax over the same pages.
 //
-// Usage: cuda_attention_bench OUT.json [--quick]
+// Usage: cuda_attention_bench OUT.json [--quick | --shape P/U/B]
 // Each timed run is one replay of a CUDA graph holding fill + level kernels + merge, with L2
 // flushed (a 256 MB memset) before it; the median of the runs is reported.
 #include <cuda_bf16.h>
@@ -60,10 +60,18 @@ float bf(bf16 x) { return __bfloat162float(x); }
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s OUT.json [--quick]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s OUT.json [--quick | --shape P/U/B]\n", argv[0]);
     return 1;
   }
   const bool quick = argc > 2 && std::string(argv[2]) == "--quick";
+  Shape only{-1, 0, 0};  // --shape P/U/B: that case alone (profiling)
+  if (argc > 3 && std::string(argv[2]) == "--shape" &&
+      (std::sscanf(argv[3], "%d/%d/%d", &only.prefix, &only.unique, &only.batch) != 3 || only.prefix < 0 ||
+       only.prefix % kPage != 0 || only.unique <= 0 || only.unique % kPage != 0 || only.batch <= 0 ||
+       only.batch > 256)) {
+    std::fprintf(stderr, "--shape wants P/U/B: P and U multiples of %d (U > 0), 0 < B <= 256\n", kPage);
+    return 1;
+  }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
   const int num_sms = prop.multiProcessorCount;
@@ -103,6 +111,7 @@ int main(int argc, char** argv) {
     }
   }
   if (quick) shapes = {{4096, 128, 64}, {0, 512, 64}};
+  if (only.prefix >= 0) shapes = {only};
   // One pool big enough for the largest shape; pages are handed out in a shuffled order.
   int max_pages = 0;
   for (const Shape& s : shapes) max_pages = std::max(max_pages, (s.prefix + s.batch * s.unique) / kPage + 1);

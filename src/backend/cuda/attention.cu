@@ -15,6 +15,9 @@ namespace {
 // issue-bound kernel. attention_plan.cpp cuts splits at multiples of 64, a multiple of both.
 template <int kWarps>
 inline constexpr int kTileFor = kWarps == 1 ? 32 : 64;
+// Stages of K/V tiles in shared memory. (For the wgmma form, 8-warp CTAs of 128 rows with four
+// stages, one CTA per SM, were 3-6% slower at batch 256 than this with three CTAs per SM, v9.)
+constexpr int kTileStages = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -71,12 +74,19 @@ __device__ inline unsigned pack_bf16(float lo, float hi) {
         const int t_hi = min(t0 + kTile, t_end); /* tokens [t0, t_hi) are read */ \
         const int t_next = t0 + kTile; \
         int next = -1; \
-        for (int win = cursor; win < page_end; win += 32) { \
+        /* wgmma form: the last window read stays in registers (pages before the cursor end */ \
+        /* before t0, so they add no slots), and most tiles need no loads. */ \
+        int win = kWg && w_base >= 0 && cursor >= w_base && cursor < w_base + 32 ? w_base : cursor; \
+        for (; win < page_end; win += 32) { \
           const int pidx = win + lane; \
           const bool in = pidx < page_end; \
-          const int ps = in ? L.page_start[pidx] : 0x7fffffff; \
-          const int pe = !in ? 0x7fffffff : pidx + 1 < page_end ? L.page_start[pidx + 1] : kv_len; \
-          const int pid = in ? L.page_ids[pidx] : 0; \
+          if (!kWg || win != w_base) { \
+            w_ps = in ? L.page_start[pidx] : 0x7fffffff; \
+            w_pe = !in ? 0x7fffffff : pidx + 1 < page_end ? L.page_start[pidx + 1] : kv_len; \
+            w_pid = in ? L.page_ids[pidx] : 0; \
+            w_base = win; \
+          } \
+          const int ps = w_ps, pe = w_pe, pid = w_pid; \
           for (int t = max(ps, t0); t < min(pe, t_hi); ++t) slots[t - t0] = pid * p.page_size + (t - ps); \
           const unsigned holds_next = __ballot_sync(0xffffffffu, in && pe > t_next); \
           if (next < 0 && holds_next != 0u) next = win + __ffs(holds_next) - 1; \
@@ -90,14 +100,33 @@ __device__ inline unsigned pack_bf16(float lo, float hi) {
       __syncthreads(); \
       __nv_bfloat16* ks = k_s + stage * kTile * kStride; \
       __nv_bfloat16* vs = v_s + stage * kTile * kStride; \
-      for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) { \
-        const int r = c / kChunks, col = (c % kChunks) * 8; \
-        const int slot = slots[r]; \
-        const std::int64_t off = \
-            (static_cast<std::int64_t>(slot < 0 ? 0 : slot) * p.num_kv_heads + kvh) * kD + col; \
-        const int e = tile_elem<kD, kTile, kWg>(r, col); \
-        cp_async16(ks + e, p.k_cache + off, slot >= 0); \
-        cp_async16(vs + e, p.v_cache + off, slot >= 0); \
+      if constexpr (kWg) { \
+        /* A thread keeps one column and every (kThreads / kChunks)-th row, a multiple of 8: */ \
+        /* its swizzled offset moves by whole rows, so it is computed once. */ \
+        constexpr int kRowStep = kThreads / kChunks; \
+        static_assert(kRowStep % 8 == 0 && kTile % kRowStep == 0, "rows per pass"); \
+        const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8; \
+        const int e0 = tile_elem<kD, kTile, kWg>(r0, col); \
+        const __nv_bfloat16* kbase = p.k_cache + kvh * kD + col; \
+        const __nv_bfloat16* vbase = p.v_cache + kvh * kD + col; \
+        const std::int64_t slot_stride = static_cast<std::int64_t>(p.num_kv_heads) * kD; \
+        _Pragma("unroll") \
+        for (int i = 0; i < kTile / kRowStep; ++i) { \
+          const int slot = slots[r0 + i * kRowStep]; \
+          const std::int64_t off = static_cast<std::int64_t>(slot < 0 ? 0 : slot) * slot_stride; \
+          cp_async16(ks + e0 + i * kRowStep * 64, kbase + off, slot >= 0); \
+          cp_async16(vs + e0 + i * kRowStep * 64, vbase + off, slot >= 0); \
+        } \
+      } else { \
+        for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) { \
+          const int r = c / kChunks, col = (c % kChunks) * 8; \
+          const int slot = slots[r]; \
+          const std::int64_t off = \
+              (static_cast<std::int64_t>(slot < 0 ? 0 : slot) * p.num_kv_heads + kvh) * kD + col; \
+          const int e = tile_elem<kD, kTile, kWg>(r, col); \
+          cp_async16(ks + e, p.k_cache + off, slot >= 0); \
+          cp_async16(vs + e, p.v_cache + off, slot >= 0); \
+        } \
       } \
     }
 
@@ -119,6 +148,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunks = kD / 8;  // 16-byte chunks per KV row
   constexpr int kTile = kTileFor<kWarps>;
+  constexpr int kStages = kTileStages;
 #ifndef CASCADE_SM90A
   if constexpr (kWg) {
     __trap();  // launch_attention_level takes this form only where the sm_90a code runs
@@ -130,9 +160,9 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     const unsigned raw = static_cast<unsigned>(__cvta_generic_to_shared(smem_raw));
     smem_base += ((raw + 1023u) & ~1023u) - raw;
   }
-  __nv_bfloat16* k_s = reinterpret_cast<__nv_bfloat16*>(smem_base);  // [2][kTile][kStride]
-  __nv_bfloat16* v_s = k_s + 2 * kTile * kStride;
-  int* slot_s = reinterpret_cast<int*>(v_s + 2 * kTile * kStride);  // [2][kTile]
+  __nv_bfloat16* k_s = reinterpret_cast<__nv_bfloat16*>(smem_base);  // [kStages][kTile][kStride]
+  __nv_bfloat16* v_s = k_s + kStages * kTile * kStride;
+  int* slot_s = reinterpret_cast<int*>(v_s + kStages * kTile * kStride);  // [kStages][kTile]
 
   // The plan arrays are uploaded before the step's first kernel, so this CTA's rows, KV range and
   // first page are found before the wait, while the previous kernel drains (launch.cuh); q and
@@ -174,8 +204,15 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   // KV range of this split, cut by causality at the CTA's last visible key.
   int max_q = -2147483647;
   const int m_last = min(m_base + kWarps * 16, m_count) - 1;
-  for (int r = m_base / gqa; r <= m_last / gqa; ++r) {
-    max_q = max(max_q, p.q_pos[p.row_order[q_begin + r]]);
+  if constexpr (kWg) {  // up to 64 rows: a lane per row, every warp the same maximum
+    for (int r = m_base / gqa + lane; r <= m_last / gqa; r += 32) {
+      max_q = max(max_q, p.q_pos[p.row_order[q_begin + r]]);
+    }
+    max_q = __reduce_max_sync(0xffffffffu, max_q);
+  } else {
+    for (int r = m_base / gqa; r <= m_last / gqa; ++r) {
+      max_q = max(max_q, p.q_pos[p.row_order[q_begin + r]]);
+    }
   }
   const int t_begin = split * per_split;
   int t_end = min(kv_len, t_begin + per_split);
@@ -195,6 +232,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   // takes two rounds of loads, not the ten dependent ones of a binary search); after that each
   // tile's slots come from one round of loads (a lane per page, 32 pages a round).
   int cursor = page_begin;
+  int w_base = -1, w_ps = 0, w_pe = 0, w_pid = 0;  // warp 0's window of 32 pages (the tile loader)
   if (warp == 0 && num_tiles > 0) {
     int lo = page_begin, n = page_end - page_begin;  // last page with page_start <= t_begin is in [lo, lo + n)
     while (n > 1) {
@@ -249,26 +287,39 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   auto load_tile = CASCADE_LOAD_TILE_LAMBDA;
 
   // Tiles not started before the wait start now. (Groups of cp.async: wait<1> below waits for
-  // all but the newest, empty ones included.)
-  if constexpr (kReadAhead) {
+  // all but the newest, empty ones included.) The wgmma form keeps kStages - 1 tiles in flight:
+  // one group per tile, so tile t is complete when at most kStages - 2 newer groups are pending.
+  if constexpr (kWg) {
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < num_tiles) load_tile(s, s);
+      cp_async_commit();
+    }
+  } else if constexpr (kReadAhead) {
     if (num_tiles > 0 && !pre0) load_tile(0, 0);
+    cp_async_commit();
   } else {
     if (num_tiles > 0) load_tile(0, 0);
-  }
-  cp_async_commit();
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    const int stage = tile & 1;
-    if constexpr (kReadAhead) {
-      if (tile + 1 < num_tiles && !(tile == 0 && pre1)) load_tile(tile + 1, stage ^ 1);
-    } else {
-      if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
-    }
     cp_async_commit();
-    cp_async_wait<1>();
+  }
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = kWg ? tile % kStages : tile & 1;
+    if constexpr (kWg) {
 #ifdef CASCADE_SM90A
-    if constexpr (kWg) fence_proxy_async_smem();  // this thread's cp.async writes -> wgmma reads
+      cp_async_wait<kStages - 2>();
+      fence_proxy_async_smem();  // this thread's cp.async writes -> wgmma reads
+      __syncthreads();  // tile's data complete; every warpgroup is done with tile - 1's stage
 #endif
-    __syncthreads();
+    } else {
+      if constexpr (kReadAhead) {
+        if (tile + 1 < num_tiles && !(tile == 0 && pre1)) load_tile(tile + 1, stage ^ 1);
+      } else {
+        if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+    }
 
     const __nv_bfloat16* ks = k_s + stage * kTile * kStride;
     const __nv_bfloat16* vs = v_s + stage * kTile * kStride;
@@ -294,6 +345,11 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
         wgmma_m64n64k16_rs<0>(sf, qa[kk], sw128_kmajor_desc(k_addr + (kk >> 2) * (kTile * 128) + (kk & 3) * 32));
       }
       wgmma_commit();
+      // While S is computed: refill the stage tile - 1 used (its wgmmas finished before the
+      // barrier above) with the tile kStages - 1 ahead.
+      const int ahead = tile + kStages - 1;
+      if (ahead < num_tiles) load_tile(ahead, ahead % kStages);
+      cp_async_commit();
       wgmma_wait_all();
       fence_operands(sf);
 #endif
@@ -313,15 +369,35 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     }
     // Mask (split end, causality) and scale into log2 units.
     float tile_max[2] = {-INFINITY, -INFINITY};
+    if constexpr (kWg) {
+      // Per row, the tile's visible tokens are a prefix: one compare per score against its
+      // length (the same rule as below, with less integer work in this issue-bound loop).
+      int vis[2];
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j) {
+      for (int h = 0; h < 2; ++h) {  // 64-bit: an invalid row's qpos is -2^31 + 1
+        vis[h] = static_cast<int>(min(static_cast<long long>(t_end),
+                                      static_cast<long long>(qpos[h]) - kv_start + 1)) - t0 - tig * 2;
+      }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e >> 1;
-        const int t = t0 + j * 8 + tig * 2 + (e & 1);
-        const bool ok = t < t_end && kv_start + t <= qpos[h];
-        s[j][e] = ok ? s[j][e] * scale2 : -INFINITY;
-        tile_max[h] = fmaxf(tile_max[h], s[j][e]);
+      for (int j = 0; j < kTile / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1;
+          s[j][e] = j * 8 + (e & 1) < vis[h] ? s[j][e] * scale2 : -INFINITY;
+          tile_max[h] = fmaxf(tile_max[h], s[j][e]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1;
+          const int t = t0 + j * 8 + tig * 2 + (e & 1);
+          const bool ok = t < t_end && kv_start + t <= qpos[h];
+          s[j][e] = ok ? s[j][e] * scale2 : -INFINITY;
+          tile_max[h] = fmaxf(tile_max[h], s[j][e]);
+        }
       }
     }
     float corr[2];
@@ -397,7 +473,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
         }
       }
     }
-    __syncthreads();  // this stage is refilled by the next iteration's load
+    if constexpr (!kWg) __syncthreads();  // this stage is refilled by the next iteration's load
   }
   cp_async_wait<0>();
 
@@ -431,8 +507,9 @@ template <int kD, int kWarps, bool kReadAhead = false, bool kWg = false>
 cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
   constexpr int kStride = kWg ? kD : kD + 8;
   constexpr int kTile = kTileFor<kWarps>;
-  // Two stages of K and V tiles and their slots (+ slack to align the tiles to 1024 for kWg).
-  constexpr int kSmem = 2 * 2 * kTile * kStride * 2 + 2 * kTile * 4 + (kWg ? 1024 : 0);
+  constexpr int kStages = kTileStages;
+  // The stages of K and V tiles and their slots (+ slack to align the tiles to 1024 for kWg).
+  constexpr int kSmem = kStages * (2 * kTile * kStride * 2 + kTile * 4) + (kWg ? 1024 : 0);
   static bool configured = false;  // the attribute is per function; set once per process
   if (!configured) {
     const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps, kReadAhead, kWg>,

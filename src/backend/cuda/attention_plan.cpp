@@ -112,8 +112,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // that a level of e.g. 512 CTAs (0.65 of a wave of 792) does not leave a third of the chip
     // idle. Four-warp CTAs (3 per SM, see the kernel's launch bounds; these are the shared
     // levels of big batches, compute-bound): take the split count that minimises the modelled
-    // makespan, waves x 64-token tiles per CTA, so that e.g. 64 CTAs over a 16k prefix get 6
-    // splits (384 CTAs, one wave of 396 slots) rather than a second, mostly idle wave.
+    // makespan, waves x (64-token tiles + 2) per CTA, so that e.g. 64 CTAs over a 16k prefix get
+    // 6 splits (384 CTAs, one wave of 396 slots) rather than a second, mostly idle wave.
     int splits = 1;
     const int ctas = lp.num_items * num_kv_heads;
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
@@ -132,7 +132,9 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
           const int tiles = ((max_len + s - 1) / s + kTile - 1) / kTile;  // per split, rounded
           const int real = (max_len + tiles * kTile - 1) / (tiles * kTile);
           const long long waves = (static_cast<long long>(ctas) * real + slots - 1) / slots;
-          const long long cost = waves * tiles;
+          // + 2 tiles per CTA for its fixed costs (start-up, first loads, its state written
+          // and merged): 37 splits of 7 tiles lost to 6 of 43 over a 16k prefix (v9).
+          const long long cost = waves * (tiles + 2);
           if (best_cost < 0 || cost < best_cost) {
             best_cost = cost;
             splits = real;
