@@ -61,6 +61,16 @@ __device__ inline unsigned pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const unsigned*>(&v);
 }
 
+// P's A fragment for tokens 16kj..16kj+15: the accumulator layout of S (n-tiles 2kj and 2kj + 1)
+// is the A layout of the next product, for mma.sync and wgmma alike.
+template <int kN>
+__device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsigned (&pa)[4]) {
+  pa[0] = pack_bf16(s[2 * kj][0], s[2 * kj][1]);
+  pa[1] = pack_bf16(s[2 * kj][2], s[2 * kj][3]);
+  pa[2] = pack_bf16(s[2 * kj + 1][0], s[2 * kj + 1][1]);
+  pa[3] = pack_bf16(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+}
+
 // The loader of one KV tile (slots by warp 0's page cursor, then cp.async of K and V), as a
 // macro so that the read-ahead instantiation can place a copy before the wait while the others
 // keep the one after it: moving the only copy changed their code (v7).
@@ -432,10 +442,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
       unsigned pa[kTile / 16][4];
 #pragma unroll
       for (int kj = 0; kj < kTile / 16; ++kj) {
-        pa[kj][0] = pack_bf16(s[2 * kj][0], s[2 * kj][1]);
-        pa[kj][1] = pack_bf16(s[2 * kj][2], s[2 * kj][3]);
-        pa[kj][2] = pack_bf16(s[2 * kj + 1][0], s[2 * kj + 1][1]);
-        pa[kj][3] = pack_bf16(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+        p_fragment(s, kj, pa[kj]);
       }
       auto& of = reinterpret_cast<float (&)[kD / 2]>(acc);
       const unsigned v_addr = static_cast<unsigned>(__cvta_generic_to_shared(vs));
@@ -458,10 +465,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
 #pragma unroll
       for (int kj = 0; kj < kTile / 16; ++kj) {
         unsigned pa[4];
-        pa[0] = pack_bf16(s[2 * kj][0], s[2 * kj][1]);
-        pa[1] = pack_bf16(s[2 * kj][2], s[2 * kj][3]);
-        pa[2] = pack_bf16(s[2 * kj + 1][0], s[2 * kj + 1][1]);
-        pa[3] = pack_bf16(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+        p_fragment(s, kj, pa);
         const int vrow = kj * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         const int vcol = (lane >> 4) * 8;
 #pragma unroll
