@@ -65,8 +65,8 @@ int main(int argc, char** argv) {
   }
   const bool quick = argc > 2 && std::string(argv[2]) == "--quick";
   Shape only{-1, 0, 0};  // --shape P/U/B: that case alone (profiling)
-  if (argc > 3 && std::string(argv[2]) == "--shape" &&
-      (std::sscanf(argv[3], "%d/%d/%d", &only.prefix, &only.unique, &only.batch) != 3 || only.prefix < 0 ||
+  if (argc > 2 && std::string(argv[2]) == "--shape" &&
+      (argc < 4 || std::sscanf(argv[3], "%d/%d/%d", &only.prefix, &only.unique, &only.batch) != 3 || only.prefix < 0 ||
        only.prefix % kPage != 0 || only.unique <= 0 || only.unique % kPage != 0 || only.batch <= 0 ||
        only.batch > 256)) {
     std::fprintf(stderr, "--shape wants P/U/B: P and U multiples of %d (U > 0), 0 < B <= 256\n", kPage);

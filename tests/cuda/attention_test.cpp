@@ -205,6 +205,44 @@ struct Fixture {
 const Model kModels[] = {{8, 2, 128}, {4, 4, 64}, {16, 2, 128}, {6, 2, 64}, {16, 8, 128},
                          {8, 2, 128, 1, 8192}, {4, 4, 64, 4, 2048}};
 
+TEST(CudaAttention, WgmmaFormRunsOnSm90) {
+  SKIP_WITHOUT_GPU();
+  // The repository builds sm_90a code (CASCADE_CUDA_ARCHS): on an H100/H200 the 64-row CTAs must
+  // run as wgmma (so the tests below cover it), unless switched off for A/B.
+  EXPECT_EQ(attention_wgmma_available(), device_is_sm90() && !switched_on("CASCADE_ATTENTION_NO_WGMMA"));
+}
+
+// A shared level over a long prefix with partial pages at a large start position: more than 32
+// pages per split at page size 16 (the loader's page window moves), and 37 rows, so the last
+// 64-row tile holds invalid rows whose query positions are far below the keys'.
+TEST(CudaAttention, LongSharedPrefixAtLargePositions) {
+  SKIP_WITHOUT_GPU();
+  for (const Model& model : {Model{16, 8, 128}, Model{8, 2, 64}, Model{4, 4, 128, 4, 2048}}) {
+    Fixture f(model, 15);
+    PageAlloc alloc(model.num_pages, f.rng);
+    CascadePlan plan;
+    plan.num_rows = 37;
+    plan.levels.resize(2);
+    plan.uses_shared_levels = true;
+    const int start = 1000000, shared = model.page_size == 16 ? 2500 : 1100;
+    std::vector<int> rows(plan.num_rows);
+    std::iota(rows.begin(), rows.end(), 0);
+    std::shuffle(rows.begin(), rows.end(), f.rng);
+    // The prefix in three chunks, so that two of its pages are partial.
+    add_group(plan.levels[0], plan.row_order, rows, {shared / 3 + 5, shared / 3 - 7, shared - 2 * (shared / 3) + 2},
+              start, alloc, model.page_size);
+    std::vector<std::int32_t> order1;
+    plan.q_pos.assign(plan.num_rows, 0);
+    for (int r : rows) {
+      const int own = 1 + static_cast<int>(f.rng() % 40);
+      add_group(plan.levels[1], order1, {r}, {own}, start + shared, alloc, model.page_size);
+      plan.q_pos[r] = start + shared + own - 1;
+    }
+    ASSERT_EQ(order1, plan.row_order);
+    f.check(plan, "long shared prefix");
+  }
+}
+
 TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {
   SKIP_WITHOUT_GPU();
   for (const Model& model : kModels) {

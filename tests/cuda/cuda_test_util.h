@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -27,6 +28,21 @@ namespace cascade::cuda::test {
 using bf16 = __nv_bfloat16;
 
 inline float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+// Compute capability 9.0 (H100/H200): where this build's sm_90a kernels must be the ones running.
+inline bool device_is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+}
+
+// An A/B switch such as CASCADE_GEMM_NO_SKINNY=1 is set.
+inline bool switched_on(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] == '1';
+}
 
 inline std::vector<float> random_vec(std::mt19937_64& rng, std::size_t n, float lo = -1.0f,
                                      float hi = 1.0f, bool bf16_exact = true) {

@@ -20,18 +20,7 @@
 namespace cascade::cuda::test {
 namespace {
 
-bool device_is_sm90() {
-  int dev = 0, major = 0, minor = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return major == 9 && minor == 0;
-}
-
-bool skinny_switched_off() {
-  const char* v = std::getenv("CASCADE_GEMM_NO_SKINNY");
-  return v != nullptr && v[0] == '1';
-}
+bool skinny_switched_off() { return switched_on("CASCADE_GEMM_NO_SKINNY"); }
 
 // Tests that go through Gemm need its skinny path on (they would test cuBLASLt otherwise).
 #define SKIP_WITHOUT_SKINNY()                                                              \

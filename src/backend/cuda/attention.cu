@@ -384,9 +384,11 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
       // length (the same rule as below, with less integer work in this issue-bound loop).
       int vis[2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {  // 64-bit: an invalid row's qpos is -2^31 + 1
-        vis[h] = static_cast<int>(min(static_cast<long long>(t_end),
-                                      static_cast<long long>(qpos[h]) - kv_start + 1)) - t0 - tig * 2;
+      for (int h = 0; h < 2; ++h) {  // in 64 bits (an invalid row's qpos is -2^31 + 1), then
+        // clamped to [-1, kTile], which keeps every comparison below
+        const long long lim = min(static_cast<long long>(t_end), static_cast<long long>(qpos[h]) - kv_start + 1) -
+                              t0 - tig * 2;
+        vis[h] = static_cast<int>(max(-1LL, min(lim, static_cast<long long>(kTile))));
       }
 #pragma unroll
       for (int j = 0; j < kTile / 8; ++j) {

@@ -44,6 +44,9 @@ class CudaRunner final : public ModelRunner {
     device_name_ = std::string("cuda:") + std::to_string(dev) + " (" + prop.name + ")";
     num_sms_ = prop.multiProcessorCount;
     gemm_ = std::make_unique<cuda::Gemm>();
+    // Probes the device (a synchronous copy) now, outside graph capture; Gemm has probed the
+    // same sm_90a code already, this keeps the attention kernels' choice from depending on it.
+    cuda::attention_wgmma_available();
 
     layout_.num_layers = config.num_hidden_layers;
     layout_.num_pages = num_pages;
