@@ -81,25 +81,7 @@ int main(int argc, char** argv) {
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
 
-  // Copy bandwidth: 1 GiB device-to-device, bytes read + written.
-  const std::size_t copy_bytes = 1ull << 30;
-  void *ca = nullptr, *cb = nullptr;
-  CK(cudaMalloc(&ca, copy_bytes));
-  CK(cudaMalloc(&cb, copy_bytes));
-  CK(cudaMemset(ca, 1, copy_bytes));
-  std::vector<double> ct;
-  for (int i = 0; i < 12; ++i) {
-    CK(cudaEventRecord(e0, st));
-    CK(cudaMemcpyAsync(cb, ca, copy_bytes, cudaMemcpyDeviceToDevice, st));
-    CK(cudaEventRecord(e1, st));
-    CK(cudaEventSynchronize(e1));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    if (i >= 2) ct.push_back(ms);
-  }
-  const double bw = 2.0 * copy_bytes / (median(ct) * 1e-3);
-  CK(cudaFree(ca));
-  CK(cudaFree(cb));
+  const double bw = cascade::bench::copy_bandwidth();
   const std::size_t flush_bytes = 256u << 20;
   void* flush = nullptr;
   CK(cudaMalloc(&flush, flush_bytes));

@@ -209,7 +209,7 @@ TEST(CudaAttention, WgmmaFormRunsOnSm90) {
   SKIP_WITHOUT_GPU();
   // The repository builds sm_90a code (CASCADE_CUDA_ARCHS): on an H100/H200 the 64-row CTAs must
   // run as wgmma (so the tests below cover it), unless switched off for A/B.
-  EXPECT_EQ(attention_wgmma_available(), device_is_sm90() && !switched_on("CASCADE_ATTENTION_NO_WGMMA"));
+  EXPECT_EQ(attention_wgmma_available(), device_is_sm90() && !ab_switch_on("CASCADE_ATTENTION_NO_WGMMA"));
 }
 
 // A shared level over a long prefix with partial pages at a large start position: more than 32

@@ -9,11 +9,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "backend/cuda/ab_switch.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_runner.h"
 #include "backend/cuda/gemm.h"
@@ -36,12 +36,6 @@ inline bool device_is_sm90() {
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
   return major == 9 && minor == 0;
-}
-
-// An A/B switch such as CASCADE_GEMM_NO_SKINNY=1 is set.
-inline bool switched_on(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && v[0] == '1';
 }
 
 inline std::vector<float> random_vec(std::mt19937_64& rng, std::size_t n, float lo = -1.0f,
@@ -111,6 +105,19 @@ inline std::vector<double> matmul_f64(const std::vector<float>& x, const std::ve
     }
   }
   return y;
+}
+
+// silu(gate) * up rounded to bf16, from rows [gate | up] of gate_up ([M, 2K], bf16-exact values):
+// the activation silu_mul writes and the down projection reads.
+inline std::vector<float> silu_mul_ref(const std::vector<float>& gate_up, int M, int K) {
+  std::vector<float> act(static_cast<std::size_t>(M) * K);
+  for (int m = 0; m < M; ++m) {
+    const float* row = gate_up.data() + static_cast<std::size_t>(m) * 2 * K;
+    for (int k = 0; k < K; ++k) {
+      act[static_cast<std::size_t>(m) * K + k] = round_bf16(row[k] / (1.0f + std::exp(-row[k])) * row[K + k]);
+    }
+  }
+  return act;
 }
 
 // max |a - b| / max |b|; +inf if any a is not finite (poisoned outputs never pass).

@@ -122,14 +122,7 @@ TEST(CudaGemv, SiluGemvMatchesFloat64AndTheTwoKernelPath) {
       auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
       const auto gu_b = to_bf16(gu);
       gu = from_bf16(gu_b);
-      std::vector<float> act(static_cast<std::size_t>(M) * K);
-      for (int m = 0; m < M; ++m) {
-        for (int k = 0; k < K; ++k) {
-          const float g = gu[static_cast<std::size_t>(m) * 2 * K + k], u = gu[static_cast<std::size_t>(m) * 2 * K + K + k];
-          act[static_cast<std::size_t>(m) * K + k] = g / (1.0f + std::exp(-g)) * u;
-        }
-      }
-      const auto ref = matmul_f64(from_bf16(to_bf16(act)), w, M, N, K);
+      const auto ref = matmul_f64(silu_mul_ref(gu, M, K), w, M, N, K);
       auto d_gu = upload(gu_b), d_w = upload(to_bf16(w));
       DeviceBuffer<bf16> fused(ref.size()), act_d(static_cast<std::size_t>(M) * K), two(ref.size());
       poison(fused);

@@ -20,7 +20,7 @@
 namespace cascade::cuda::test {
 namespace {
 
-bool skinny_switched_off() { return switched_on("CASCADE_GEMM_NO_SKINNY"); }
+bool skinny_switched_off() { return ab_switch_on("CASCADE_GEMM_NO_SKINNY"); }
 
 // Tests that go through Gemm need its skinny path on (they would test cuBLASLt otherwise).
 #define SKIP_WITHOUT_SKINNY()                                                              \
@@ -164,15 +164,7 @@ TEST(CudaSkinnyGemm, ReadsXOnlyAfterThePreviousKernel) {
   Gemm gemm;
   const int M = 64, N = 1024, K = 3072;
   auto gu = to_bf16(random_vec(rng, static_cast<std::size_t>(M) * 2 * K, -3.0f, 3.0f));
-  const auto guf = from_bf16(gu);
-  std::vector<float> act(static_cast<std::size_t>(M) * K);
-  for (int m = 0; m < M; ++m) {
-    for (int k = 0; k < K; ++k) {
-      const float g = guf[static_cast<std::size_t>(m) * 2 * K + k];
-      const float u = guf[static_cast<std::size_t>(m) * 2 * K + K + k];
-      act[static_cast<std::size_t>(m) * K + k] = round_bf16(g / (1.0f + std::exp(-g)) * u);
-    }
-  }
+  const auto act = silu_mul_ref(from_bf16(gu), M, K);
   auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
   const auto ref = matmul_f64(act, w, M, N, K);
   auto d_gu = upload(gu), d_w = upload(to_bf16(w));

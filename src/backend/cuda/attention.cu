@@ -1,5 +1,4 @@
 #include <cstdint>
-#include <cstdlib>
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_utils.cuh"
@@ -313,7 +312,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     cp_async_commit();
   }
   for (int tile = 0; tile < num_tiles; ++tile) {
-    const int stage = kWg ? tile % kStages : tile & 1;
+    const int stage = tile % kStages;
     if constexpr (kWg) {
 #ifdef CASCADE_SM90A
       cp_async_wait<kStages - 2>();
@@ -530,10 +529,7 @@ cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool attention_wgmma_available() {
-  static const bool off = [] {
-    const char* v = std::getenv("CASCADE_ATTENTION_NO_WGMMA");
-    return v != nullptr && v[0] == '1';
-  }();
+  static const bool off = ab_switch_on("CASCADE_ATTENTION_NO_WGMMA");
   return !off && sm90a_code_available();
 }
 

@@ -12,6 +12,7 @@
 #include <map>
 #include <string>
 
+#include "backend/cuda/ab_switch.h"
 #include "backend/cuda/attention.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/gemm.h"
@@ -611,10 +612,7 @@ class CudaRunner final : public ModelRunner {
     };
     // launch.cuh's early release for qk_norm_rope, merge and the down GEMV
     // (CASCADE_PDL_NO_EARLY_RELEASE=1: off).
-    static const bool early_release = [] {
-      const char* v = std::getenv("CASCADE_PDL_NO_EARLY_RELEASE");
-      return !(v != nullptr && v[0] == '1');
-    }();
+    static const bool early_release = !cuda::ab_switch_on("CASCADE_PDL_NO_EARLY_RELEASE");
     for (int li = 0; li < config_.num_hidden_layers; ++li) {
       const LayerDev& L = layers_[li];
       // Early release (launch.cuh) only where the qkv projection ran as our GEMV, which releases

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 
+#include "backend/cuda/ab_switch.h"
 #include "backend/cuda/cuda_check.h"
 
 #define CUBLAS_TRY(expr)                                                                    \
@@ -38,12 +39,9 @@ Gemm::Gemm() {
   int dev = 0;
   CUDA_TRY(cudaGetDevice(&dev));
   CUDA_TRY(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, dev));
-  const char* off = std::getenv("CASCADE_GEMM_NO_GEMV");
-  gemv_off_ = off != nullptr && off[0] == '1';
-  const char* norm_off = std::getenv("CASCADE_GEMV_NO_NORM");
-  norm_gemv_off_ = norm_off != nullptr && norm_off[0] == '1';
-  const char* skinny_off = std::getenv("CASCADE_GEMM_NO_SKINNY");
-  skinny_on_ = !(skinny_off != nullptr && skinny_off[0] == '1') && skinny_gemm_available();
+  gemv_off_ = ab_switch_on("CASCADE_GEMM_NO_GEMV");
+  norm_gemv_off_ = ab_switch_on("CASCADE_GEMV_NO_NORM");
+  skinny_on_ = !ab_switch_on("CASCADE_GEMM_NO_SKINNY") && skinny_gemm_available();
   skinny_target_ctas_ = 2 * sm_count_;  // two skinny CTAs fit an SM (one per SM measured the same)
 }
 

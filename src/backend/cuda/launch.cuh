@@ -30,8 +30,9 @@
 
 #include <cuda_runtime.h>
 
-#include <cstdlib>
 #include <utility>
+
+#include "backend/cuda/ab_switch.h"
 
 namespace cascade::cuda {
 
@@ -61,8 +62,7 @@ __device__ __forceinline__ void pdl_wait_and_release(bool early_release) {
 // instructions.
 inline bool pdl_enabled() {
   static const bool on = [] {
-    const char* off = std::getenv("CASCADE_NO_PDL");
-    if (off != nullptr && off[0] == '1') return false;
+    if (ab_switch_on("CASCADE_NO_PDL")) return false;
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) return false;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
