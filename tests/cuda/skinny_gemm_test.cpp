@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/gemm.h"
@@ -188,6 +189,156 @@ TEST(CudaSkinnyGemm, AgreesWithCublasLt) {
   std::mt19937_64 rng(45);
   Gemm gemm;
   EXPECT_LT(run_vs_cublaslt(gemm, rng, 64, 6144, 1024), 1e-5);
+}
+
+// SkinnyFusion's residual epilogue: h = residual + bf16(x · wᵀ) into residual_out, bf16(h * gamma)
+// into x_out (bit for bit from the h it wrote), each 64-column tile's sum of h² per row into
+// ssq_out (against float64 sums of the h it wrote), with and without split-K, out of place and in
+// place, a ragged last tile, and nothing written past row M - 1.
+TEST(CudaSkinnyGemm, ResidualEpilogueAddsAndSumsSquares) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(51);
+  const int N = 1000, K = 2048, tiles = (N + 63) / 64;
+  for (const int M : {64, 7}) {
+    for (const int target : {1, 1000}) {
+      for (const bool in_place : {false, true}) {
+        auto x = random_vec(rng, static_cast<std::size_t>(M) * K);
+        auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+        auto res = random_vec(rng, static_cast<std::size_t>(M) * N, -4.0f, 4.0f);
+        auto gamma = to_bf16(random_vec(rng, N, 0.5f, 1.5f));
+        auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w)), d_gamma = upload(gamma);
+        const std::size_t total = static_cast<std::size_t>(M + 1) * N;
+        res.resize(total, NAN);
+        auto d_res = upload(res);
+        DeviceBuffer<float> d_res_out(total), d_ssq(static_cast<std::size_t>(tiles + 1) * M);
+        DeviceBuffer<bf16> d_xo(total);
+        poison(d_res_out);
+        poison(d_ssq);
+        poison(d_xo);
+        SkinnyFusion f;
+        f.residual = d_res.get();
+        f.residual_out = in_place ? d_res.get() : d_res_out.get();
+        f.gamma = d_gamma.get();
+        f.x_out = d_xo.get();
+        f.ssq_out = d_ssq.get();
+        ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_w.get(), nullptr, M, N, K, f, target, nullptr),
+                  cudaSuccess);
+        const std::string what = "M=" + std::to_string(M) + " target " + std::to_string(target) +
+                                 (in_place ? " in place" : "");
+        const auto y = matmul_f64(x, w, M, N, K);
+        const auto h = download(in_place ? d_res : d_res_out, total);
+        const auto xo = from_bf16(download(d_xo, total));
+        const auto ssq = download(d_ssq, static_cast<std::size_t>(tiles + 1) * M);
+        std::vector<double> h_ref(y.size());
+        for (std::size_t i = 0; i < y.size(); ++i) h_ref[i] = res[i] + y[i];
+        EXPECT_LT(max_rel_error(std::vector<float>(h.begin(), h.begin() + y.size()), h_ref), 1e-2) << what;
+        for (std::size_t i = y.size(); i < total; ++i) {
+          ASSERT_TRUE(std::isnan(h[i]) && std::isnan(xo[i])) << "write past row M-1 at " << i << ", " << what;
+        }
+        int x_mismatch = 0;
+        for (int m = 0; m < M; ++m) {
+          for (int n = 0; n < N; ++n) {
+            const std::size_t i = static_cast<std::size_t>(m) * N + n;
+            x_mismatch += xo[i] != round_bf16(h[i] * __bfloat162float(gamma[n]));
+          }
+        }
+        EXPECT_EQ(x_mismatch, 0) << what;
+        std::vector<double> ssq_ref(static_cast<std::size_t>(tiles) * M, 0.0);
+        for (int m = 0; m < M; ++m) {
+          for (int n = 0; n < N; ++n) {
+            const double v = h[static_cast<std::size_t>(m) * N + n];
+            ssq_ref[static_cast<std::size_t>(n / 64) * M + m] += v * v;
+          }
+        }
+        EXPECT_LT(max_rel_error(std::vector<float>(ssq.begin(), ssq.begin() + ssq_ref.size()), ssq_ref), 1e-5)
+            << what;
+        for (std::size_t i = ssq_ref.size(); i < ssq.size(); ++i) {
+          ASSERT_TRUE(std::isnan(ssq[i])) << "ssq written past its tiles, " << what;
+        }
+      }
+    }
+  }
+}
+
+// The per-row scale of a folded RMSNorm: r = rsqrt(sum of ssq_in / K + eps); the folded GEMM's
+// rows against r · (x · wᵀ) in float64, and the gated form (w = [gate; up], y = silu(g) * u with
+// g and u rounded to bf16) against float64, for M = 3 and 64, with and without split-K, an N
+// that ends mid-tile (gated: 32 columns a tile) and a poisoned spare row left alone.
+TEST(CudaSkinnyGemm, FoldedNormAndGatedSiluMatchFloat64) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(52);
+  const int K = 1024, ssq_tiles = 16;
+  const float eps = 1e-6f;
+  for (const int M : {3, 64}) {
+    for (const int target : {1, 1000}) {
+      for (const bool gated : {false, true}) {
+        const int N = gated ? 1000 : 1090;
+        const int w_rows = gated ? 2 * N : N;
+        auto x = to_bf16(random_vec(rng, static_cast<std::size_t>(M) * K));
+        auto w = random_vec(rng, static_cast<std::size_t>(w_rows) * K);
+        auto ssq = random_vec(rng, static_cast<std::size_t>(ssq_tiles) * M, 0.5f, 40.0f);
+        auto d_x = upload(x), d_w = upload(to_bf16(w));
+        auto d_ssq = upload(ssq);
+        const std::size_t total = static_cast<std::size_t>(M + 1) * N;
+        DeviceBuffer<bf16> y(total);
+        poison(y);
+        SkinnyFusion f;
+        f.ssq_in = d_ssq.get();
+        f.ssq_tiles = ssq_tiles;
+        f.eps = eps;
+        f.gated = gated;
+        ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_w.get(), y.get(), M, N, K, f, target, nullptr),
+                  cudaSuccess);
+        const auto prod = matmul_f64(from_bf16(x), w, M, w_rows, K);
+        std::vector<double> ref(static_cast<std::size_t>(M) * N);
+        for (int m = 0; m < M; ++m) {
+          double ss = 0.0;
+          for (int t = 0; t < ssq_tiles; ++t) ss += ssq[static_cast<std::size_t>(t) * M + m];
+          const double r = 1.0 / std::sqrt(ss / K + eps);
+          for (int n = 0; n < N; ++n) {
+            const auto at = [&](int col) { return prod[static_cast<std::size_t>(m) * w_rows + col] * r; };
+            if (gated) {
+              const double g = round_bf16(static_cast<float>(at(n))), u = round_bf16(static_cast<float>(at(N + n)));
+              ref[static_cast<std::size_t>(m) * N + n] = g / (1.0 + std::exp(-g)) * u;
+            } else {
+              ref[static_cast<std::size_t>(m) * N + n] = at(n);
+            }
+          }
+        }
+        const auto got = from_bf16(download(y, total));
+        for (std::size_t i = ref.size(); i < total; ++i) {
+          ASSERT_TRUE(std::isnan(got[i])) << "write past row M-1 at " << i;
+        }
+        EXPECT_LT(max_rel_error(std::vector<float>(got.begin(), got.begin() + ref.size()), ref), 1e-2)
+            << "M=" << M << " target " << target << (gated ? " gated" : "");
+      }
+    }
+  }
+}
+
+// Host side (runs in CI): launch_skinny_gemm_fused refuses a residual epilogue without its outputs
+// or combined with the gated form, a product without y, the gated form without the folded norm
+// and a folded norm of no tiles, before touching the device.
+TEST(CudaSkinnyGemm, FusedLaunchRefusesIncompleteFusions) {
+  alignas(16) static bf16 buf[64];
+  alignas(16) static float fbuf[64];
+  SkinnyFusion f;
+  f.residual = fbuf;
+  EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, nullptr, 8, 8, 8, f, 1, nullptr), cudaErrorInvalidValue);
+  f.residual_out = fbuf;
+  f.gamma = buf;
+  f.x_out = buf + 8;
+  f.ssq_out = fbuf + 8;
+  f.gated = true;
+  EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, nullptr, 8, 8, 8, f, 1, nullptr), cudaErrorInvalidValue);
+  SkinnyFusion none;
+  EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, nullptr, 8, 8, 8, none, 1, nullptr), cudaErrorInvalidValue);
+  SkinnyFusion gated_alone;
+  gated_alone.gated = true;
+  EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, buf + 16, 8, 8, 8, gated_alone, 1, nullptr), cudaErrorInvalidValue);
+  SkinnyFusion no_tiles;
+  no_tiles.ssq_in = fbuf;
+  EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, buf + 16, 8, 8, 8, no_tiles, 1, nullptr), cudaErrorInvalidValue);
 }
 
 // Host-side (runs in CI): the shape and alignment rules; only the addresses are looked at.

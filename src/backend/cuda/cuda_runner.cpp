@@ -298,6 +298,7 @@ class CudaRunner final : public ModelRunner {
     reserve_work(tmp_, r * std::max({(H + 2 * KVH) * D, 2 * inter, hidden}));
     reserve_work(q_, r * H * D);
     reserve_work(act_, r * std::max(inter, hidden));
+    reserve_work(ssq_, r * ((hidden + 63) / 64));
     reserve_work(states_o_, static_cast<std::size_t>(slices) * r * H * D);
     reserve_work(states_lse_, static_cast<std::size_t>(slices) * r * H);
     reserve_work(logits_, static_cast<std::size_t>(std::max(logit_rows, 1)) * config_.vocab_size);
@@ -613,14 +614,45 @@ class CudaRunner final : public ModelRunner {
     // launch.cuh's early release for qk_norm_rope, merge and the down GEMV
     // (CASCADE_PDL_NO_EARLY_RELEASE=1: off).
     static const bool early_release = !cuda::ab_switch_on("CASCADE_PDL_NO_EARLY_RELEASE");
+    // Batches of 3-64 rows on sm_90a (Gemm::fused_takes): the residual adds, RMSNorms and SiLU
+    // ride in the skinny GEMMs (skinny_gemm.h's SkinnyFusion), three kernels fewer per layer.
+    // o_proj and down add their output to the residual and leave bf16(h * gamma) of the next
+    // norm in act_ and the rows' per-tile sums of squares in ssq_; gate_up and the next qkv scale
+    // their rows by the norm (folded), and gate_up writes silu(gate) * up. Layer 0's input norm
+    // and the final norm keep the norm kernel.
+    const bool fused = gemm_->fused_takes(n);
+    const int ssq_tiles = (hidden + 63) / 64;
+    auto residual_fusion = [&](const bf16* gamma) {
+      cuda::SkinnyFusion f;
+      f.residual = res;
+      f.residual_out = res_other;
+      f.gamma = gamma;
+      f.x_out = act_.get();
+      f.ssq_out = ssq_.get();
+      std::swap(res, res_other);
+      return f;
+    };
+    auto norm_fusion = [&](bool gated) {
+      cuda::SkinnyFusion f;
+      f.ssq_in = ssq_.get();
+      f.ssq_tiles = ssq_tiles;
+      f.eps = eps;
+      f.gated = gated;
+      return f;
+    };
+    bool folded = false;  // act_ and ssq_ hold the next norm's input (a fused down wrote them)
     for (int li = 0; li < config_.num_hidden_layers; ++li) {
       const LayerDev& L = layers_[li];
       // Early release (launch.cuh) only where the qkv projection ran as our GEMV, which releases
       // after its wait; when and whether a cuBLASLt GEMM (batches of 3+) releases its dependents
       // is not ours to know. With it, attention reads its first KV tiles ahead (read_ahead).
-      const bool early =
-          norm_gemm(residual_norm(mlp_out, L.in_ln.get()), n, L.qkv.get(), tmp_.get(), false, qkv_n) &&
-          early_release;
+      bool early = false;
+      if (folded) {
+        gemm_->run_fused(act_.get(), L.qkv.get(), tmp_.get(), n, qkv_n, hidden, norm_fusion(false), stream_);
+      } else {
+        early = norm_gemm(residual_norm(mlp_out, L.in_ln.get()), n, L.qkv.get(), tmp_.get(), false, qkv_n) &&
+                early_release;
+      }
       bf16* kc = k_pool_.get() + li * layer_elems;
       bf16* vc = v_pool_.get() + li * layer_elems;
       cuda::QkNormRopeParams qp;
@@ -675,6 +707,21 @@ class CudaRunner final : public ModelRunner {
       mp.head_dim = D;
       mp.early_release = early;
       CUDA_TRY(cuda::launch_merge_states(mp, stream_));
+      if (fused) {
+        gemm_->run_fused(xb_.get(), L.o_proj.get(), nullptr, n, hidden, H * D, residual_fusion(L.post_ln.get()),
+                         stream_);
+        gemm_->run_fused(act_.get(), L.gate_up.get(), tmp_.get(), n, inter, hidden, norm_fusion(true), stream_);
+        if (li + 1 < config_.num_hidden_layers) {
+          gemm_->run_fused(tmp_.get(), L.down.get(), nullptr, n, hidden, inter,
+                           residual_fusion(layers_[li + 1].in_ln.get()), stream_);
+          mlp_out = nullptr;  // added to the residual already
+          folded = true;
+        } else {
+          gemm_->run(tmp_.get(), L.down.get(), act_.get(), false, n, hidden, inter, stream_);
+          mlp_out = act_.get();  // the final norm adds it
+        }
+        continue;
+      }
       // o_proj writes act_ (free until the down projection), so a fused norm + gate_up GEMV reads
       // it while writing tmp_.
       gemm_->run(xb_.get(), L.o_proj.get(), act_.get(), false, n, hidden, H * D, stream_);
@@ -851,6 +898,7 @@ class CudaRunner final : public ModelRunner {
 
   DeviceBuffer<std::int32_t> batch_dev_;
   DeviceBuffer<float> residual_, residual_alt_, states_o_, states_lse_, logits_;
+  DeviceBuffer<float> ssq_;  // the fused path's per-tile sums of squares (SkinnyFusion::ssq_out)
   DeviceBuffer<bf16> xb_, tmp_, q_, act_;
   DeviceBuffer<float> scan_v_;  // the sampler's split argmax scan (SampleParams::scan_blocks)
   DeviceBuffer<int> scan_i_;

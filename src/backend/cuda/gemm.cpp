@@ -42,6 +42,7 @@ Gemm::Gemm() {
   gemv_off_ = ab_switch_on("CASCADE_GEMM_NO_GEMV");
   norm_gemv_off_ = ab_switch_on("CASCADE_GEMV_NO_NORM");
   skinny_on_ = !ab_switch_on("CASCADE_GEMM_NO_SKINNY") && skinny_gemm_available();
+  fuse_on_ = skinny_on_ && !ab_switch_on("CASCADE_GEMM_NO_FUSE");
   skinny_target_ctas_ = 2 * sm_count_;  // two skinny CTAs fit an SM (one per SM measured the same)
 }
 
@@ -96,6 +97,19 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
     return;
   }
   run_cublaslt(x, w, y, y_f32, M, N, K, stream);
+}
+
+bool Gemm::fused_takes(int M) const {
+  return fuse_on_ && M >= kSkinnyMinM && M <= kSkinnyMaxM;  // above the GEMV's rows
+}
+
+void Gemm::run_fused(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
+                     const SkinnyFusion& fusion, cudaStream_t stream) {
+  if (M == 0 || N == 0) return;
+  if (!fused_takes(M) || !skinny_gemm_supported(x, w, M, N, K)) {
+    throw_error(ErrorCode::kInvalidArgument, "fused skinny GEMM does not take M={} N={} K={}", M, N, K);
+  }
+  CUDA_TRY(launch_skinny_gemm_fused(x, w, y, M, N, K, fusion, skinny_target_ctas_, stream));
 }
 
 bool Gemm::run_silu_gemv(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* y, int M,

@@ -49,6 +49,15 @@ class Gemm {
   // Whether run() sends 3 <= M <= 64 to the skinny GEMM (skinny_gemm.h) on this device.
   bool skinny_enabled() const { return skinny_on_; }
 
+  // Whether run_fused() takes M rows: the skinny GEMM is on (skinny_enabled), M is in its range
+  // and run() would not send M to the GEMV, and CASCADE_GEMM_NO_FUSE=1 (A/B) is not set.
+  bool fused_takes(int M) const;
+
+  // The skinny GEMM with a fusion (skinny_gemm.h's SkinnyFusion: residual epilogue, folded norm,
+  // gated SiLU); the caller checks fused_takes(M) first. Throws cascade::Error(kCuda) on failure.
+  void run_fused(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
+                 const SkinnyFusion& fusion, cudaStream_t stream);
+
   // SMs of the device (sizes GEMV grids and their argmax parts).
   int sm_count() const { return sm_count_; }
 
@@ -67,6 +76,7 @@ class Gemm {
   bool gemv_off_ = false;  // CASCADE_GEMM_NO_GEMV=1: no GEMV, cuBLASLt at M <= 2 (A/B benchmarks)
   bool norm_gemv_off_ = false;  // CASCADE_GEMV_NO_NORM=1: separate norm kernels (A/B benchmarks)
   bool skinny_on_ = false;  // skinny_gemm_available() and not CASCADE_GEMM_NO_SKINNY=1 (A/B)
+  bool fuse_on_ = false;    // skinny_on_ and not CASCADE_GEMM_NO_FUSE=1 (A/B)
   int skinny_target_ctas_ = 0;  // split-K sizes skinny grids to about this many CTAs
   std::map<std::tuple<int, int, int, bool>, std::unique_ptr<Plan>> plans_;
 };

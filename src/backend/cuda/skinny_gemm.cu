@@ -24,14 +24,23 @@ constexpr int kStageBytes = kWBytes + kXBytes;  // a stage: the w chunk, then th
 constexpr int kSmem = kStages * kStageBytes + 1024;  // + slack to align the ring to 1024 bytes
 constexpr int kMaxSplits = 8;  // split-K CTAs of a tile form one cluster (portable size)
 
+// Fusion modes (SkinnyFusion; one kernel instantiation each, so the plain product's code is
+// the same as without fusions).
+enum Fuse : int { kPlain = 0, kResidual = 1, kNorm = 2, kNormGated = 3 };
+
 struct SkinnyParams {
   const __nv_bfloat16* x;
   const __nv_bfloat16* w;
   void* y;
-  int M, N, K;
+  int M, N, K;  // N: columns of y (gated: w has 2N rows)
   int chunks_per_split, splits;
   bool y_f32;
+  SkinnyFusion f;
 };
+
+// Shared memory after the main loop, in the ring: the split-K partial tile (16 KB at 0, read by
+// the cluster) and the residual epilogue's squares of rank 0's tile ([64 x][64 w] fp32 at 16 KB).
+constexpr int kSqOffset = 16384;
 
 #ifdef CASCADE_SM90A
 __device__ __forceinline__ void cluster_sync() {
@@ -55,6 +64,19 @@ __device__ __forceinline__ float4 ld_cluster_f4(std::uint32_t addr, unsigned ran
   return v;
 }
 
+// silu(g) * u as silu_mul_kernel forms it, from the bf16 roundings of the two projections.
+__device__ __forceinline__ __nv_bfloat16 silu_mul_bf16(float gate, float up) {
+  const float g = __bfloat162float(__float2bfloat16_rn(gate));
+  const float u = __bfloat162float(__float2bfloat16_rn(up));
+  return __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+}
+
+__device__ __forceinline__ void st_cluster_f32(std::uint32_t addr, unsigned rank, float v) {
+  std::uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
+  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(remote), "f"(v) : "memory");
+}
+
 // Writes D[r][c] of a thread's accumulator register i (see the fragment layout below).
 __device__ __forceinline__ void store_out(const SkinnyParams& p, int n0, int tid, int i, float v) {
   const int warp = tid >> 5, lane = tid & 31;
@@ -68,10 +90,87 @@ __device__ __forceinline__ void store_out(const SkinnyParams& p, int n0, int tid
     static_cast<__nv_bfloat16*>(p.y)[o] = __float2bfloat16_rn(v);
   }
 }
+
+// The tile's results come in groups of four: thread t's accumulators 4j..4j+3 are D[n][m],
+// D[n][m + 1], D[n + 8][m], D[n + 8][m + 1] with n (a row of w in the tile) = warp * 16 +
+// lane / 4 and m (a row of x) = j * 8 + (lane % 4) * 2 (the wgmma accumulator layout).
+struct Group {
+  int n, m;  // element 0's row of w in the tile and row of x; element e is (n + 8 * (e / 2), m + e % 2)
+};
+__device__ __forceinline__ Group group_of(int t, int j) {
+  return {(t >> 5) * 16 + ((t & 31) >> 2), j * 8 + (t & 3) * 2};
+}
+
+// The residual epilogue's inputs of a group (residual at its four elements, gamma at its two
+// columns), loaded ahead of the split-K sum, which they do not depend on.
+struct ResidualIn {
+  float r[4];
+  float g[2];
+};
+__device__ __forceinline__ ResidualIn load_residual(const SkinnyParams& p, int tile, int t, int j) {
+  ResidualIn in{};
+  const Group g = group_of(t, j);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int n = tile * kBN + g.n + (e >> 1) * 8, m = g.m + (e & 1);
+    if (n < p.N && m < p.M) in.r[e] = p.f.residual[static_cast<std::int64_t>(m) * p.N + n];
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int n = tile * kBN + g.n + h * 8;
+    if (n < p.N) in.g[h] = __bfloat162float(p.f.gamma[n]);
+  }
+  return in;
+}
+
+// Squares of a residual tile: [64 x rows][65] fp32 (one column of padding so that the row sums
+// read without bank conflicts).
+constexpr int kSqStride = kBN + 1;
+
+// Writes group j of thread t of the tile, v its final sums, as fusion mode kF asks: the residual
+// epilogue (in: load_residual's values; the squares go to rank 0's ring, every CTA's ring being
+// at the same offset), or the folded norm's row scales applied, then gated or plain bf16 out.
+template <int kF>
+__device__ __forceinline__ void finish_group(const SkinnyParams& p, int tile, int t, int j, float4 v,
+                                             const ResidualIn& in, std::uint32_t ring, const float* scale) {
+  const Group g = group_of(t, j);
+  if constexpr (kF == kNorm || kF == kNormGated) {
+    const float s0 = scale[g.m], s1 = scale[g.m + 1];
+    v.x *= s0, v.y *= s1, v.z *= s0, v.w *= s1;
+  }
+  __nv_bfloat16* const y = static_cast<__nv_bfloat16*>(p.y);
+  if constexpr (kF == kNormGated) {
+    // Rows n and n + 8 of the tile are the gate and up rows of one column of y.
+    const int col = tile * 32 + (t >> 5) * 8 + ((t & 31) >> 2);
+    if (col >= p.N) return;
+    if (g.m < p.M) y[static_cast<std::int64_t>(g.m) * p.N + col] = silu_mul_bf16(v.x, v.z);
+    if (g.m + 1 < p.M) y[static_cast<std::int64_t>(g.m + 1) * p.N + col] = silu_mul_bf16(v.y, v.w);
+  } else {
+    const float vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int tn = g.n + (e >> 1) * 8, m = g.m + (e & 1);
+      const int n = tile * kBN + tn;
+      if (n >= p.N || m >= p.M) continue;
+      const std::int64_t o = static_cast<std::int64_t>(m) * p.N + n;
+      if constexpr (kF == kResidual) {
+        // h = residual + bf16(y); the next GEMM's input bf16(h * gamma); h² for the row sums.
+        const float h = in.r[e] + __bfloat162float(__float2bfloat16_rn(vals[e]));
+        p.f.residual_out[o] = h;
+        p.f.x_out[o] = __float2bfloat16_rn(h * in.g[e >> 1]);
+        st_cluster_f32(ring + kSqOffset + (m * kSqStride + tn) * 4, 0, h * h);
+      } else {
+        y[o] = __float2bfloat16_rn(vals[e]);
+      }
+    }
+  }
+}
 #endif
 
+template <int kF>
 __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p) {
 #ifdef CASCADE_SM90A
+  constexpr bool kGated = kF == kNormGated;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
   const std::uint32_t ring = (raw + 1023u) & ~1023u;  // the swizzle pattern follows address bits 4-9
@@ -93,8 +192,17 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
     for (int j = 0; j < kBN * 8 / kThreads; ++j) {
       const int i = tid + j * kThreads;
       const int r = i >> 3, u = i & 7;
-      const int n = n0 + r, k = k0 + u * 8;
-      const bool ok = n < p.N && k < p.K;
+      int n = n0 + r;
+      int rows = p.N;
+      if constexpr (kGated) {
+        // The tile's row r is the gate row (r % 16 < 8) or the up row of column
+        // tile * 32 + (r / 16) * 8 + r % 8 of y; w holds the N gate rows, then the N up rows.
+        const int col = tile * 32 + (r >> 4) * 8 + (r & 7);
+        rows = 2 * p.N;
+        n = col >= p.N ? rows : (r & 8) != 0 ? p.N + col : col;
+      }
+      const int k = k0 + u * 8;
+      const bool ok = n < rows && k < p.K;
       cp_async16(dst + unit_offset(r, u), ok ? p.w + static_cast<std::int64_t>(n) * p.K + k : p.w, ok);
     }
   };
@@ -126,6 +234,18 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
     if (s < nc) load_x(s, s);
     cp_async_commit();
   }
+  // The folded norm's per-tile sums of squares of this thread's row (threads 0-63), requested
+  // now and summed after the main loop: all loads in flight at once, none waited on before the
+  // loop (a loop of dependent loads here held the CTA up by microseconds).
+  constexpr bool kScaled = kF == kNorm || kF == kNormGated;
+  constexpr int kSsqAhead = 16;  // tiles loaded ahead (a hidden size of 1024); the rest later
+  float ssq_ahead[kScaled ? kSsqAhead : 1];
+  if constexpr (kScaled) {
+#pragma unroll
+    for (int t = 0; t < kSsqAhead; ++t) {
+      ssq_ahead[t] = tid < p.M && t < p.f.ssq_tiles ? p.f.ssq_in[t * p.M + tid] : 0.0f;
+    }
+  }
 
   float acc[32];
 #pragma unroll
@@ -153,42 +273,125 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
   }
   cp_async_wait<0>();
 
-  // acc[i] is D[row][col] with row (a row of w) = warp * 16 + lane / 4 + 8 * bit 1 of i and
-  // col (a row of x) = (i / 4) * 8 + (lane % 4) * 2 + bit 0 of i (the wgmma accumulator layout).
-  if (p.splits > 1) {
-    // Split-K: the tile's CTAs are one cluster. Each leaves its partial tile in its own shared
-    // memory (as float4 [i / 4][thread]); after a cluster barrier, CTA r sums slice r of the
-    // tile over the CTAs in rank order (the same bits whatever the timing) and writes it.
-    __syncthreads();  // every warp's wgmmas are done with the ring
-    float4* mine = reinterpret_cast<float4*>(ring_ptr);
+  if constexpr (kF == kPlain) {
+    // acc[i] is D[row][col] with row (a row of w) = warp * 16 + lane / 4 + 8 * bit 1 of i and
+    // col (a row of x) = (i / 4) * 8 + (lane % 4) * 2 + bit 0 of i (the wgmma accumulator layout).
+    if (p.splits > 1) {
+      // Split-K: the tile's CTAs are one cluster. Each leaves its partial tile in its own shared
+      // memory (as float4 [i / 4][thread]); after a cluster barrier, CTA r sums slice r of the
+      // tile over the CTAs in rank order (the same bits whatever the timing) and writes it.
+      __syncthreads();  // every warp's wgmmas are done with the ring
+      float4* mine = reinterpret_cast<float4*>(ring_ptr);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-    }
-    cluster_sync();
-    const int S = p.splits;
-    const int r = static_cast<int>(cluster_rank());
-    const int q_end = (r + 1) * (8 * kThreads) / S;
-    for (int q = r * (8 * kThreads) / S + tid; q < q_end; q += kThreads) {
-      float4 sum = ld_cluster_f4(ring + q * 16, 0);
-      for (int src = 1; src < S; ++src) {
-        const float4 v = ld_cluster_f4(ring + q * 16, static_cast<unsigned>(src));
-        sum.x += v.x;
-        sum.y += v.y;
-        sum.z += v.z;
-        sum.w += v.w;
+      for (int j = 0; j < 8; ++j) {
+        mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
       }
-      const int j = q / kThreads, t = q % kThreads;
-      store_out(p, n0, t, 4 * j, sum.x);
-      store_out(p, n0, t, 4 * j + 1, sum.y);
-      store_out(p, n0, t, 4 * j + 2, sum.z);
-      store_out(p, n0, t, 4 * j + 3, sum.w);
+      cluster_sync();
+      const int S = p.splits;
+      const int r = static_cast<int>(cluster_rank());
+      const int q_end = (r + 1) * (8 * kThreads) / S;
+      for (int q = r * (8 * kThreads) / S + tid; q < q_end; q += kThreads) {
+        float4 sum = ld_cluster_f4(ring + q * 16, 0);
+        for (int src = 1; src < S; ++src) {
+          const float4 v = ld_cluster_f4(ring + q * 16, static_cast<unsigned>(src));
+          sum.x += v.x;
+          sum.y += v.y;
+          sum.z += v.z;
+          sum.w += v.w;
+        }
+        const int j = q / kThreads, t = q % kThreads;
+        store_out(p, n0, t, 4 * j, sum.x);
+        store_out(p, n0, t, 4 * j + 1, sum.y);
+        store_out(p, n0, t, 4 * j + 2, sum.z);
+        store_out(p, n0, t, 4 * j + 3, sum.w);
+      }
+      cluster_sync();  // no CTA leaves while another still reads its shared memory
+      return;
     }
-    cluster_sync();  // no CTA leaves while another still reads its shared memory
-    return;
-  }
 #pragma unroll
-  for (int i = 0; i < 32; ++i) store_out(p, n0, tid, i, acc[i]);
+    for (int i = 0; i < 32; ++i) store_out(p, n0, tid, i, acc[i]);
+  } else {
+    // The folded norm's row scales, rsqrt(mean of h² + eps), tiles summed in order.
+    __shared__ float scale[kScaled ? kBM : 1];
+    if constexpr (kScaled) {
+      if (tid < kBM) {
+        float ss = 0.0f;
+#pragma unroll
+        for (int t = 0; t < kSsqAhead; ++t) ss += ssq_ahead[t];
+        if (tid < p.M) {
+          for (int t = kSsqAhead; t < p.f.ssq_tiles; ++t) ss += p.f.ssq_in[t * p.M + tid];
+        }
+        scale[tid] = rsqrtf(ss / static_cast<float>(p.K) + p.f.eps);
+      }
+    }
+    __syncthreads();  // every warp's wgmmas are done with the ring; the scales are visible
+    const float* const scale_ptr = scale;
+    if (p.splits > 1) {
+      // As above, with the residual epilogue's inputs loaded before the cluster barrier.
+      float4* mine = reinterpret_cast<float4*>(ring_ptr);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+      }
+      const int S = p.splits;
+      const int r = static_cast<int>(cluster_rank());
+      const int q_begin = r * (8 * kThreads) / S + tid, q_end = (r + 1) * (8 * kThreads) / S;
+      ResidualIn in[8];
+      if constexpr (kF == kResidual) {
+#pragma unroll
+        for (int g = 0; g < 8; ++g) {
+          const int q = q_begin + g * kThreads;
+          if (q < q_end) in[g] = load_residual(p, tile, q % kThreads, q / kThreads);
+        }
+      }
+      cluster_sync();
+#pragma unroll
+      for (int g = 0; g < 8; ++g) {
+        const int q = q_begin + g * kThreads;
+        if (q >= q_end) break;
+        float4 sum = ld_cluster_f4(ring + q * 16, 0);
+        for (int src = 1; src < S; ++src) {
+          const float4 v = ld_cluster_f4(ring + q * 16, static_cast<unsigned>(src));
+          sum.x += v.x;
+          sum.y += v.y;
+          sum.z += v.z;
+          sum.w += v.w;
+        }
+        finish_group<kF>(p, tile, q % kThreads, q / kThreads, sum, in[g], ring, scale_ptr);
+      }
+      cluster_sync();  // no CTA leaves while another still reads its shared memory; squares landed
+      if (r != 0) return;
+    } else {
+      ResidualIn in[8];
+      if constexpr (kF == kResidual) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) in[j] = load_residual(p, tile, tid, j);
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        finish_group<kF>(p, tile, tid, j, make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]),
+                         in[j], ring, scale_ptr);
+      }
+      if constexpr (kF == kResidual) __syncthreads();  // the squares
+    }
+    if constexpr (kF == kResidual) {
+      // The tile's part of each row's sum of squares: a pair of threads per row, 32 columns each
+      // in order, then one shuffle (deterministic).
+      const float* sq = reinterpret_cast<const float*>(ring_ptr + kSqOffset);
+      const int m = tid >> 1, half = tid & 1;
+      const int cols = min(kBN, p.N - n0);
+      float v = 0.0f;
+      if (m < p.M) {
+#pragma unroll
+        for (int c = 0; c < 32; ++c) {
+          const int col = half * 32 + c;
+          if (col < cols) v += sq[m * kSqStride + col];
+        }
+      }
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      if (m < p.M && half == 0) p.f.ssq_out[tile * p.M + m] = v;
+    }
+  }
 #else
   __trap();  // launch_skinny_gemm refuses devices without this kernel's sm_90a code
 #endif
@@ -250,30 +453,58 @@ bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M
 
 namespace {
 
-cudaError_t launch_kernel(const SkinnyParams& p, int tiles, cudaStream_t stream) {
-  // The shared-memory opt-in, once per process (thread-safe static initialisation).
+template <int kF>
+cudaError_t launch_mode(const SkinnyParams& p, int tiles, cudaStream_t stream) {
+  // The shared-memory opt-in, once per process and mode (thread-safe static initialisation).
   static const cudaError_t attr_err =
-      cudaFuncSetAttribute(skinny_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      cudaFuncSetAttribute(skinny_gemm_kernel<kF>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (attr_err != cudaSuccess) return attr_err;
   // The split-K CTAs of a tile are one cluster.
-  return launch_pdl_cluster<skinny_gemm_kernel>(dim3(tiles, p.splits), dim3(kThreads), kSmem, stream,
-                                                dim3(1, p.splits, 1), p);
+  return launch_pdl_cluster<skinny_gemm_kernel<kF>>(dim3(tiles, p.splits), dim3(kThreads), kSmem, stream,
+                                                    dim3(1, p.splits, 1), p);
 }
 
-}  // namespace
+cudaError_t launch_kernel(const SkinnyParams& p, int tiles, cudaStream_t stream) {
+  if (p.f.residual != nullptr) return launch_mode<kResidual>(p, tiles, stream);
+  if (p.f.ssq_in != nullptr) {
+    return p.f.gated ? launch_mode<kNormGated>(p, tiles, stream) : launch_mode<kNorm>(p, tiles, stream);
+  }
+  return launch_mode<kPlain>(p, tiles, stream);
+}
 
-cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
-                               int M, int N, int K, int target_ctas, cudaStream_t stream) {
+cudaError_t launch_skinny(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
+                          int N, int K, const SkinnyFusion& f, int target_ctas, cudaStream_t stream) {
   if (!skinny_gemm_available()) return cudaErrorNotSupported;
-  const int tiles = (N + kBN - 1) / kBN;
+  const int tiles = f.gated ? (N + 31) / 32 : (N + kBN - 1) / kBN;
   const int chunks = (K + kBK - 1) / kBK;
   // As many splits as keep the grid within target_ctas (at most a cluster's worth, one chunk
   // each at least), then the fewest splits that give the same chunks per split.
   int splits = std::clamp(target_ctas / tiles, 1, std::min(kMaxSplits, chunks));
   const int per_split = (chunks + splits - 1) / splits;
   splits = (chunks + per_split - 1) / per_split;
-  const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32};
+  const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32, f};
   return launch_kernel(p, tiles, stream);
+}
+
+}  // namespace
+
+cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
+                               int M, int N, int K, int target_ctas, cudaStream_t stream) {
+  return launch_skinny(x, w, y, y_f32, M, N, K, SkinnyFusion{}, target_ctas, stream);
+}
+
+cudaError_t launch_skinny_gemm_fused(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+                                     int M, int N, int K, const SkinnyFusion& f, int target_ctas,
+                                     cudaStream_t stream) {
+  const bool residual = f.residual != nullptr;
+  if (residual && (f.residual_out == nullptr || f.gamma == nullptr || f.x_out == nullptr ||
+                   f.ssq_out == nullptr || f.gated)) {
+    return cudaErrorInvalidValue;
+  }
+  if (!residual && y == nullptr) return cudaErrorInvalidValue;
+  if (f.gated && f.ssq_in == nullptr) return cudaErrorInvalidValue;  // gated comes with the norm
+  if (f.ssq_in != nullptr && f.ssq_tiles < 1) return cudaErrorInvalidValue;
+  return launch_skinny(x, w, y, false, M, N, K, f, target_ctas, stream);
 }
 
 }  // namespace cascade::cuda

@@ -23,6 +23,28 @@
 
 namespace cascade::cuda {
 
+// What the skinny GEMM does around the product (all off by default), so that a decode layer's
+// residual add + RMSNorm and SiLU need no kernels of their own:
+// - Residual epilogue (residual set; y unused): h = residual + bf16(x · wᵀ) goes to
+//   residual_out, bf16(h * gamma) to x_out (the next GEMM's input: the norm's weight applied, its
+//   scale not), and each 64-column tile's sum of h² per row to ssq_out[tile * M + row]
+//   (ceil(N / 64) tiles, summed in column order).
+// - Folded norm (ssq_in set; x is such an x_out): y[m, :] is scaled by rsqrt(sum over the
+//   ssq_tiles tiles of ssq_in / K + eps), so y = RMSNorm(h) · wᵀ up to where bf16 rounding falls.
+// - Gated (gated, with the folded norm; bf16 y): w holds 2N rows, gate then up (a gate_up projection), and
+//   y[m, j] = silu(g) * u with g and u rounded to bf16 as silu_mul_kernel takes them.
+struct SkinnyFusion {
+  const float* ssq_in = nullptr;
+  int ssq_tiles = 0;
+  float eps = 1e-6f;
+  bool gated = false;
+  const float* residual = nullptr;
+  float* residual_out = nullptr;  // may be residual itself
+  const __nv_bfloat16* gamma = nullptr;
+  __nv_bfloat16* x_out = nullptr;
+  float* ssq_out = nullptr;
+};
+
 inline constexpr int kSkinnyMinM = 3;
 inline constexpr int kSkinnyMaxM = 64;
 
@@ -42,5 +64,11 @@ bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M
 // this many CTAs (Gemm passes twice the SM count: two CTAs fit an SM); 1 means no split.
 cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
                                int M, int N, int K, int target_ctas, cudaStream_t stream);
+
+// The same with a fusion (SkinnyFusion above; y bf16). N is y's columns (gated: w has 2N rows).
+// Buffers written must not overlap those read, except residual_out == residual.
+cudaError_t launch_skinny_gemm_fused(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+                                     int M, int N, int K, const SkinnyFusion& fusion, int target_ctas,
+                                     cudaStream_t stream);
 
 }  // namespace cascade::cuda
