@@ -39,7 +39,8 @@ struct SkinnyParams {
 };
 
 // Shared memory after the main loop, in the ring: the split-K partial tile (16 KB at 0, read by
-// the cluster) and the residual epilogue's squares of rank 0's tile ([64 x][64 w] fp32 at 16 KB).
+// the cluster) and the residual epilogue's per-warp row sums of squares ([8 j][4 warps][8] fp32
+// at 16 KB).
 constexpr int kSqOffset = 16384;
 
 #ifdef CASCADE_SM90A
@@ -69,12 +70,6 @@ __device__ __forceinline__ __nv_bfloat16 silu_mul_bf16(float gate, float up) {
   const float g = __bfloat162float(__float2bfloat16_rn(gate));
   const float u = __bfloat162float(__float2bfloat16_rn(up));
   return __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
-}
-
-__device__ __forceinline__ void st_cluster_f32(std::uint32_t addr, unsigned rank, float v) {
-  std::uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
-  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(remote), "f"(v) : "memory");
 }
 
 // Writes D[r][c] of a thread's accumulator register i (see the fragment layout below).
@@ -123,16 +118,14 @@ __device__ __forceinline__ ResidualIn load_residual(const SkinnyParams& p, int t
   return in;
 }
 
-// Squares of a residual tile: [64 x rows][65] fp32 (one column of padding so that the row sums
-// read without bank conflicts).
-constexpr int kSqStride = kBN + 1;
-
 // Writes group j of thread t of the tile, v its final sums, as fusion mode kF asks: the residual
-// epilogue (in: load_residual's values; the squares go to rank 0's ring, every CTA's ring being
-// at the same offset), or the folded norm's row scales applied, then gated or plain bf16 out.
+// epilogue (in: load_residual's values), or the folded norm's row scales applied, then gated or
+// plain bf16 out. Returns the residual epilogue's h² summed over the group's two columns, for
+// its rows m and m + 1 (zero outside y; zero in the other modes).
 template <int kF>
-__device__ __forceinline__ void finish_group(const SkinnyParams& p, int tile, int t, int j, float4 v,
-                                             const ResidualIn& in, std::uint32_t ring, const float* scale) {
+__device__ __forceinline__ float2 finish_group(const SkinnyParams& p, int tile, int t, int j, float4 v,
+                                               const ResidualIn& in, const float* scale) {
+  float sq[2] = {0.0f, 0.0f};
   const Group g = group_of(t, j);
   if constexpr (kF == kNorm || kF == kNormGated) {
     const float s0 = scale[g.m], s1 = scale[g.m + 1];
@@ -142,7 +135,7 @@ __device__ __forceinline__ void finish_group(const SkinnyParams& p, int tile, in
   if constexpr (kF == kNormGated) {
     // Rows n and n + 8 of the tile are the gate and up rows of one column of y.
     const int col = tile * 32 + (t >> 5) * 8 + ((t & 31) >> 2);
-    if (col >= p.N) return;
+    if (col >= p.N) return make_float2(0.0f, 0.0f);
     if (g.m < p.M) y[static_cast<std::int64_t>(g.m) * p.N + col] = silu_mul_bf16(v.x, v.z);
     if (g.m + 1 < p.M) y[static_cast<std::int64_t>(g.m + 1) * p.N + col] = silu_mul_bf16(v.y, v.w);
   } else {
@@ -158,11 +151,28 @@ __device__ __forceinline__ void finish_group(const SkinnyParams& p, int tile, in
         const float h = in.r[e] + __bfloat162float(__float2bfloat16_rn(vals[e]));
         p.f.residual_out[o] = h;
         p.f.x_out[o] = __float2bfloat16_rn(h * in.g[e >> 1]);
-        st_cluster_f32(ring + kSqOffset + (m * kSqStride + tn) * 4, 0, h * h);
+        sq[e & 1] += h * h;
       } else {
         y[o] = __float2bfloat16_rn(vals[e]);
       }
     }
+  }
+  return make_float2(sq[0], sq[1]);
+}
+
+// Row sums of squares of group j (rows 8j..8j+7 of x) over the warp's 16 columns of the tile:
+// lanes with the same lane % 4 share rows, so three shuffles over lane / 4 (a fixed tree), then
+// lanes 0-3 leave rows 8j + 2 * lane and + 1 in part[warp][8] for the cross-warp sum.
+__device__ __forceinline__ void warp_row_squares(float2 sq, float* part, int tid) {
+#pragma unroll
+  for (int o = 4; o < 32; o <<= 1) {
+    sq.x += __shfl_xor_sync(0xffffffffu, sq.x, o);
+    sq.y += __shfl_xor_sync(0xffffffffu, sq.y, o);
+  }
+  const int lane = tid & 31;
+  if (lane < 4) {
+    part[(tid >> 5) * 8 + lane * 2] = sq.x;
+    part[(tid >> 5) * 8 + lane * 2 + 1] = sq.y;
   }
 }
 #endif
@@ -326,71 +336,60 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
     }
     __syncthreads();  // every warp's wgmmas are done with the ring; the scales are visible
     const float* const scale_ptr = scale;
-    if (p.splits > 1) {
-      // As above, with the residual epilogue's inputs loaded before the cluster barrier.
+    // The tile's groups j (rows 8j..8j+7 of x, all 64 columns) are split among the split-K CTAs
+    // whole, so each CTA finishes complete rows: CTA r of S takes j in [8r / S, 8(r + 1) / S).
+    const int S = p.splits;
+    const int r = S > 1 ? static_cast<int>(cluster_rank()) : 0;
+    const int j_begin = r * 8 / S, j_end = (r + 1) * 8 / S;
+    if (S > 1) {
+      // Each CTA leaves its partial tile in its own shared memory (as float4 [j][thread]).
       float4* mine = reinterpret_cast<float4*>(ring_ptr);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
       }
-      const int S = p.splits;
-      const int r = static_cast<int>(cluster_rank());
-      const int q_begin = r * (8 * kThreads) / S + tid, q_end = (r + 1) * (8 * kThreads) / S;
-      ResidualIn in[8];
-      if constexpr (kF == kResidual) {
-#pragma unroll
-        for (int g = 0; g < 8; ++g) {
-          const int q = q_begin + g * kThreads;
-          if (q < q_end) in[g] = load_residual(p, tile, q % kThreads, q / kThreads);
-        }
-      }
-      cluster_sync();
+    }
+    // The residual epilogue's inputs, requested before the cluster barrier.
+    ResidualIn in[8];
+    if constexpr (kF == kResidual) {
 #pragma unroll
       for (int g = 0; g < 8; ++g) {
-        const int q = q_begin + g * kThreads;
-        if (q >= q_end) break;
-        float4 sum = ld_cluster_f4(ring + q * 16, 0);
+        if (j_begin + g < j_end) in[g] = load_residual(p, tile, tid, j_begin + g);
+      }
+    }
+    if (S > 1) cluster_sync();
+    float* const part = reinterpret_cast<float*>(ring_ptr + kSqOffset);
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+      const int j = j_begin + g;
+      if (j >= j_end) break;
+      // Without split-K j_begin is 0, so j is g (a constant index keeps acc in registers).
+      float4 v = make_float4(acc[4 * g], acc[4 * g + 1], acc[4 * g + 2], acc[4 * g + 3]);
+      if (S > 1) {
+        // The split-K sum over the cluster's CTAs in rank order (the same bits whatever the timing).
+        const std::uint32_t a = ring + (j * kThreads + tid) * 16;
+        v = ld_cluster_f4(a, 0);
         for (int src = 1; src < S; ++src) {
-          const float4 v = ld_cluster_f4(ring + q * 16, static_cast<unsigned>(src));
-          sum.x += v.x;
-          sum.y += v.y;
-          sum.z += v.z;
-          sum.w += v.w;
+          const float4 o = ld_cluster_f4(a, static_cast<unsigned>(src));
+          v.x += o.x;
+          v.y += o.y;
+          v.z += o.z;
+          v.w += o.w;
         }
-        finish_group<kF>(p, tile, q % kThreads, q / kThreads, sum, in[g], ring, scale_ptr);
       }
-      cluster_sync();  // no CTA leaves while another still reads its shared memory; squares landed
-      if (r != 0) return;
-    } else {
-      ResidualIn in[8];
-      if constexpr (kF == kResidual) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) in[j] = load_residual(p, tile, tid, j);
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        finish_group<kF>(p, tile, tid, j, make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]),
-                         in[j], ring, scale_ptr);
-      }
-      if constexpr (kF == kResidual) __syncthreads();  // the squares
+      const float2 sq = finish_group<kF>(p, tile, tid, j, v, in[g], scale_ptr);
+      if constexpr (kF == kResidual) warp_row_squares(sq, part + j * 32, tid);
     }
     if constexpr (kF == kResidual) {
-      // The tile's part of each row's sum of squares: a pair of threads per row, 32 columns each
-      // in order, then one shuffle (deterministic).
-      const float* sq = reinterpret_cast<const float*>(ring_ptr + kSqOffset);
-      const int m = tid >> 1, half = tid & 1;
-      const int cols = min(kBN, p.N - n0);
-      float v = 0.0f;
-      if (m < p.M) {
-#pragma unroll
-        for (int c = 0; c < 32; ++c) {
-          const int col = half * 32 + c;
-          if (col < cols) v += sq[m * kSqStride + col];
-        }
+      // The tile's part of each of the CTA's rows' sum of squares: the four warps' sums in order.
+      __syncthreads();
+      const int j = j_begin + tid / 8, m = j * 8 + tid % 8;
+      if (j < j_end && m < p.M) {
+        const float* row = part + j * 32 + tid % 8;
+        p.f.ssq_out[tile * p.M + m] = ((row[0] + row[8]) + row[16]) + row[24];
       }
-      v += __shfl_xor_sync(0xffffffffu, v, 1);
-      if (m < p.M && half == 0) p.f.ssq_out[tile * p.M + m] = v;
     }
+    if (S > 1) cluster_sync();  // no CTA leaves while another still reads its shared memory
   }
 #else
   __trap();  // launch_skinny_gemm refuses devices without this kernel's sm_90a code

@@ -28,7 +28,7 @@ namespace cascade::cuda {
 // - Residual epilogue (residual set; y unused): h = residual + bf16(x · wᵀ) goes to
 //   residual_out, bf16(h * gamma) to x_out (the next GEMM's input: the norm's weight applied, its
 //   scale not), and each 64-column tile's sum of h² per row to ssq_out[tile * M + row]
-//   (ceil(N / 64) tiles, summed in column order).
+//   (ceil(N / 64) tiles, each summed in a fixed order: the same bits on every run).
 // - Folded norm (ssq_in set; x is such an x_out): y[m, :] is scaled by rsqrt(sum over the
 //   ssq_tiles tiles of ssq_in / K + eps), so y = RMSNorm(h) · wᵀ up to where bf16 rounding falls.
 // - Gated (gated, with the folded norm; bf16 y): w holds 2N rows, gate then up (a gate_up projection), and
