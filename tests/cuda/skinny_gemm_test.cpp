@@ -267,11 +267,14 @@ TEST(CudaSkinnyGemm, ResidualEpilogueAddsAndSumsSquares) {
 TEST(CudaSkinnyGemm, FoldedNormAndGatedSiluMatchFloat64) {
   SKIP_WITHOUT_SKINNY();
   std::mt19937_64 rng(52);
-  const int K = 1024, ssq_tiles = 16;
+  const int K = 1024;
   const float eps = 1e-6f;
   for (const int M : {3, 64}) {
     for (const int target : {1, 1000}) {
       for (const bool gated : {false, true}) {
+        // 16 tiles of sums (a hidden size of 1024: all loaded ahead of the main loop), or 40
+        // (the rest loaded after it).
+        const int ssq_tiles = gated == (target == 1) ? 16 : 40;
         const int N = gated ? 1000 : 1090;
         const int w_rows = gated ? 2 * N : N;
         auto x = to_bf16(random_vec(rng, static_cast<std::size_t>(M) * K));
@@ -310,15 +313,171 @@ TEST(CudaSkinnyGemm, FoldedNormAndGatedSiluMatchFloat64) {
           ASSERT_TRUE(std::isnan(got[i])) << "write past row M-1 at " << i;
         }
         EXPECT_LT(max_rel_error(std::vector<float>(got.begin(), got.begin() + ref.size()), ref), 1e-2)
-            << "M=" << M << " target " << target << (gated ? " gated" : "");
+            << "M=" << M << " target " << target << (gated ? " gated" : "") << " tiles " << ssq_tiles;
+      }
+    }
+  }
+}
+
+// The residual epilogue's outputs feeding a folded-norm GEMM are RMSNorm(h) · wᵀ (float64 from the
+// h the epilogue wrote): 37 rows, a hidden size of 2048 (32 tiles of sums, more than are loaded
+// ahead of the main loop), the plain and the gated consumer.
+TEST(CudaSkinnyGemm, ResidualThenFoldedNormIsRmsNormThenGemm) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(53);
+  const int M = 37, E = 2048, Kp = 512, tiles = E / 64;
+  const float eps = 1e-6f;
+  auto x = random_vec(rng, static_cast<std::size_t>(M) * Kp);
+  auto wp = random_vec(rng, static_cast<std::size_t>(E) * Kp);
+  auto res = random_vec(rng, static_cast<std::size_t>(M) * E, -2.0f, 2.0f);
+  auto gamma = to_bf16(random_vec(rng, E, 0.5f, 1.5f));
+  auto d_x = upload(to_bf16(x)), d_wp = upload(to_bf16(wp)), d_gamma = upload(gamma);
+  auto d_res = upload(res);
+  DeviceBuffer<float> d_h(static_cast<std::size_t>(M) * E), d_ssq(static_cast<std::size_t>(tiles) * M);
+  DeviceBuffer<bf16> d_xo(static_cast<std::size_t>(M) * E);
+  SkinnyFusion prod;
+  prod.residual = d_res.get();
+  prod.residual_out = d_h.get();
+  prod.gamma = d_gamma.get();
+  prod.x_out = d_xo.get();
+  prod.ssq_out = d_ssq.get();
+  ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_wp.get(), nullptr, M, E, Kp, prod, 264, nullptr), cudaSuccess);
+  const auto h = download(d_h, static_cast<std::size_t>(M) * E);
+  std::vector<double> normed(h.size());  // RMSNorm(h) in float64
+  for (int m = 0; m < M; ++m) {
+    double ss = 0.0;
+    for (int k = 0; k < E; ++k) ss += static_cast<double>(h[m * E + k]) * h[m * E + k];
+    const double r = 1.0 / std::sqrt(ss / E + eps);
+    for (int k = 0; k < E; ++k) normed[m * E + k] = h[m * E + k] * r * __bfloat162float(gamma[k]);
+  }
+  for (const bool gated : {false, true}) {
+    const int N = 300, w_rows = gated ? 2 * N : N;
+    auto wc = random_vec(rng, static_cast<std::size_t>(w_rows) * E);
+    auto d_wc = upload(to_bf16(wc));
+    DeviceBuffer<bf16> y(static_cast<std::size_t>(M) * N);
+    poison(y);
+    SkinnyFusion cons;
+    cons.ssq_in = d_ssq.get();
+    cons.ssq_tiles = tiles;
+    cons.eps = eps;
+    cons.gated = gated;
+    ASSERT_EQ(launch_skinny_gemm_fused(d_xo.get(), d_wc.get(), y.get(), M, N, E, cons, 264, nullptr), cudaSuccess);
+    std::vector<double> ref(static_cast<std::size_t>(M) * N);
+    for (int m = 0; m < M; ++m) {
+      for (int n = 0; n < N; ++n) {
+        const auto dot = [&](int row) {
+          double acc = 0.0;
+          for (int k = 0; k < E; ++k) acc += normed[m * E + k] * wc[static_cast<std::size_t>(row) * E + k];
+          return acc;
+        };
+        const double a = dot(n);
+        ref[static_cast<std::size_t>(m) * N + n] = gated ? a / (1.0 + std::exp(-a)) * dot(N + n) : a;
+      }
+    }
+    EXPECT_LT(max_rel_error(from_bf16(download(y, ref.size())), ref), 2e-2) << (gated ? "gated" : "plain");
+  }
+}
+
+// Every split count a cluster can have (1-8, so also counts that do not divide the tile's eight
+// row groups) for the three fused forms, each launched twice: the same bits both times, and
+// against float64 (M 19, a ragged last tile; K = 128 * S - 8, two chunks a split).
+TEST(CudaSkinnyGemm, FusedFormsEverySplitCountBitForBit) {
+  SKIP_WITHOUT_SKINNY();
+  std::mt19937_64 rng(54);
+  const int M = 19;
+  for (int S = 1; S <= 8; ++S) {
+    const int K = 128 * S - 8;
+    auto x = random_vec(rng, static_cast<std::size_t>(M) * K);
+    auto d_x = upload(to_bf16(x));
+    {  // residual epilogue, N = 130: 3 tiles
+      const int N = 130, tiles = 3;
+      auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+      auto res = random_vec(rng, static_cast<std::size_t>(M) * N);
+      auto gamma = to_bf16(random_vec(rng, N, 0.5f, 1.5f));
+      auto d_w = upload(to_bf16(w)), d_gamma = upload(gamma);
+      auto d_res = upload(res);
+      std::vector<float> first_h, first_ssq;
+      for (int round = 0; round < 2; ++round) {
+        DeviceBuffer<float> d_h(static_cast<std::size_t>(M) * N), d_ssq(static_cast<std::size_t>(tiles) * M);
+        DeviceBuffer<bf16> d_xo(static_cast<std::size_t>(M) * N);
+        poison(d_h);
+        poison(d_ssq);
+        SkinnyFusion f;
+        f.residual = d_res.get();
+        f.residual_out = d_h.get();
+        f.gamma = d_gamma.get();
+        f.x_out = d_xo.get();
+        f.ssq_out = d_ssq.get();
+        ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_w.get(), nullptr, M, N, K, f, tiles * S, nullptr),
+                  cudaSuccess);
+        auto h = download(d_h, static_cast<std::size_t>(M) * N);
+        auto ssq = download(d_ssq, static_cast<std::size_t>(tiles) * M);
+        if (round == 0) {
+          const auto y = matmul_f64(x, w, M, N, K);
+          std::vector<double> h_ref(y.size()), ssq_ref(ssq.size(), 0.0);
+          for (std::size_t i = 0; i < y.size(); ++i) h_ref[i] = res[i] + y[i];
+          for (int m = 0; m < M; ++m) {
+            for (int n = 0; n < N; ++n) ssq_ref[(n / 64) * M + m] += static_cast<double>(h[m * N + n]) * h[m * N + n];
+          }
+          EXPECT_LT(max_rel_error(h, h_ref), 1e-2) << "residual, splits " << S;
+          EXPECT_LT(max_rel_error(ssq, ssq_ref), 1e-5) << "residual, splits " << S;
+          first_h = h;
+          first_ssq = ssq;
+        } else {
+          EXPECT_EQ(std::memcmp(h.data(), first_h.data(), h.size() * sizeof(float)), 0) << "splits " << S;
+          EXPECT_EQ(std::memcmp(ssq.data(), first_ssq.data(), ssq.size() * sizeof(float)), 0) << "splits " << S;
+        }
+      }
+    }
+    for (const bool gated : {false, true}) {  // folded norm: N = 130 (3 tiles) or gated 70 (3 tiles)
+      const int N = gated ? 70 : 130, w_rows = gated ? 2 * N : N, tiles = 3, ssq_tiles = 5;
+      auto w = random_vec(rng, static_cast<std::size_t>(w_rows) * K);
+      auto ssq = random_vec(rng, static_cast<std::size_t>(ssq_tiles) * M, 1.0f, 30.0f);
+      auto d_w = upload(to_bf16(w));
+      auto d_ssq = upload(ssq);
+      SkinnyFusion f;
+      f.ssq_in = d_ssq.get();
+      f.ssq_tiles = ssq_tiles;
+      f.gated = gated;
+      std::vector<float> first;
+      for (int round = 0; round < 2; ++round) {
+        DeviceBuffer<bf16> y(static_cast<std::size_t>(M) * N);
+        poison(y);
+        ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_w.get(), y.get(), M, N, K, f, tiles * S, nullptr),
+                  cudaSuccess);
+        auto got = from_bf16(download(y, static_cast<std::size_t>(M) * N));
+        if (round == 0) {
+          const auto prod = matmul_f64(from_bf16(to_bf16(x)), w, M, w_rows, K);
+          std::vector<double> ref(got.size());
+          for (int m = 0; m < M; ++m) {
+            double ss = 0.0;
+            for (int t = 0; t < ssq_tiles; ++t) ss += ssq[t * M + m];
+            const double r = 1.0 / std::sqrt(ss / K + f.eps);
+            for (int n = 0; n < N; ++n) {
+              const double a = prod[m * w_rows + n] * r;
+              if (gated) {
+                const double g = round_bf16(static_cast<float>(a));
+                const double u = round_bf16(static_cast<float>(prod[m * w_rows + N + n] * r));
+                ref[m * N + n] = g / (1.0 + std::exp(-g)) * u;
+              } else {
+                ref[m * N + n] = a;
+              }
+            }
+          }
+          EXPECT_LT(max_rel_error(got, ref), 1e-2) << (gated ? "gated" : "norm") << ", splits " << S;
+          first = got;
+        } else {
+          EXPECT_EQ(std::memcmp(got.data(), first.data(), got.size() * sizeof(float)), 0)
+              << (gated ? "gated" : "norm") << ", splits " << S;
+        }
       }
     }
   }
 }
 
 // Host side (runs in CI): launch_skinny_gemm_fused refuses a residual epilogue without its outputs
-// or combined with the gated form, a product without y, the gated form without the folded norm
-// and a folded norm of no tiles, before touching the device.
+// or combined with the gated form, the folded norm or a y, a product without y, the gated form
+// without the folded norm and a folded norm of no tiles, before touching the device.
 TEST(CudaSkinnyGemm, FusedLaunchRefusesIncompleteFusions) {
   alignas(16) static bf16 buf[64];
   alignas(16) static float fbuf[64];
@@ -333,6 +492,12 @@ TEST(CudaSkinnyGemm, FusedLaunchRefusesIncompleteFusions) {
   EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, nullptr, 8, 8, 8, f, 1, nullptr), cudaErrorInvalidValue);
   SkinnyFusion none;
   EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, nullptr, 8, 8, 8, none, 1, nullptr), cudaErrorInvalidValue);
+  f.gated = false;
+  f.ssq_in = fbuf + 16;  // a residual epilogue with a folded norm
+  f.ssq_tiles = 1;
+  EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, nullptr, 8, 8, 8, f, 1, nullptr), cudaErrorInvalidValue);
+  f.ssq_in = nullptr;  // a residual epilogue with a y
+  EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, buf + 16, 8, 8, 8, f, 1, nullptr), cudaErrorInvalidValue);
   SkinnyFusion gated_alone;
   gated_alone.gated = true;
   EXPECT_EQ(launch_skinny_gemm_fused(buf, buf, buf + 16, 8, 8, 8, gated_alone, 1, nullptr), cudaErrorInvalidValue);

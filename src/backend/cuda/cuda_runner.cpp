@@ -620,7 +620,7 @@ class CudaRunner final : public ModelRunner {
     // norm in act_ and the rows' per-tile sums of squares in ssq_; gate_up and the next qkv scale
     // their rows by the norm (folded), and gate_up writes silu(gate) * up. Layer 0's input norm
     // and the final norm keep the norm kernel.
-    const bool fused = gemm_->fused_takes(n);
+    const bool fused = gemm_->fused_takes(n, {hidden, H * D, inter});
     const int ssq_tiles = (hidden + 63) / 64;
     auto residual_fusion = [&](const bf16* gamma) {
       cuda::SkinnyFusion f;

@@ -99,14 +99,18 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
   run_cublaslt(x, w, y, y_f32, M, N, K, stream);
 }
 
-bool Gemm::fused_takes(int M) const {
-  return fuse_on_ && M >= kSkinnyMinM && M <= kSkinnyMaxM;  // above the GEMV's rows
+bool Gemm::fused_takes(int M, std::initializer_list<int> ks) const {
+  if (!fuse_on_ || M < kSkinnyMinM || M > kSkinnyMaxM) return false;  // above the GEMV's rows
+  for (const int k : ks) {
+    if (k < 8 || k % 8 != 0) return false;
+  }
+  return true;
 }
 
 void Gemm::run_fused(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
                      const SkinnyFusion& fusion, cudaStream_t stream) {
   if (M == 0 || N == 0) return;
-  if (!fused_takes(M) || !skinny_gemm_supported(x, w, M, N, K)) {
+  if (!fused_takes(M, {K}) || !skinny_gemm_supported(x, w, M, N, K)) {
     throw_error(ErrorCode::kInvalidArgument, "fused skinny GEMM does not take M={} N={} K={}", M, N, K);
   }
   CUDA_TRY(launch_skinny_gemm_fused(x, w, y, M, N, K, fusion, skinny_target_ctas_, stream));

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -49,9 +50,11 @@ class Gemm {
   // Whether run() sends 3 <= M <= 64 to the skinny GEMM (skinny_gemm.h) on this device.
   bool skinny_enabled() const { return skinny_on_; }
 
-  // Whether run_fused() takes M rows: the skinny GEMM is on (skinny_enabled), M is in its range
-  // and run() would not send M to the GEMV, and CASCADE_GEMM_NO_FUSE=1 (A/B) is not set.
-  bool fused_takes(int M) const;
+  // Whether run_fused() takes M rows with these K (each GEMM's inner size): the skinny GEMM is on
+  // (skinny_enabled), M is in its range (above the GEMV's), every K is a multiple of 8 (the
+  // skinny GEMM's rule; run() sends other shapes to cuBLASLt), and CASCADE_GEMM_NO_FUSE=1 (A/B)
+  // is not set. x, w and y must be 16-byte aligned as well (cudaMalloc'd buffers are).
+  bool fused_takes(int M, std::initializer_list<int> ks) const;
 
   // The skinny GEMM with a fusion (skinny_gemm.h's SkinnyFusion: residual epilogue, folded norm,
   // gated SiLU); the caller checks fused_takes(M) first. Throws cascade::Error(kCuda) on failure.

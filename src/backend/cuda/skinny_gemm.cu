@@ -500,6 +500,7 @@ cudaError_t launch_skinny_gemm_fused(const __nv_bfloat16* x, const __nv_bfloat16
                    f.ssq_out == nullptr || f.gated)) {
     return cudaErrorInvalidValue;
   }
+  if (residual && (y != nullptr || f.ssq_in != nullptr)) return cudaErrorInvalidValue;  // one form
   if (!residual && y == nullptr) return cudaErrorInvalidValue;
   if (f.gated && f.ssq_in == nullptr) return cudaErrorInvalidValue;  // gated comes with the norm
   if (f.ssq_in != nullptr && f.ssq_tiles < 1) return cudaErrorInvalidValue;

@@ -66,7 +66,9 @@ cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, v
                                int M, int N, int K, int target_ctas, cudaStream_t stream);
 
 // The same with a fusion (SkinnyFusion above; y bf16). N is y's columns (gated: w has 2N rows).
-// Buffers written must not overlap those read, except residual_out == residual.
+// Buffers written must not overlap those read, except residual_out == residual. The residual
+// epilogue takes no y and no folded norm; the gated form needs the folded norm
+// (cudaErrorInvalidValue otherwise).
 cudaError_t launch_skinny_gemm_fused(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
                                      int M, int N, int K, const SkinnyFusion& fusion, int target_ctas,
                                      cudaStream_t stream);
