@@ -63,6 +63,53 @@ void check_run(Gemm& gemm, std::mt19937_64& rng, int M, Shape s) {
   EXPECT_LT(max_rel_error(got_f, ref), 1e-5) << "fp32 out, M=" << M << " N=" << s.n << " K=" << s.k;
 }
 
+// SkinnyFusion of a residual epilogue.
+SkinnyFusion residual_fusion(const float* residual, float* residual_out, const bf16* gamma, bf16* x_out,
+                             float* ssq_out) {
+  SkinnyFusion f;
+  f.residual = residual;
+  f.residual_out = residual_out;
+  f.gamma = gamma;
+  f.x_out = x_out;
+  f.ssq_out = ssq_out;
+  return f;
+}
+
+// SkinnyFusion of a folded norm (gated: with the SiLU form).
+SkinnyFusion norm_fusion(const float* ssq, int ssq_tiles, float eps, bool gated) {
+  SkinnyFusion f;
+  f.ssq_in = ssq;
+  f.ssq_tiles = ssq_tiles;
+  f.eps = eps;
+  f.gated = gated;
+  return f;
+}
+
+// A folded-norm GEMM's output in float64 from the plain product prod [M, w_rows]: row m scaled by
+// rsqrt(sum of its ssq tiles / K + eps); gated (w_rows = 2N): silu(g) * u of the scaled gate and
+// up columns, each rounded to bf16 first as the kernel takes them.
+std::vector<double> folded_ref(const std::vector<double>& prod, const std::vector<float>& ssq, int ssq_tiles,
+                               int M, int N, int K, float eps, bool gated) {
+  const int w_rows = gated ? 2 * N : N;
+  std::vector<double> ref(static_cast<std::size_t>(M) * N);
+  for (int m = 0; m < M; ++m) {
+    double ss = 0.0;
+    for (int t = 0; t < ssq_tiles; ++t) ss += ssq[static_cast<std::size_t>(t) * M + m];
+    const double r = 1.0 / std::sqrt(ss / K + eps);
+    for (int n = 0; n < N; ++n) {
+      const double a = prod[static_cast<std::size_t>(m) * w_rows + n] * r;
+      if (gated) {
+        const double g = round_bf16(static_cast<float>(a));
+        const double u = round_bf16(static_cast<float>(prod[static_cast<std::size_t>(m) * w_rows + N + n] * r));
+        ref[static_cast<std::size_t>(m) * N + n] = g / (1.0 + std::exp(-g)) * u;
+      } else {
+        ref[static_cast<std::size_t>(m) * N + n] = a;
+      }
+    }
+  }
+  return ref;
+}
+
 TEST(CudaSkinnyGemm, AvailableOnSm90) {
   SKIP_WITHOUT_GPU();
   // The repository builds sm_90a code (CASCADE_CUDA_ARCHS): on an H100/H200 it must be what runs;
@@ -215,12 +262,8 @@ TEST(CudaSkinnyGemm, ResidualEpilogueAddsAndSumsSquares) {
         poison(d_res_out);
         poison(d_ssq);
         poison(d_xo);
-        SkinnyFusion f;
-        f.residual = d_res.get();
-        f.residual_out = in_place ? d_res.get() : d_res_out.get();
-        f.gamma = d_gamma.get();
-        f.x_out = d_xo.get();
-        f.ssq_out = d_ssq.get();
+        const SkinnyFusion f = residual_fusion(d_res.get(), in_place ? d_res.get() : d_res_out.get(),
+                                               d_gamma.get(), d_xo.get(), d_ssq.get());
         ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_w.get(), nullptr, M, N, K, f, target, nullptr),
                   cudaSuccess);
         const std::string what = "M=" + std::to_string(M) + " target " + std::to_string(target) +
@@ -285,29 +328,10 @@ TEST(CudaSkinnyGemm, FoldedNormAndGatedSiluMatchFloat64) {
         const std::size_t total = static_cast<std::size_t>(M + 1) * N;
         DeviceBuffer<bf16> y(total);
         poison(y);
-        SkinnyFusion f;
-        f.ssq_in = d_ssq.get();
-        f.ssq_tiles = ssq_tiles;
-        f.eps = eps;
-        f.gated = gated;
+        const SkinnyFusion f = norm_fusion(d_ssq.get(), ssq_tiles, eps, gated);
         ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_w.get(), y.get(), M, N, K, f, target, nullptr),
                   cudaSuccess);
-        const auto prod = matmul_f64(from_bf16(x), w, M, w_rows, K);
-        std::vector<double> ref(static_cast<std::size_t>(M) * N);
-        for (int m = 0; m < M; ++m) {
-          double ss = 0.0;
-          for (int t = 0; t < ssq_tiles; ++t) ss += ssq[static_cast<std::size_t>(t) * M + m];
-          const double r = 1.0 / std::sqrt(ss / K + eps);
-          for (int n = 0; n < N; ++n) {
-            const auto at = [&](int col) { return prod[static_cast<std::size_t>(m) * w_rows + col] * r; };
-            if (gated) {
-              const double g = round_bf16(static_cast<float>(at(n))), u = round_bf16(static_cast<float>(at(N + n)));
-              ref[static_cast<std::size_t>(m) * N + n] = g / (1.0 + std::exp(-g)) * u;
-            } else {
-              ref[static_cast<std::size_t>(m) * N + n] = at(n);
-            }
-          }
-        }
+        const auto ref = folded_ref(matmul_f64(from_bf16(x), w, M, w_rows, K), ssq, ssq_tiles, M, N, K, eps, gated);
         const auto got = from_bf16(download(y, total));
         for (std::size_t i = ref.size(); i < total; ++i) {
           ASSERT_TRUE(std::isnan(got[i])) << "write past row M-1 at " << i;
@@ -335,12 +359,7 @@ TEST(CudaSkinnyGemm, ResidualThenFoldedNormIsRmsNormThenGemm) {
   auto d_res = upload(res);
   DeviceBuffer<float> d_h(static_cast<std::size_t>(M) * E), d_ssq(static_cast<std::size_t>(tiles) * M);
   DeviceBuffer<bf16> d_xo(static_cast<std::size_t>(M) * E);
-  SkinnyFusion prod;
-  prod.residual = d_res.get();
-  prod.residual_out = d_h.get();
-  prod.gamma = d_gamma.get();
-  prod.x_out = d_xo.get();
-  prod.ssq_out = d_ssq.get();
+  const SkinnyFusion prod = residual_fusion(d_res.get(), d_h.get(), d_gamma.get(), d_xo.get(), d_ssq.get());
   ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_wp.get(), nullptr, M, E, Kp, prod, 264, nullptr), cudaSuccess);
   const auto h = download(d_h, static_cast<std::size_t>(M) * E);
   std::vector<double> normed(h.size());  // RMSNorm(h) in float64
@@ -356,11 +375,7 @@ TEST(CudaSkinnyGemm, ResidualThenFoldedNormIsRmsNormThenGemm) {
     auto d_wc = upload(to_bf16(wc));
     DeviceBuffer<bf16> y(static_cast<std::size_t>(M) * N);
     poison(y);
-    SkinnyFusion cons;
-    cons.ssq_in = d_ssq.get();
-    cons.ssq_tiles = tiles;
-    cons.eps = eps;
-    cons.gated = gated;
+    const SkinnyFusion cons = norm_fusion(d_ssq.get(), tiles, eps, gated);
     ASSERT_EQ(launch_skinny_gemm_fused(d_xo.get(), d_wc.get(), y.get(), M, N, E, cons, 264, nullptr), cudaSuccess);
     std::vector<double> ref(static_cast<std::size_t>(M) * N);
     for (int m = 0; m < M; ++m) {
@@ -402,12 +417,7 @@ TEST(CudaSkinnyGemm, FusedFormsEverySplitCountBitForBit) {
         DeviceBuffer<bf16> d_xo(static_cast<std::size_t>(M) * N);
         poison(d_h);
         poison(d_ssq);
-        SkinnyFusion f;
-        f.residual = d_res.get();
-        f.residual_out = d_h.get();
-        f.gamma = d_gamma.get();
-        f.x_out = d_xo.get();
-        f.ssq_out = d_ssq.get();
+        const SkinnyFusion f = residual_fusion(d_res.get(), d_h.get(), d_gamma.get(), d_xo.get(), d_ssq.get());
         ASSERT_EQ(launch_skinny_gemm_fused(d_x.get(), d_w.get(), nullptr, M, N, K, f, tiles * S, nullptr),
                   cudaSuccess);
         auto h = download(d_h, static_cast<std::size_t>(M) * N);
@@ -435,10 +445,7 @@ TEST(CudaSkinnyGemm, FusedFormsEverySplitCountBitForBit) {
       auto ssq = random_vec(rng, static_cast<std::size_t>(ssq_tiles) * M, 1.0f, 30.0f);
       auto d_w = upload(to_bf16(w));
       auto d_ssq = upload(ssq);
-      SkinnyFusion f;
-      f.ssq_in = d_ssq.get();
-      f.ssq_tiles = ssq_tiles;
-      f.gated = gated;
+      const SkinnyFusion f = norm_fusion(d_ssq.get(), ssq_tiles, 1e-6f, gated);
       std::vector<float> first;
       for (int round = 0; round < 2; ++round) {
         DeviceBuffer<bf16> y(static_cast<std::size_t>(M) * N);
@@ -447,23 +454,8 @@ TEST(CudaSkinnyGemm, FusedFormsEverySplitCountBitForBit) {
                   cudaSuccess);
         auto got = from_bf16(download(y, static_cast<std::size_t>(M) * N));
         if (round == 0) {
-          const auto prod = matmul_f64(from_bf16(to_bf16(x)), w, M, w_rows, K);
-          std::vector<double> ref(got.size());
-          for (int m = 0; m < M; ++m) {
-            double ss = 0.0;
-            for (int t = 0; t < ssq_tiles; ++t) ss += ssq[t * M + m];
-            const double r = 1.0 / std::sqrt(ss / K + f.eps);
-            for (int n = 0; n < N; ++n) {
-              const double a = prod[m * w_rows + n] * r;
-              if (gated) {
-                const double g = round_bf16(static_cast<float>(a));
-                const double u = round_bf16(static_cast<float>(prod[m * w_rows + N + n] * r));
-                ref[m * N + n] = g / (1.0 + std::exp(-g)) * u;
-              } else {
-                ref[m * N + n] = a;
-              }
-            }
-          }
+          const auto ref = folded_ref(matmul_f64(from_bf16(to_bf16(x)), w, M, w_rows, K), ssq, ssq_tiles, M, N,
+                                      K, f.eps, gated);
           EXPECT_LT(max_rel_error(got, ref), 1e-2) << (gated ? "gated" : "norm") << ", splits " << S;
           first = got;
         } else {
