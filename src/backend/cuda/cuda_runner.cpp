@@ -622,14 +622,14 @@ class CudaRunner final : public ModelRunner {
     // and the final norm keep the norm kernel.
     const bool fused = gemm_->fused_takes(n, {hidden, H * D, inter});
     const int ssq_tiles = (hidden + 63) / 64;
-    auto residual_fusion = [&](const bf16* gamma) {
+    auto residual_fusion = [&](const bf16* gamma) {  // the same residual ping-pong as the norms
+      const cuda::ResidualNorm nm = residual_norm(nullptr, gamma);
       cuda::SkinnyFusion f;
-      f.residual = res;
-      f.residual_out = res_other;
-      f.gamma = gamma;
+      f.residual = nm.residual;
+      f.residual_out = nm.residual_out;
+      f.gamma = nm.gamma;
       f.x_out = act_.get();
       f.ssq_out = ssq_.get();
-      std::swap(res, res_other);
       return f;
     };
     auto norm_fusion = [&](bool gated) {
@@ -640,9 +640,10 @@ class CudaRunner final : public ModelRunner {
       f.gated = gated;
       return f;
     };
-    bool folded = false;  // act_ and ssq_ hold the next norm's input (a fused down wrote them)
     for (int li = 0; li < config_.num_hidden_layers; ++li) {
       const LayerDev& L = layers_[li];
+      // act_ and ssq_ hold this layer's input norm, written by the previous layer's fused down.
+      const bool folded = fused && li > 0;
       // Early release (launch.cuh) only where the qkv projection ran as our GEMV, which releases
       // after its wait; when and whether a cuBLASLt GEMM (batches of 3+) releases its dependents
       // is not ours to know. With it, attention reads its first KV tiles ahead (read_ahead).
@@ -715,7 +716,6 @@ class CudaRunner final : public ModelRunner {
           gemm_->run_fused(tmp_.get(), L.down.get(), nullptr, n, hidden, inter,
                            residual_fusion(layers_[li + 1].in_ln.get()), stream_);
           mlp_out = nullptr;  // added to the residual already
-          folded = true;
         } else {
           gemm_->run(tmp_.get(), L.down.get(), act_.get(), false, n, hidden, inter, stream_);
           mlp_out = act_.get();  // the final norm adds it

@@ -2,8 +2,6 @@
 
 #include <cublasLt.h>
 
-#include <cstdlib>
-
 #include "backend/cuda/ab_switch.h"
 #include "backend/cuda/cuda_check.h"
 

@@ -57,7 +57,8 @@ class Gemm {
   bool fused_takes(int M, std::initializer_list<int> ks) const;
 
   // The skinny GEMM with a fusion (skinny_gemm.h's SkinnyFusion: residual epilogue, folded norm,
-  // gated SiLU); the caller checks fused_takes(M) first. Throws cascade::Error(kCuda) on failure.
+  // gated SiLU); the caller checks fused_takes first. Throws cascade::Error (kInvalidArgument for
+  // a shape it does not take, kCuda on a failed launch).
   void run_fused(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int M, int N, int K,
                  const SkinnyFusion& fusion, cudaStream_t stream);
 
