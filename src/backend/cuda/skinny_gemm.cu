@@ -1,6 +1,6 @@
 #include <algorithm>
-#include <cstdint>
 #include <atomic>
+#include <cstdint>
 
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
@@ -24,8 +24,8 @@ constexpr int kStageBytes = kWBytes + kXBytes;  // a stage: the w chunk, then th
 constexpr int kSmem = kStages * kStageBytes + 1024;  // + slack to align the ring to 1024 bytes
 constexpr int kMaxSplits = 8;  // split-K CTAs of a tile form one cluster (portable size)
 
-// Fusion modes (SkinnyFusion; one kernel instantiation each, so the plain product's code is
-// the same as without fusions).
+// Fusion modes (SkinnyFusion; one kernel instantiation each, so the plain product carries none
+// of the fused forms' code).
 enum Fuse : int { kPlain = 0, kResidual = 1, kNorm = 2, kNormGated = 3 };
 
 struct SkinnyParams {
@@ -72,20 +72,6 @@ __device__ __forceinline__ __nv_bfloat16 silu_mul_bf16(float gate, float up) {
   return __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
 }
 
-// Writes D[r][c] of a thread's accumulator register i (see the fragment layout below).
-__device__ __forceinline__ void store_out(const SkinnyParams& p, int n0, int tid, int i, float v) {
-  const int warp = tid >> 5, lane = tid & 31;
-  const int n = n0 + warp * 16 + (lane >> 2) + ((i >> 1) & 1) * 8;
-  const int m = (i >> 2) * 8 + (lane & 3) * 2 + (i & 1);
-  if (n >= p.N || m >= p.M) return;
-  const std::int64_t o = static_cast<std::int64_t>(m) * p.N + n;
-  if (p.y_f32) {
-    static_cast<float*>(p.y)[o] = v;
-  } else {
-    static_cast<__nv_bfloat16*>(p.y)[o] = __float2bfloat16_rn(v);
-  }
-}
-
 // The tile's results come in groups of four: thread t's accumulators 4j..4j+3 are D[n][m],
 // D[n][m + 1], D[n + 8][m], D[n + 8][m + 1] with n (a row of w in the tile) = warp * 16 +
 // lane / 4 and m (a row of x) = j * 8 + (lane % 4) * 2 (the wgmma accumulator layout).
@@ -120,7 +106,7 @@ __device__ __forceinline__ ResidualIn load_residual(const SkinnyParams& p, int t
 
 // Writes group j of thread t of the tile, v its final sums, as fusion mode kF asks: the residual
 // epilogue (in: load_residual's values), or the folded norm's row scales applied, then gated or
-// plain bf16 out. Returns the residual epilogue's h² summed over the group's two columns, for
+// plain out (bf16, or fp32 for a plain product with y_f32). Returns the residual epilogue's h² summed over the group's two columns, for
 // its rows m and m + 1 (zero outside y; zero in the other modes).
 template <int kF>
 __device__ __forceinline__ float2 finish_group(const SkinnyParams& p, int tile, int t, int j, float4 v,
@@ -152,6 +138,8 @@ __device__ __forceinline__ float2 finish_group(const SkinnyParams& p, int tile, 
         p.f.residual_out[o] = h;
         p.f.x_out[o] = __float2bfloat16_rn(h * in.g[e >> 1]);
         sq[e & 1] += h * h;
+      } else if (p.y_f32) {
+        static_cast<float*>(p.y)[o] = vals[e];
       } else {
         y[o] = __float2bfloat16_rn(vals[e]);
       }
@@ -283,114 +271,76 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
   }
   cp_async_wait<0>();
 
-  if constexpr (kF == kPlain) {
-    // acc[i] is D[row][col] with row (a row of w) = warp * 16 + lane / 4 + 8 * bit 1 of i and
-    // col (a row of x) = (i / 4) * 8 + (lane % 4) * 2 + bit 0 of i (the wgmma accumulator layout).
-    if (p.splits > 1) {
-      // Split-K: the tile's CTAs are one cluster. Each leaves its partial tile in its own shared
-      // memory (as float4 [i / 4][thread]); after a cluster barrier, CTA r sums slice r of the
-      // tile over the CTAs in rank order (the same bits whatever the timing) and writes it.
-      __syncthreads();  // every warp's wgmmas are done with the ring
-      float4* mine = reinterpret_cast<float4*>(ring_ptr);
+  // The folded norm's row scales, rsqrt(mean of h² + eps), tiles summed in order.
+  __shared__ float scale[kScaled ? kBM : 1];
+  if constexpr (kScaled) {
+    if (tid < kBM) {
+      float ss = 0.0f;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+      for (int t = 0; t < kSsqAhead; ++t) ss += ssq_ahead[t];
+      if (tid < p.M) {
+        for (int t = kSsqAhead; t < p.f.ssq_tiles; ++t) ss += p.f.ssq_in[t * p.M + tid];
       }
-      cluster_sync();
-      const int S = p.splits;
-      const int r = static_cast<int>(cluster_rank());
-      const int q_end = (r + 1) * (8 * kThreads) / S;
-      for (int q = r * (8 * kThreads) / S + tid; q < q_end; q += kThreads) {
-        float4 sum = ld_cluster_f4(ring + q * 16, 0);
-        for (int src = 1; src < S; ++src) {
-          const float4 v = ld_cluster_f4(ring + q * 16, static_cast<unsigned>(src));
-          sum.x += v.x;
-          sum.y += v.y;
-          sum.z += v.z;
-          sum.w += v.w;
-        }
-        const int j = q / kThreads, t = q % kThreads;
-        store_out(p, n0, t, 4 * j, sum.x);
-        store_out(p, n0, t, 4 * j + 1, sum.y);
-        store_out(p, n0, t, 4 * j + 2, sum.z);
-        store_out(p, n0, t, 4 * j + 3, sum.w);
-      }
-      cluster_sync();  // no CTA leaves while another still reads its shared memory
-      return;
+      scale[tid] = rsqrtf(ss / static_cast<float>(p.K) + p.f.eps);
     }
+  }
+  __syncthreads();  // every warp's wgmmas are done with the ring; the scales are visible
+  const float* const scale_ptr = scale;
+  // Split-K: the tile's CTAs are one cluster, and its groups j (rows 8j..8j+7 of x, all 64
+  // columns; group_of) are split among them whole, so each CTA finishes complete rows: CTA r of
+  // S takes j in [8r / S, 8(r + 1) / S) and sums those groups over the CTAs in rank order.
+  const int S = p.splits;
+  const int r = S > 1 ? static_cast<int>(cluster_rank()) : 0;
+  const int j_begin = r * 8 / S, j_end = (r + 1) * 8 / S;
+  if (S > 1) {
+    // Each CTA leaves its partial tile in its own shared memory (as float4 [j][thread]).
+    float4* mine = reinterpret_cast<float4*>(ring_ptr);
 #pragma unroll
-    for (int i = 0; i < 32; ++i) store_out(p, n0, tid, i, acc[i]);
-  } else {
-    // The folded norm's row scales, rsqrt(mean of h² + eps), tiles summed in order.
-    __shared__ float scale[kScaled ? kBM : 1];
-    if constexpr (kScaled) {
-      if (tid < kBM) {
-        float ss = 0.0f;
-#pragma unroll
-        for (int t = 0; t < kSsqAhead; ++t) ss += ssq_ahead[t];
-        if (tid < p.M) {
-          for (int t = kSsqAhead; t < p.f.ssq_tiles; ++t) ss += p.f.ssq_in[t * p.M + tid];
-        }
-        scale[tid] = rsqrtf(ss / static_cast<float>(p.K) + p.f.eps);
-      }
+    for (int j = 0; j < 8; ++j) {
+      mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
     }
-    __syncthreads();  // every warp's wgmmas are done with the ring; the scales are visible
-    const float* const scale_ptr = scale;
-    // The tile's groups j (rows 8j..8j+7 of x, all 64 columns) are split among the split-K CTAs
-    // whole, so each CTA finishes complete rows: CTA r of S takes j in [8r / S, 8(r + 1) / S).
-    const int S = p.splits;
-    const int r = S > 1 ? static_cast<int>(cluster_rank()) : 0;
-    const int j_begin = r * 8 / S, j_end = (r + 1) * 8 / S;
-    if (S > 1) {
-      // Each CTA leaves its partial tile in its own shared memory (as float4 [j][thread]).
-      float4* mine = reinterpret_cast<float4*>(ring_ptr);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        mine[j * kThreads + tid] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-      }
-    }
-    // The residual epilogue's inputs, requested before the cluster barrier.
-    ResidualIn in[8];
-    if constexpr (kF == kResidual) {
-#pragma unroll
-      for (int g = 0; g < 8; ++g) {
-        if (j_begin + g < j_end) in[g] = load_residual(p, tile, tid, j_begin + g);
-      }
-    }
-    if (S > 1) cluster_sync();
-    float* const part = reinterpret_cast<float*>(ring_ptr + kSqOffset);
+  }
+  // The residual epilogue's inputs, requested before the cluster barrier.
+  ResidualIn in[8];
+  if constexpr (kF == kResidual) {
 #pragma unroll
     for (int g = 0; g < 8; ++g) {
-      const int j = j_begin + g;
-      if (j >= j_end) break;
-      // Without split-K j_begin is 0, so j is g (a constant index keeps acc in registers).
-      float4 v = make_float4(acc[4 * g], acc[4 * g + 1], acc[4 * g + 2], acc[4 * g + 3]);
-      if (S > 1) {
-        // The split-K sum over the cluster's CTAs in rank order (the same bits whatever the timing).
-        const std::uint32_t a = ring + (j * kThreads + tid) * 16;
-        v = ld_cluster_f4(a, 0);
-        for (int src = 1; src < S; ++src) {
-          const float4 o = ld_cluster_f4(a, static_cast<unsigned>(src));
-          v.x += o.x;
-          v.y += o.y;
-          v.z += o.z;
-          v.w += o.w;
-        }
-      }
-      const float2 sq = finish_group<kF>(p, tile, tid, j, v, in[g], scale_ptr);
-      if constexpr (kF == kResidual) warp_row_squares(sq, part + j * 32, tid);
+      if (j_begin + g < j_end) in[g] = load_residual(p, tile, tid, j_begin + g);
     }
-    if constexpr (kF == kResidual) {
-      // The tile's part of each of the CTA's rows' sum of squares: the four warps' sums in order.
-      __syncthreads();
-      const int j = j_begin + tid / 8, m = j * 8 + tid % 8;
-      if (j < j_end && m < p.M) {
-        const float* row = part + j * 32 + tid % 8;
-        p.f.ssq_out[tile * p.M + m] = ((row[0] + row[8]) + row[16]) + row[24];
-      }
-    }
-    if (S > 1) cluster_sync();  // no CTA leaves while another still reads its shared memory
   }
+  if (S > 1) cluster_sync();
+  float* const part = reinterpret_cast<float*>(ring_ptr + kSqOffset);
+#pragma unroll
+  for (int g = 0; g < 8; ++g) {
+    const int j = j_begin + g;
+    if (j >= j_end) break;
+    // Without split-K j_begin is 0, so j is g (a constant index keeps acc in registers).
+    float4 v = make_float4(acc[4 * g], acc[4 * g + 1], acc[4 * g + 2], acc[4 * g + 3]);
+    if (S > 1) {
+      // The split-K sum over the cluster's CTAs in rank order (the same bits whatever the timing).
+      const std::uint32_t a = ring + (j * kThreads + tid) * 16;
+      v = ld_cluster_f4(a, 0);
+      for (int src = 1; src < S; ++src) {
+        const float4 o = ld_cluster_f4(a, static_cast<unsigned>(src));
+        v.x += o.x;
+        v.y += o.y;
+        v.z += o.z;
+        v.w += o.w;
+      }
+    }
+    const float2 sq = finish_group<kF>(p, tile, tid, j, v, in[g], scale_ptr);
+    if constexpr (kF == kResidual) warp_row_squares(sq, part + j * 32, tid);
+  }
+  if constexpr (kF == kResidual) {
+    // The tile's part of each of the CTA's rows' sum of squares: the four warps' sums in order.
+    __syncthreads();
+    const int j = j_begin + tid / 8, m = j * 8 + tid % 8;
+    if (j < j_end && m < p.M) {
+      const float* row = part + j * 32 + tid % 8;
+      p.f.ssq_out[tile * p.M + m] = ((row[0] + row[8]) + row[16]) + row[24];
+    }
+  }
+  if (S > 1) cluster_sync();  // no CTA leaves while another still reads its shared memory
 #else
   __trap();  // launch_skinny_gemm refuses devices without this kernel's sm_90a code
 #endif
