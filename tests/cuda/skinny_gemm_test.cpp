@@ -75,6 +75,19 @@ SkinnyFusion residual_fusion(const float* residual, float* residual_out, const b
   return f;
 }
 
+// The residual epilogue's sums of squares in float64 from the h [M, N] it wrote: per 64-column
+// tile and row, laid out [tile][row] as ssq_out.
+std::vector<double> tile_squares_ref(const std::vector<float>& h, int M, int N) {
+  std::vector<double> ssq(static_cast<std::size_t>((N + 63) / 64) * M, 0.0);
+  for (int m = 0; m < M; ++m) {
+    for (int n = 0; n < N; ++n) {
+      const double v = h[static_cast<std::size_t>(m) * N + n];
+      ssq[static_cast<std::size_t>(n / 64) * M + m] += v * v;
+    }
+  }
+  return ssq;
+}
+
 // SkinnyFusion of a folded norm (gated: with the SiLU form).
 SkinnyFusion norm_fusion(const float* ssq, int ssq_tiles, float eps, bool gated) {
   SkinnyFusion f;
@@ -286,13 +299,7 @@ TEST(CudaSkinnyGemm, ResidualEpilogueAddsAndSumsSquares) {
           }
         }
         EXPECT_EQ(x_mismatch, 0) << what;
-        std::vector<double> ssq_ref(static_cast<std::size_t>(tiles) * M, 0.0);
-        for (int m = 0; m < M; ++m) {
-          for (int n = 0; n < N; ++n) {
-            const double v = h[static_cast<std::size_t>(m) * N + n];
-            ssq_ref[static_cast<std::size_t>(n / 64) * M + m] += v * v;
-          }
-        }
+        const auto ssq_ref = tile_squares_ref(h, M, N);
         EXPECT_LT(max_rel_error(std::vector<float>(ssq.begin(), ssq.begin() + ssq_ref.size()), ssq_ref), 1e-5)
             << what;
         for (std::size_t i = ssq_ref.size(); i < ssq.size(); ++i) {
@@ -424,11 +431,9 @@ TEST(CudaSkinnyGemm, FusedFormsEverySplitCountBitForBit) {
         auto ssq = download(d_ssq, static_cast<std::size_t>(tiles) * M);
         if (round == 0) {
           const auto y = matmul_f64(x, w, M, N, K);
-          std::vector<double> h_ref(y.size()), ssq_ref(ssq.size(), 0.0);
+          std::vector<double> h_ref(y.size());
           for (std::size_t i = 0; i < y.size(); ++i) h_ref[i] = res[i] + y[i];
-          for (int m = 0; m < M; ++m) {
-            for (int n = 0; n < N; ++n) ssq_ref[(n / 64) * M + m] += static_cast<double>(h[m * N + n]) * h[m * N + n];
-          }
+          const auto ssq_ref = tile_squares_ref(h, M, N);
           EXPECT_LT(max_rel_error(h, h_ref), 1e-2) << "residual, splits " << S;
           EXPECT_LT(max_rel_error(ssq, ssq_ref), 1e-5) << "residual, splits " << S;
           first_h = h;
