@@ -55,19 +55,14 @@ __device__ __forceinline__ int tile_elem(int r, int col) {
   }
 }
 
-__device__ inline unsigned pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const unsigned*>(&v);
-}
-
 // P's A fragment for tokens 16kj..16kj+15: the accumulator layout of S (n-tiles 2kj and 2kj + 1)
 // is the A layout of the next product, for mma.sync and wgmma alike.
 template <int kN>
 __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsigned (&pa)[4]) {
-  pa[0] = pack_bf16(s[2 * kj][0], s[2 * kj][1]);
-  pa[1] = pack_bf16(s[2 * kj][2], s[2 * kj][3]);
-  pa[2] = pack_bf16(s[2 * kj + 1][0], s[2 * kj + 1][1]);
-  pa[3] = pack_bf16(s[2 * kj + 1][2], s[2 * kj + 1][3]);
+  pa[0] = pack_bf16x2(s[2 * kj][0], s[2 * kj][1]);
+  pa[1] = pack_bf16x2(s[2 * kj][2], s[2 * kj][3]);
+  pa[2] = pack_bf16x2(s[2 * kj + 1][0], s[2 * kj + 1][1]);
+  pa[3] = pack_bf16x2(s[2 * kj + 1][2], s[2 * kj + 1][3]);
 }
 
 // The loader of one KV tile (slots by warp 0's page cursor, then cp.async of K and V), as a

@@ -17,6 +17,18 @@ struct MinOp {
   __device__ T operator()(T a, T b) const { return b < a ? b : a; }
 };
 
+struct MaxOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a < b ? b : a; }
+};
+
+// Two floats rounded to bf16 and packed (lo in the low half), as mma fragments and bf16x2
+// stores take them.
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const unsigned*>(&v);
+}
+
 template <typename T, typename Op>
 __device__ inline T warp_reduce(T v, Op op) {
 #pragma unroll
