@@ -40,6 +40,7 @@ struct PlanHandle {
   float* d_o = nullptr;
   float* d_lse = nullptr;
   int rows = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, page_size = 0, slices = 0;
+  cascade::cuda::LevelFork fork;  // levels side by side, as the engine runs them
 
   ~PlanHandle() {
     if (d_plan != nullptr) cudaFree(d_plan);
@@ -112,8 +113,9 @@ void* cascade_attn_plan_create(int num_rows, const std::int32_t* row_order, cons
   cudaError_t e;
   if ((e = cudaMalloc(&h->d_plan, std::max<std::size_t>(plan_bytes, 4))) != cudaSuccess ||
       (e = cudaMalloc(&h->d_o, o_elems * sizeof(float))) != cudaSuccess ||
-      (e = cudaMalloc(&h->d_lse, lse_elems * sizeof(float))) != cudaSuccess) {
-    fail_cuda("cascade_attn_plan_create: cudaMalloc", e);
+      (e = cudaMalloc(&h->d_lse, lse_elems * sizeof(float))) != cudaSuccess ||
+      (e = h->fork.init()) != cudaSuccess) {
+    fail_cuda("cascade_attn_plan_create: cudaMalloc / stream", e);
     return nullptr;
   }
   if ((e = cudaMemcpy(h->d_plan, h->pack.data.data(), plan_bytes, cudaMemcpyHostToDevice)) != cudaSuccess) {
@@ -145,15 +147,25 @@ int cascade_attn_plan_info(void* handle, int* num_levels, int* num_slices, int* 
   return 0;
 }
 
-// Runs every level and the merge on `stream` (a cudaStream_t; 0 = legacy default stream).
+// Runs every level and the merge on `stream` (a cudaStream_t; 0 = legacy default stream); levels
+// after the first run beside it on the plan's side stream (LevelFork), joined before the merge.
 // q: bf16 [rows, num_heads, head_dim]; k, v: bf16 pools [pages, page_size, kv_heads, head_dim];
 // out: bf16 [rows, num_heads * head_dim]. Asynchronous; returns the first launch error.
 int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, void* out, void* stream) {
   auto* h = static_cast<PlanHandle*>(handle);
   if (h == nullptr) return fail("cascade_attn_run: null handle");
   auto s = static_cast<cudaStream_t>(stream);
+  const auto busy = std::count_if(h->pack.levels.begin(), h->pack.levels.end(),
+                                  [](const cascade::cuda::LevelPack& lp) { return lp.num_items > 0; });
+  const bool forked = h->fork.use(static_cast<int>(busy));
+  int nth = 0;
+  if (forked) {
+    const cudaError_t e = h->fork.fork(s);
+    if (e != cudaSuccess) return fail_cuda("cascade_attn_run: fork", e);
+  }
   for (int l = 0; l < static_cast<int>(h->pack.levels.size()); ++l) {
     const cascade::cuda::LevelPack& lp = h->pack.levels[l];
+    if (lp.num_items == 0) continue;  // launches nothing
     cascade::cuda::AttentionLevelParams ap;
     ap.q = static_cast<const __nv_bfloat16*>(q);
     ap.k_cache = static_cast<const __nv_bfloat16*>(k);
@@ -173,8 +185,12 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
     ap.grid_items = lp.num_items;
     ap.grid_splits = lp.num_splits;
     ap.warps = lp.warps;
-    const cudaError_t e = cascade::cuda::launch_attention_level(ap, s);
+    const cudaError_t e = cascade::cuda::launch_attention_level(ap, h->fork.stream_for(nth++, forked, s));
     if (e != cudaSuccess) return fail_cuda("cascade_attn_run: launch_attention_level", e);
+  }
+  if (forked) {
+    const cudaError_t e = h->fork.join(s);
+    if (e != cudaSuccess) return fail_cuda("cascade_attn_run: join", e);
   }
   cascade::cuda::MergeStatesParams mp;
   mp.o = h->d_o;

@@ -9,7 +9,8 @@
 //
 // Usage: cuda_attention_bench OUT.json [--quick | --shape P/U/B]
 // Each timed run is one replay of a CUDA graph holding fill + level kernels + merge, with L2
-// flushed (a 256 MB memset) before it; the median of the runs is reported.
+// flushed (a 256 MB memset) before it; the median of the runs is reported. The levels run side by
+// side as in the engine (LevelFork; CASCADE_ATTENTION_NO_FORK=1 runs them one after another).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -80,6 +81,11 @@ int main(int argc, char** argv) {
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
+  // CASCADE_BENCH_RUNS=N: N timed runs and no warm-up (for profilers).
+  const char* runs_env = std::getenv("CASCADE_BENCH_RUNS");
+  const int runs_override = runs_env != nullptr ? std::atoi(runs_env) : 0;
+  cascade::cuda::LevelFork level_fork;  // levels side by side, as the engine runs them
+  CK(level_fork.init());
 
   const double bw = cascade::bench::copy_bandwidth();
   const std::size_t flush_bytes = 256u << 20;
@@ -199,8 +205,14 @@ int main(int argc, char** argv) {
       const int slices = std::max(1, op.pack.num_slices);
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
       CK(cascade::cuda::launch_fill_f32(st_lse, static_cast<std::int64_t>(slices) * B * kHeads, -INFINITY, st));
+      const auto busy = std::count_if(op.pack.levels.begin(), op.pack.levels.end(),
+                                      [](const cascade::cuda::LevelPack& lp) { return lp.num_items > 0; });
+      const bool forked = level_fork.use(static_cast<int>(busy));
+      if (forked) CK(level_fork.fork(st));
+      int nth = 0;
       for (int l = 0; l < static_cast<int>(op.pack.levels.size()); ++l) {
         const cascade::cuda::LevelPack& lp = op.pack.levels[l];
+        if (lp.num_items == 0) continue;  // launches nothing
         cascade::cuda::AttentionLevelParams p;
         p.q = q;
         p.k_cache = k_pool;
@@ -220,8 +232,9 @@ int main(int argc, char** argv) {
         p.grid_items = lp.num_items;
         p.grid_splits = lp.num_splits;
         p.warps = lp.warps;
-        CK(cascade::cuda::launch_attention_level(p, st));
+        CK(cascade::cuda::launch_attention_level(p, level_fork.stream_for(nth++, forked, st)));
       }
+      if (forked) CK(level_fork.join(st));
       cascade::cuda::MergeStatesParams mp;
       mp.o = st_o;
       mp.lse = st_lse;
@@ -301,8 +314,9 @@ int main(int argc, char** argv) {
 
     auto time_op = [&](Op& op) {
       std::vector<double> t;
-      const int runs = quick ? 20 : 60;
-      for (int i = 0; i < runs + 5; ++i) {
+      const int runs = runs_override > 0 ? runs_override : quick ? 20 : 60;
+      const int warm = runs_override > 0 ? 0 : 5;
+      for (int i = 0; i < runs + warm; ++i) {
         CK(cudaMemsetAsync(flush, i & 0xFF, flush_bytes, st));
         CK(cudaEventRecord(e0, st));
         CK(cudaGraphLaunch(op.exec, st));
@@ -310,7 +324,7 @@ int main(int argc, char** argv) {
         CK(cudaEventSynchronize(e1));
         float ms;
         CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (i >= 5) t.push_back(ms * 1e3);
+        if (i >= warm) t.push_back(ms * 1e3);
       }
       return median(t);
     };

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "backend/cuda/ab_switch.h"
 #include "backend/cuda/kernels.h"
 #include "cuda_test_util.h"
 
@@ -55,10 +56,11 @@ void add_group(CascadeLevel& lv, std::vector<std::int32_t>& row_order, const std
 }
 
 // Runs every level on the GPU and merges; returns the merged fp32 output [rows, heads, head_dim].
+// With `fork`, levels after the first busy one run on its side stream (as the engine runs them).
 std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const std::vector<float>& q,
                                  const std::vector<float>& kpool, const std::vector<float>& vpool,
                                  int num_sms, const std::vector<std::int32_t>* written = nullptr,
-                                 bool no_wgmma = false) {
+                                 bool no_wgmma = false, LevelFork* fork = nullptr) {
   PlanPack pack;
   const char* why = "";
   EXPECT_TRUE(pack_plan(plan, m.heads, m.kv_heads, num_sms, 64, &pack, &why, written, m.page_size)) << why;
@@ -71,8 +73,15 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
   DeviceBuffer<float> lse(static_cast<std::size_t>(slices) * n * m.heads);
   poison(o);
   EXPECT_EQ(launch_fill_f32(lse.get(), lse.size(), -INFINITY, nullptr), cudaSuccess);
+  const auto busy = std::count_if(pack.levels.begin(), pack.levels.end(),
+                                  [](const LevelPack& lp) { return lp.num_items > 0; });
+  const bool forked = fork != nullptr && fork->use(static_cast<int>(busy));
+  if (fork != nullptr) EXPECT_TRUE(forked || busy < 2) << "a plan of " << busy << " busy levels ran unforked";
+  if (forked) EXPECT_EQ(fork->fork(nullptr), cudaSuccess);
+  int nth = 0;
   for (int l = 0; l < static_cast<int>(pack.levels.size()); ++l) {
     const LevelPack& lp = pack.levels[l];
+    if (lp.num_items == 0) continue;
     AttentionLevelParams p;
     p.q = d_q.get();
     p.k_cache = d_k.get();
@@ -95,8 +104,10 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     p.grid_splits = lp.num_splits;
     p.warps = lp.warps;
     p.no_wgmma = no_wgmma;
-    EXPECT_EQ(launch_attention_level(p, nullptr), cudaSuccess);
+    EXPECT_EQ(launch_attention_level(p, fork != nullptr ? fork->stream_for(nth++, forked, nullptr) : nullptr),
+              cudaSuccess);
   }
+  if (forked) EXPECT_EQ(fork->join(nullptr), cudaSuccess);
   DeviceBuffer<float> out(static_cast<std::size_t>(n) * m.heads * m.head_dim);
   poison(out);
   MergeStatesParams mp;
@@ -190,6 +201,13 @@ struct Fixture {
     for (int g = 0; g < last.num_groups(); ++g) {
       const int i = last.page_indptr[g + 1] - 1;
       if (i >= last.page_indptr[g]) last_keys.push_back(last.page_ids[i] * m.page_size + last.page_lens[i] - 1);
+    }
+    // Levels side by side (LevelFork, as the engine and the benchmark run them): the same bits.
+    if (!ab_switch_on("CASCADE_ATTENTION_NO_FORK")) {
+      LevelFork fork;
+      ASSERT_EQ(fork.init(), cudaSuccess);
+      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, nullptr, false, &fork);
+      EXPECT_EQ(got, split) << what << " (levels forked) H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
     }
     const std::vector<std::int32_t> none;
     for (const std::vector<std::int32_t>* written : {&none, static_cast<const std::vector<std::int32_t>*>(&last_keys)}) {

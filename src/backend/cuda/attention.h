@@ -95,6 +95,39 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
                int max_slices, PlanPack* out, const char** why,
                const std::vector<std::int32_t>* written_slots = nullptr, int page_size = 0);
 
+// Concurrent levels. A plan's levels write disjoint state slices and read only q, the plan and
+// the KV pools, so none waits for another: only the merge needs them all. A shared level of many
+// rows is bound by tensor-core work and the unique levels by memory, so running them side by side
+// overlaps the two (v11). LevelFork queues levels after the first on a second stream that waits
+// for the caller's stream (fork) and that the caller's stream waits for before the merge (join);
+// under CUDA-graph capture the two become parallel branches of the graph.
+// CASCADE_ATTENTION_NO_FORK=1 keeps every level on the caller's stream (A/B timing).
+class LevelFork {
+ public:
+  LevelFork() = default;
+  ~LevelFork();
+  LevelFork(const LevelFork&) = delete;
+  LevelFork& operator=(const LevelFork&) = delete;
+  /// \brief Creates the side stream and the events (once; call outside graph capture).
+  cudaError_t init();
+  /// \brief True when a plan whose levels launch `busy_levels` grids (levels without items
+  /// launch none) runs forked: init() done, two or more, the switch not set.
+  bool use(int busy_levels) const;
+  /// \brief The side stream waits for the work queued so far on `main`.
+  cudaError_t fork(cudaStream_t main);
+  /// \brief `main` waits for the work queued on the side stream.
+  cudaError_t join(cudaStream_t main);
+  /// \brief The stream of the `nth` busy level (from 0): the side stream for all but the first
+  /// while forked, else `main`.
+  cudaStream_t stream_for(int nth, bool forked, cudaStream_t main) const {
+    return forked && nth > 0 ? side_ : main;
+  }
+
+ private:
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t forked_ = nullptr, joined_ = nullptr;
+};
+
 // Fills AttentionLevelParams::level (and ::kv_fresh) for level `l` of a pack uploaded at `dev`.
 LevelArrays level_arrays(const LevelPack& level, const std::int32_t* dev);
 LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev);

@@ -1,7 +1,8 @@
-// Host-side packing of a CascadePlan for the attention kernels (see attention.h).
+// Host side of the attention kernels (see attention.h): packing a CascadePlan, and LevelFork.
 #include <algorithm>
 #include <cstdint>
 
+#include "backend/cuda/ab_switch.h"
 #include "backend/cuda/attention.h"
 
 namespace cascade::cuda {
@@ -164,6 +165,35 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   }
   pk.num_slices = used_slices;
   return true;
+}
+
+LevelFork::~LevelFork() {
+  if (forked_ != nullptr) cudaEventDestroy(forked_);
+  if (joined_ != nullptr) cudaEventDestroy(joined_);
+  if (side_ != nullptr) cudaStreamDestroy(side_);
+}
+
+cudaError_t LevelFork::init() {
+  if (side_ != nullptr) return cudaSuccess;
+  cudaError_t e = cudaEventCreateWithFlags(&forked_, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&joined_, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking);
+  return e;
+}
+
+bool LevelFork::use(int busy_levels) const {
+  static const bool off = ab_switch_on("CASCADE_ATTENTION_NO_FORK");
+  return side_ != nullptr && busy_levels > 1 && !off;
+}
+
+cudaError_t LevelFork::fork(cudaStream_t main) {
+  const cudaError_t e = cudaEventRecord(forked_, main);
+  return e != cudaSuccess ? e : cudaStreamWaitEvent(side_, forked_, 0);
+}
+
+cudaError_t LevelFork::join(cudaStream_t main) {
+  const cudaError_t e = cudaEventRecord(joined_, side_);
+  return e != cudaSuccess ? e : cudaStreamWaitEvent(main, joined_, 0);
 }
 
 LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev) {

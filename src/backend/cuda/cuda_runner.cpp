@@ -38,6 +38,7 @@ class CudaRunner final : public ModelRunner {
       : config_(config), options_(options) {
     validate_config(num_pages, page_size);
     CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUDA_TRY(level_fork_.init());
     int dev = 0;
     CUDA_TRY(cudaGetDevice(&dev));
     cudaDeviceProp prop{};
@@ -674,7 +675,13 @@ class CudaRunner final : public ModelRunner {
       qp.head_dim = D;
       qp.early_release = early;
       CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
+      const auto busy = std::count_if(s.levels.begin(), s.levels.end(),
+                                      [](const LevelLaunch& lv) { return lv.grid_items > 0; });
+      const bool forked = level_fork_.use(static_cast<int>(busy));
+      if (forked) CUDA_TRY(level_fork_.fork(stream_));
+      int nth = 0;
       for (const LevelLaunch& lv : s.levels) {
+        if (lv.grid_items <= 0) continue;  // launches nothing
         cuda::AttentionLevelParams ap;
         ap.q = q_.get();
         ap.k_cache = kc;
@@ -696,8 +703,9 @@ class CudaRunner final : public ModelRunner {
         ap.warps = lv.warps;
         ap.read_ahead = early;  // after an early-released qk_norm_rope (measured no gain without)
         ap.kv_fresh = lv.kv_fresh;
-        CUDA_TRY(cuda::launch_attention_level(ap, stream_));
+        CUDA_TRY(cuda::launch_attention_level(ap, level_fork_.stream_for(nth++, forked, stream_)));
       }
+      if (forked) CUDA_TRY(level_fork_.join(stream_));
       cuda::MergeStatesParams mp;
       mp.o = states_o_.get();
       mp.lse = states_lse_.get();
@@ -888,6 +896,7 @@ class CudaRunner final : public ModelRunner {
   std::string device_name_;
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;
+  cuda::LevelFork level_fork_;  // levels after the first beside it (attention.h)
   std::unique_ptr<cuda::Gemm> gemm_;
 
   DeviceBuffer<bf16> embed_, final_norm_, lm_head_buf_;
