@@ -185,6 +185,7 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
     ap.grid_items = lp.num_items;
     ap.grid_splits = lp.num_splits;
     ap.warps = lp.warps;
+    ap.short_tiles = lp.short_tiles;
     const cudaError_t e = cascade::cuda::launch_attention_level(ap, h->fork.stream_for(nth++, forked, s));
     if (e != cudaSuccess) return fail_cuda("cascade_attn_run: launch_attention_level", e);
   }

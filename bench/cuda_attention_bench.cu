@@ -232,6 +232,7 @@ int main(int argc, char** argv) {
         p.grid_items = lp.num_items;
         p.grid_splits = lp.num_splits;
         p.warps = lp.warps;
+        p.short_tiles = lp.short_tiles;
         CK(cascade::cuda::launch_attention_level(p, level_fork.stream_for(nth++, forked, st)));
       }
       if (forked) CK(level_fork.join(st));

@@ -110,6 +110,10 @@ void check_pack(const CascadePlan& plan, const PlanPack& pk, int gqa, int num_sm
     }
     EXPECT_GE(static_cast<long long>(lp.num_splits) * lp.tokens_per_split, max_len);
     EXPECT_EQ(slice(pk, lp.counts, 3), (std::vector<std::int32_t>{lp.num_items, lp.num_splits, lp.tokens_per_split}));
+    // 16-token tiles exactly where a one-warp CTA covers at most kShortTileMaxTokens keys.
+    const int keys_per_cta = std::min(lp.tokens_per_split, max_len);
+    EXPECT_EQ(lp.short_tiles, lp.warps == 1 && max_len > 0 && keys_per_cta <= kShortTileMaxTokens)
+        << "level " << l << ": " << keys_per_cta << " keys per CTA";
     EXPECT_EQ(lp.slice_base, slices);
     slices += lp.num_splits;
   }

@@ -55,12 +55,20 @@ void add_group(CascadeLevel& lv, std::vector<std::int32_t>& row_order, const std
   lv.kv_start_pos.push_back(start_pos);
 }
 
+// How gpu_attention runs a plan, beyond the pack's choices.
+struct RunOptions {
+  const std::vector<std::int32_t>* written = nullptr;  // pack_plan's written slots (read ahead)
+  bool no_wgmma = false;
+  LevelFork* fork = nullptr;  // levels after the first busy one on its side stream, as the engine
+  int short_tiles = -1;       // one-warp levels: -1 the pack's choice, 0 or 1 forced
+};
+
 // Runs every level on the GPU and merges; returns the merged fp32 output [rows, heads, head_dim].
-// With `fork`, levels after the first busy one run on its side stream (as the engine runs them).
 std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const std::vector<float>& q,
                                  const std::vector<float>& kpool, const std::vector<float>& vpool,
-                                 int num_sms, const std::vector<std::int32_t>* written = nullptr,
-                                 bool no_wgmma = false, LevelFork* fork = nullptr) {
+                                 int num_sms, const RunOptions& opt = {}) {
+  const std::vector<std::int32_t>* written = opt.written;
+  LevelFork* fork = opt.fork;
   PlanPack pack;
   const char* why = "";
   EXPECT_TRUE(pack_plan(plan, m.heads, m.kv_heads, num_sms, 64, &pack, &why, written, m.page_size)) << why;
@@ -103,7 +111,8 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     p.grid_items = lp.num_items;
     p.grid_splits = lp.num_splits;
     p.warps = lp.warps;
-    p.no_wgmma = no_wgmma;
+    p.no_wgmma = opt.no_wgmma;
+    p.short_tiles = opt.short_tiles < 0 ? lp.short_tiles : lp.warps == 1 && opt.short_tiles == 1;
     EXPECT_EQ(launch_attention_level(p, fork != nullptr ? fork->stream_for(nth++, forked, nullptr) : nullptr),
               cudaSuccess);
   }
@@ -190,30 +199,40 @@ struct Fixture {
     }
     // Where four-warp levels run as wgmma (sm_90a), the mma.sync form must pass too.
     if (attention_wgmma_available()) {
-      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, nullptr, true);
+      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, {.no_wgmma = true});
       EXPECT_LT(rel_error(got, ref), 1e-2)
           << what << " (mma.sync) H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
     }
+    // One-warp levels with 16- and 32-token tiles whatever the pack chose (short_tiles): both
+    // forms must pass.
+    std::vector<float> tiles32;
+    for (const int short_tiles : {0, 1}) {
+      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, {.short_tiles = short_tiles});
+      EXPECT_LT(rel_error(got, ref), 1e-2) << what << (short_tiles ? " (16-token tiles)" : " (32-token tiles)")
+                                           << " H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
+      if (short_tiles == 0) tiles32 = got;
+    }
+    // Levels side by side (LevelFork, as the engine and the benchmark run them): the same bits.
+    if (!ab_switch_on("CASCADE_ATTENTION_NO_FORK")) {
+      LevelFork fork;
+      ASSERT_EQ(fork.init(), cudaSuccess);
+      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, {.fork = &fork});
+      EXPECT_EQ(got, split) << what << " (levels forked) H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
+    }
     // Keys read ahead of the wait (kv_fresh): with nothing written this step every tile may be,
-    // with each row's last key written only those before its page; the same bits either way.
+    // with each row's last key written only those before its page; the same bits either way as
+    // the 32-token tiles without read-ahead (the read-ahead form's tiling).
     std::vector<std::int32_t> last_keys;
     const CascadeLevel& last = plan.levels.back();
     for (int g = 0; g < last.num_groups(); ++g) {
       const int i = last.page_indptr[g + 1] - 1;
       if (i >= last.page_indptr[g]) last_keys.push_back(last.page_ids[i] * m.page_size + last.page_lens[i] - 1);
     }
-    // Levels side by side (LevelFork, as the engine and the benchmark run them): the same bits.
-    if (!ab_switch_on("CASCADE_ATTENTION_NO_FORK")) {
-      LevelFork fork;
-      ASSERT_EQ(fork.init(), cudaSuccess);
-      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, nullptr, false, &fork);
-      EXPECT_EQ(got, split) << what << " (levels forked) H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
-    }
     const std::vector<std::int32_t> none;
     for (const std::vector<std::int32_t>* written : {&none, static_cast<const std::vector<std::int32_t>*>(&last_keys)}) {
-      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, written);
-      EXPECT_EQ(got, split) << what << " H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim
-                            << (written->empty() ? ", all keys read ahead" : ", last pages written");
+      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, {.written = written});
+      EXPECT_EQ(got, tiles32) << what << " H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim
+                              << (written->empty() ? ", all keys read ahead" : ", last pages written");
     }
   }
 };

@@ -11,9 +11,14 @@ namespace {
 // KV tokens per shared-memory tile: 64 for the four-warp kernel (shared levels, many rows), 32 for
 // the one-warp decode kernel, whose occupancy is set by shared memory (two stages of K and V
 // tiles): 35 KB lets 6 CTAs share an SM instead of 3, so twice the warps hide the latency of this
-// issue-bound kernel. attention_plan.cpp cuts splits at multiples of 64, a multiple of both.
-template <int kWarps>
-inline constexpr int kTileFor = kWarps == 1 ? 32 : 64;
+// issue-bound kernel. One-warp CTAs of at most kShortTileMaxTokens keys (pack_plan's short_tiles:
+// the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160 registers
+// (head_dim 128) let 12 CTAs share an SM instead of 6, which pays where a CTA has only a few
+// tiles to hide its latency behind; over longer ranges the small tile's per-tile work costs more
+// (v11).
+// attention_plan.cpp cuts splits at multiples of 64, a multiple of every tile.
+template <int kWarps, bool kShort>
+inline constexpr int kTileFor = kWarps == 1 ? (kShort ? 16 : 32) : 64;
 // Stages of K/V tiles in shared memory. (For the wgmma form, 8-warp CTAs of 128 rows with four
 // stages, one CTA per SM, were 3-6% slower at batch 256 than this with three CTAs per SM, v9.)
 constexpr int kTileStages = 2;
@@ -91,7 +96,20 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
             w_base = win; \
           } \
           const int ps = w_ps, pe = w_pe, pid = w_pid; \
-          for (int t = max(ps, t0); t < min(pe, t_hi); ++t) slots[t - t0] = pid * p.page_size + (t - ps); \
+          /* The window's pages that overlap [t0, t_hi) hand their range to the lanes, one page */ \
+          /* at a time, and each lane fills the slots of its tokens (a lane per page looping over */ \
+          /* its tokens left most lanes idle, v11). */ \
+          for (unsigned over = __ballot_sync(0xffffffffu, in && ps < t_hi && pe > t0); over != 0u; \
+               over &= over - 1u) { \
+            const int k = __ffs(over) - 1; \
+            const int kps = __shfl_sync(0xffffffffu, ps, k), kpe = __shfl_sync(0xffffffffu, pe, k); \
+            const int kpid = __shfl_sync(0xffffffffu, pid, k); \
+            _Pragma("unroll") \
+            for (int u = lane; u < kTile; u += 32) { \
+              const int t = t0 + u; \
+              if (t >= kps && t < min(kpe, t_hi)) slots[u] = kpid * p.page_size + (t - kps); \
+            } \
+          } \
           const unsigned holds_next = __ballot_sync(0xffffffffu, in && pe > t_next); \
           if (next < 0 && holds_next != 0u) next = win + __ffs(holds_next) - 1; \
           if (__shfl_sync(0xffffffffu, pe, 31) >= t_hi) { \
@@ -104,33 +122,26 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
       __syncthreads(); \
       __nv_bfloat16* ks = k_s + stage * kTile * kStride; \
       __nv_bfloat16* vs = v_s + stage * kTile * kStride; \
-      if constexpr (kWg) { \
-        /* A thread keeps one column and every (kThreads / kChunks)-th row, a multiple of 8: */ \
-        /* its swizzled offset moves by whole rows, so it is computed once. */ \
-        constexpr int kRowStep = kThreads / kChunks; \
-        static_assert(kRowStep % 8 == 0 && kTile % kRowStep == 0, "rows per pass"); \
-        const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8; \
-        const int e0 = tile_elem<kD, kTile, kWg>(r0, col); \
-        const __nv_bfloat16* kbase = p.k_cache + kvh * kD + col; \
-        const __nv_bfloat16* vbase = p.v_cache + kvh * kD + col; \
-        const std::int64_t slot_stride = static_cast<std::int64_t>(p.num_kv_heads) * kD; \
-        _Pragma("unroll") \
-        for (int i = 0; i < kTile / kRowStep; ++i) { \
-          const int slot = slots[r0 + i * kRowStep]; \
-          const std::int64_t off = static_cast<std::int64_t>(slot < 0 ? 0 : slot) * slot_stride; \
-          cp_async16(ks + e0 + i * kRowStep * 64, kbase + off, slot >= 0); \
-          cp_async16(vs + e0 + i * kRowStep * 64, vbase + off, slot >= 0); \
-        } \
-      } else { \
-        for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) { \
-          const int r = c / kChunks, col = (c % kChunks) * 8; \
-          const int slot = slots[r]; \
-          const std::int64_t off = \
-              (static_cast<std::int64_t>(slot < 0 ? 0 : slot) * p.num_kv_heads + kvh) * kD + col; \
-          const int e = tile_elem<kD, kTile, kWg>(r, col); \
-          cp_async16(ks + e, p.k_cache + off, slot >= 0); \
-          cp_async16(vs + e, p.v_cache + off, slot >= 0); \
-        } \
+      /* A thread keeps one 16-byte column chunk and every (kThreads / kChunks)-th row, so its */ \
+      /* shared-memory offset moves by a fixed step per row (for kWg a multiple of 8 rows, */ \
+      /* which keeps the swizzle phase) and its global address is a base plus slot x stride: */ \
+      /* a row costs one shared load of its slot and one multiply-add. (A loop over flat chunk */ \
+      /* indices spent ~19 integer instructions per cp.async on 64-bit index math: half of */ \
+      /* the one-warp kernel's instructions, v11.) */ \
+      constexpr int kRowStep = kThreads / kChunks; \
+      static_assert(kTile % kRowStep == 0 && (!kWg || kRowStep % 8 == 0), "rows per pass"); \
+      constexpr int kElemStep = kWg ? kRowStep * 64 : kRowStep * kStride; \
+      const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8; \
+      const int e0 = tile_elem<kD, kTile, kWg>(r0, col); \
+      const __nv_bfloat16* kbase = p.k_cache + kvh * kD + col; \
+      const __nv_bfloat16* vbase = p.v_cache + kvh * kD + col; \
+      const std::int64_t slot_stride = static_cast<std::int64_t>(p.num_kv_heads) * kD; \
+      _Pragma("unroll") \
+      for (int i = 0; i < kTile / kRowStep; ++i) { \
+        const int slot = slots[r0 + i * kRowStep]; \
+        const std::int64_t off = static_cast<std::int64_t>(slot < 0 ? 0 : slot) * slot_stride; \
+        cp_async16(ks + e0 + i * kElemStep, kbase + off, slot >= 0); \
+        cp_async16(vs + e0 + i * kElemStep, vbase + off, slot >= 0); \
       } \
     }
 
@@ -143,15 +154,16 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
 // kWg (four-warp CTAs on sm_90a, attention_wgmma_available()): the same CTA work, with the two
 // products as warpgroup MMAs: S = Q Kᵀ with Q's fragments from registers and K from the swizzled
 // tile, O += P V with P from registers and V read transposed (MN-major) from its tile.
-template <int kD, int kWarps, bool kReadAhead, bool kWg = false>
+template <int kD, int kWarps, bool kReadAhead, bool kWg = false, bool kShort = false>
 __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     attention_level_kernel(AttentionLevelParams p) {
   static_assert(!kWg || (kWarps == 4 && !kReadAhead), "the wgmma form is a four-warp kernel");
+  static_assert(!kShort || (kWarps == 1 && !kReadAhead), "short tiles are a one-warp form");
   // Shared-memory row (bf16): padded for conflict-free fragment loads, or swizzled (tile_elem).
   constexpr int kStride = kWg ? kD : kD + 8;
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunks = kD / 8;  // 16-byte chunks per KV row
-  constexpr int kTile = kTileFor<kWarps>;
+  constexpr int kTile = kTileFor<kWarps, kShort>;
   constexpr int kStages = kTileStages;
 #ifndef CASCADE_SM90A
   if constexpr (kWg) {
@@ -371,39 +383,25 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
         }
       }
     }
-    // Mask (split end, causality) and scale into log2 units.
+    // Mask (split end, causality) and scale into log2 units. Per row, the tile's visible tokens
+    // are a prefix: one compare per score against its length (the fragment layout is the same
+    // for mma.sync and wgmma: column j * 8 + tig * 2 + (e & 1), row g + 8 * (e >> 1)).
     float tile_max[2] = {-INFINITY, -INFINITY};
-    if constexpr (kWg) {
-      // Per row, the tile's visible tokens are a prefix: one compare per score against its
-      // length (the same rule as below, with less integer work in this issue-bound loop).
-      int vis[2];
+    int vis[2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {  // in 64 bits (an invalid row's qpos is -2^31 + 1), then
-        // clamped to [-1, kTile], which keeps every comparison below
-        const long long lim = min(static_cast<long long>(t_end), static_cast<long long>(qpos[h]) - kv_start + 1) -
-                              t0 - tig * 2;
-        vis[h] = static_cast<int>(max(-1LL, min(lim, static_cast<long long>(kTile))));
-      }
+    for (int h = 0; h < 2; ++h) {  // in 64 bits (an invalid row's qpos is -2^31 + 1), then
+      // clamped to [-1, kTile], which keeps every comparison below
+      const long long lim = min(static_cast<long long>(t_end), static_cast<long long>(qpos[h]) - kv_start + 1) -
+                            t0 - tig * 2;
+      vis[h] = static_cast<int>(max(-1LL, min(lim, static_cast<long long>(kTile))));
+    }
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j) {
+    for (int j = 0; j < kTile / 8; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int h = e >> 1;
-          s[j][e] = j * 8 + (e & 1) < vis[h] ? s[j][e] * scale2 : -INFINITY;
-          tile_max[h] = fmaxf(tile_max[h], s[j][e]);
-        }
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int h = e >> 1;
-          const int t = t0 + j * 8 + tig * 2 + (e & 1);
-          const bool ok = t < t_end && kv_start + t <= qpos[h];
-          s[j][e] = ok ? s[j][e] * scale2 : -INFINITY;
-          tile_max[h] = fmaxf(tile_max[h], s[j][e]);
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        s[j][e] = j * 8 + (e & 1) < vis[h] ? s[j][e] * scale2 : -INFINITY;
+        tile_max[h] = fmaxf(tile_max[h], s[j][e]);
       }
     }
     float corr[2];
@@ -503,22 +501,22 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   }
 }
 
-template <int kD, int kWarps, bool kReadAhead = false, bool kWg = false>
+template <int kD, int kWarps, bool kReadAhead = false, bool kWg = false, bool kShort = false>
 cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
   constexpr int kStride = kWg ? kD : kD + 8;
-  constexpr int kTile = kTileFor<kWarps>;
+  constexpr int kTile = kTileFor<kWarps, kShort>;
   constexpr int kStages = kTileStages;
   // The stages of K and V tiles and their slots (+ slack to align the tiles to 1024 for kWg).
   constexpr int kSmem = kStages * (2 * kTile * kStride * 2 + kTile * 4) + (kWg ? 1024 : 0);
   static bool configured = false;  // the attribute is per function; set once per process
   if (!configured) {
-    const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps, kReadAhead, kWg>,
+    const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps, kReadAhead, kWg, kShort>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (err != cudaSuccess) return err;
     configured = true;
   }
   const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
-  return launch_pdl<attention_level_kernel<kD, kWarps, kReadAhead, kWg>>(grid, dim3(kWarps * 32), kSmem, stream, p);
+  return launch_pdl<attention_level_kernel<kD, kWarps, kReadAhead, kWg, kShort>>(grid, dim3(kWarps * 32), kSmem, stream, p);
 }
 
 }  // namespace
@@ -537,11 +535,13 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
   const bool wg = p.warps == 4 && !p.no_wgmma && attention_wgmma_available();
   if (p.head_dim == 128) {
     if (p.warps == 4) return wg ? launch_typed<128, 4, false, true>(p, stream) : launch_typed<128, 4>(p, stream);
-    return p.read_ahead ? launch_typed<128, 1, true>(p, stream) : launch_typed<128, 1>(p, stream);
+    if (p.read_ahead) return launch_typed<128, 1, true>(p, stream);
+    return p.short_tiles ? launch_typed<128, 1, false, false, true>(p, stream) : launch_typed<128, 1>(p, stream);
   }
   if (p.head_dim == 64) {
     if (p.warps == 4) return wg ? launch_typed<64, 4, false, true>(p, stream) : launch_typed<64, 4>(p, stream);
-    return p.read_ahead ? launch_typed<64, 1, true>(p, stream) : launch_typed<64, 1>(p, stream);
+    if (p.read_ahead) return launch_typed<64, 1, true>(p, stream);
+    return p.short_tiles ? launch_typed<64, 1, false, false, true>(p, stream) : launch_typed<64, 1>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

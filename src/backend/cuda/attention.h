@@ -9,6 +9,7 @@
 // (split-K); the partial states are merged with the other levels' states by merge_states.
 // On sm_90a the four-warp CTAs do the same work with warpgroup MMAs (wgmma: Q and P from
 // registers, K and V from 128-byte-swizzled tiles), attention_wgmma_available().
+// One-warp CTAs over at most kShortTileMaxTokens keys stage 16-token tiles instead (short_tiles).
 // Supported: head_dim 64 or 128, num_heads / num_kv_heads in 1..8.
 #pragma once
 
@@ -59,6 +60,8 @@ struct AttentionLevelParams {
   // Four-warp levels use the wgmma form where attention_wgmma_available(); true keeps them on
   // mma.sync (tests compare the two).
   bool no_wgmma = false;
+  // One-warp levels (not read ahead): 16-token KV tiles, for CTAs of few keys (LevelPack).
+  bool short_tiles = false;
 };
 
 /// \brief True when four-warp levels (more than 16 stacked rows per group: shared cascade levels,
@@ -77,7 +80,11 @@ struct LevelPack {
   int items = 0, q_indptr = 0, page_indptr = 0, page_ids = 0, page_start = 0, kv_len = 0,
       kv_start_pos = 0, kv_fresh = 0, counts = 0;
   int num_items = 0, num_splits = 1, tokens_per_split = 0, warps = 1, slice_base = 0;
+  // One-warp level whose CTAs cover at most kShortTileMaxTokens keys: AttentionLevelParams's
+  // short_tiles.
+  bool short_tiles = false;
 };
+inline constexpr int kShortTileMaxTokens = 128;
 struct PlanPack {
   std::vector<std::int32_t> data;
   int row_order = 0, q_pos = 0;

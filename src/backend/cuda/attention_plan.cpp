@@ -150,6 +150,10 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     }
     lp.num_splits = splits;
     lp.tokens_per_split = per_split;
+    // Few keys per CTA (cascades' unique levels, decode splits): the 16-token tiles' occupancy
+    // wins; over more keys their per-tile work costs more (v11: 4096/128/64 -7%, decode batch
+    // 16 -2.5%, but flat 16k contexts +15% and batch 256 at 512 keys +3.5% with them).
+    lp.short_tiles = lp.warps == 1 && max_len > 0 && std::min(per_split, max_len) <= kShortTileMaxTokens;
     lp.slice_base = used_slices;
     used_slices += splits;
     lp.items = append(pk.data, items);

@@ -265,6 +265,7 @@ class CudaRunner final : public ModelRunner {
     cuda::LevelArrays arrays;
     int slice_base = 0, grid_items = 0, grid_splits = 0, warps = 1;
     const std::int32_t* kv_fresh = nullptr;
+    bool short_tiles = false;
   };
   struct StepLaunch {
     int rows = 0;        // rows of the GEMMs / row kernels (padded in the bucketed path)
@@ -336,7 +337,7 @@ class CudaRunner final : public ModelRunner {
     for (int l = 0; l < static_cast<int>(pack.levels.size()); ++l) {
       const cuda::LevelPack& lp = pack.levels[l];
       s.levels.push_back({cuda::level_arrays(pack, l, d_plan), lp.slice_base, lp.num_items,
-                          lp.num_splits, lp.warps, cuda::level_kv_fresh(lp, d_plan)});
+                          lp.num_splits, lp.warps, cuda::level_kv_fresh(lp, d_plan), lp.short_tiles});
     }
     reserve_step(n, R, s.slices);
     return enqueue(s);
@@ -346,6 +347,7 @@ class CudaRunner final : public ModelRunner {
   // capacities and the split count its state slices are reserved for.
   struct LevelCaps {
     int warps = 1, items = 0, groups = 0, pages = 0, splits = 1;
+    bool short_tiles = false;  // with warps, picks the kernel form: a graph fits only its own
     bool operator==(const LevelCaps&) const = default;
   };
   struct Layout {
@@ -372,8 +374,8 @@ class CudaRunner final : public ModelRunner {
     if (lay.rows != rows || lay.levels.size() != need.size()) return false;
     for (std::size_t l = 0; l < need.size(); ++l) {
       const LevelCaps &c = lay.levels[l], &q = need[l];
-      if (c.warps != q.warps || q.items > c.items || q.groups > c.groups || q.pages > c.pages ||
-          q.splits > c.splits) {
+      if (c.warps != q.warps || c.short_tiles != q.short_tiles || q.items > c.items || q.groups > c.groups ||
+          q.pages > c.pages || q.splits > c.splits) {
         return false;
       }
     }
@@ -429,6 +431,7 @@ class CudaRunner final : public ModelRunner {
       o.num_items = c.items;
       o.num_splits = c.splits;
       o.warps = c.warps;
+      o.short_tiles = c.short_tiles;
       o.slice_base = base;
       base += c.splits;
       lay.offs.push_back(o);
@@ -444,7 +447,7 @@ class CudaRunner final : public ModelRunner {
     for (std::size_t l = 0; l < need.size(); ++l) {
       const cuda::LevelPack& lp = pack.levels[l];
       need[l] = {lp.warps, lp.num_items, plan.levels[l].num_groups(),
-                 static_cast<int>(plan.levels[l].page_ids.size()), lp.num_splits};
+                 static_cast<int>(plan.levels[l].page_ids.size()), lp.num_splits, lp.short_tiles};
     }
     GraphEntry* entry = nullptr;
     for (GraphEntry& e : graphs_) {
@@ -458,7 +461,9 @@ class CudaRunner final : public ModelRunner {
       auto same_shape = [&](const GraphEntry& e) {
         if (e.layout.rows != rows || e.layout.levels.size() != need.size()) return false;
         for (std::size_t l = 0; l < need.size(); ++l) {
-          if (e.layout.levels[l].warps != need[l].warps) return false;
+          if (e.layout.levels[l].warps != need[l].warps || e.layout.levels[l].short_tiles != need[l].short_tiles) {
+            return false;
+          }
         }
         return true;
       };
@@ -525,7 +530,7 @@ class CudaRunner final : public ModelRunner {
     s.q_pos = d + lay.q_pos;
     for (const cuda::LevelPack& o : lay.offs) {
       s.levels.push_back({cuda::level_arrays(o, d), o.slice_base, o.num_items, o.num_splits, o.warps,
-                          cuda::level_kv_fresh(o, d)});
+                          cuda::level_kv_fresh(o, d), o.short_tiles});
     }
     reserve_step(rows, rows, lay.slices);  // may drop graphs (buffers moved)
     entry = find_entry(lay);
@@ -703,6 +708,7 @@ class CudaRunner final : public ModelRunner {
         ap.warps = lv.warps;
         ap.read_ahead = early;  // after an early-released qk_norm_rope (measured no gain without)
         ap.kv_fresh = lv.kv_fresh;
+        ap.short_tiles = lv.short_tiles;
         CUDA_TRY(cuda::launch_attention_level(ap, level_fork_.stream_for(nth++, forked, stream_)));
       }
       if (forked) CUDA_TRY(level_fork_.join(stream_));
