@@ -187,7 +187,10 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
     ap.warps = lp.warps;
     ap.short_tiles = lp.short_tiles;
     const cudaError_t e = cascade::cuda::launch_attention_level(ap, h->fork.stream_for(nth++, forked, s));
-    if (e != cudaSuccess) return fail_cuda("cascade_attn_run: launch_attention_level", e);
+    if (e != cudaSuccess) {
+      if (forked) h->fork.join(s);  // leave nothing unjoined on the side stream
+      return fail_cuda("cascade_attn_run: launch_attention_level", e);
+    }
   }
   if (forked) {
     const cudaError_t e = h->fork.join(s);

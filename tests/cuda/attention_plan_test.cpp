@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -64,7 +65,9 @@ std::vector<std::int32_t> slice(const PlanPack& pk, int offset, std::size_t n) {
   return {pk.data.begin() + offset, pk.data.begin() + offset + static_cast<std::ptrdiff_t>(n)};
 }
 
-void check_pack(const CascadePlan& plan, const PlanPack& pk, int gqa, int num_sms, int max_slices) {
+// read_ahead: packed with written slots.
+void check_pack(const CascadePlan& plan, const PlanPack& pk, int gqa, int num_sms, int max_slices,
+                bool read_ahead = false) {
   EXPECT_EQ(slice(pk, pk.row_order, plan.row_order.size()), plan.row_order);
   EXPECT_EQ(slice(pk, pk.q_pos, plan.q_pos.size()), plan.q_pos);
   ASSERT_EQ(pk.levels.size(), plan.levels.size());
@@ -112,7 +115,7 @@ void check_pack(const CascadePlan& plan, const PlanPack& pk, int gqa, int num_sm
     EXPECT_EQ(slice(pk, lp.counts, 3), (std::vector<std::int32_t>{lp.num_items, lp.num_splits, lp.tokens_per_split}));
     // 16-token tiles exactly where a one-warp CTA covers at most kShortTileMaxTokens keys.
     const int keys_per_cta = std::min(lp.tokens_per_split, max_len);
-    EXPECT_EQ(lp.short_tiles, lp.warps == 1 && max_len > 0 && keys_per_cta <= kShortTileMaxTokens)
+    EXPECT_EQ(lp.short_tiles, lp.warps == 1 && !read_ahead && max_len > 0 && keys_per_cta <= kShortTileMaxTokens)
         << "level " << l << ": " << keys_per_cta << " keys per CTA";
     EXPECT_EQ(lp.slice_base, slices);
     slices += lp.num_splits;
@@ -143,30 +146,36 @@ TEST(CudaPlanPack, RandomPlansPackFaithfully) {
   }
 }
 
+// Flat decode: `seqs` rows, each its own group of `tokens` keys in pages of 16.
+CascadePlan flat_plan(int seqs, int tokens) {
+  CascadePlan plan;
+  plan.num_rows = seqs;
+  int next_page = 0;
+  for (int r = 0; r < seqs; ++r) {
+    plan.row_order.push_back(r);
+    plan.q_pos.push_back(tokens - 1);
+  }
+  CascadeLevel lv;
+  lv.q_indptr.push_back(0);
+  lv.page_indptr.push_back(0);
+  for (int r = 0; r < seqs; ++r) {
+    lv.q_indptr.push_back(r + 1);
+    for (int t = 0; t < tokens; t += 16) {
+      lv.page_ids.push_back(next_page++);
+      lv.page_lens.push_back(std::min(16, tokens - t));
+    }
+    lv.page_indptr.push_back(static_cast<int>(lv.page_ids.size()));
+    lv.kv_start_pos.push_back(0);
+  }
+  plan.levels.push_back(lv);
+  return plan;
+}
+
 // A decode level that already fills the chip (two waves of one-warp CTAs: 12 per SM) is not split;
 // one that leaves it mostly idle is.
 TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
   for (const int seqs : {1, 64, 200}) {
-    CascadePlan plan;
-    plan.num_rows = seqs;
-    int next_page = 0;
-    for (int r = 0; r < seqs; ++r) {
-      plan.row_order.push_back(r);
-      plan.q_pos.push_back(512);
-    }
-    CascadeLevel lv;
-    lv.q_indptr.push_back(0);
-    lv.page_indptr.push_back(0);
-    for (int r = 0; r < seqs; ++r) {
-      lv.q_indptr.push_back(r + 1);
-      for (int t = 0; t < 513; t += 16) {
-        lv.page_ids.push_back(next_page++);
-        lv.page_lens.push_back(std::min(16, 513 - t));
-      }
-      lv.page_indptr.push_back(static_cast<int>(lv.page_ids.size()));
-      lv.kv_start_pos.push_back(0);
-    }
-    plan.levels.push_back(lv);
+    const CascadePlan plan = flat_plan(seqs, 513);
     PlanPack pk;
     const char* why = "";
     const int num_sms = 132, kv_heads = 8;
@@ -179,6 +188,41 @@ TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
       EXPECT_GT(pk.levels[0].num_splits, 1) << seqs << " sequences";
     }
   }
+}
+
+// 16-token tiles exactly for one-warp CTAs of at most 128 keys, and never where the caller may
+// read keys ahead (written slots given) or for four-warp levels.
+TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {
+  struct Case {
+    int seqs, tokens;
+    bool written, want;
+  };
+  // 256 x 8 CTAs fill the chip: one split of all the keys. One sequence of 513 keys: 9 splits of
+  // 64. 64 sequences of 513: 3 splits of 192. 200 of 513: one split.
+  for (const Case c : {Case{256, 128, false, true}, Case{256, 129, false, false}, Case{1, 513, false, true},
+                       Case{1, 513, true, false}, Case{64, 513, false, false}, Case{200, 513, false, false}}) {
+    const CascadePlan plan = flat_plan(c.seqs, c.tokens);
+    const std::vector<std::int32_t> written(static_cast<std::size_t>(c.seqs), 0);  // slot 0: page 0
+    PlanPack pk;
+    const char* why = "";
+    ASSERT_TRUE(pack_plan(plan, 16, 8, 132, 64, &pk, &why, c.written ? &written : nullptr, 16)) << why;
+    ASSERT_EQ(pk.levels[0].warps, 1);
+    EXPECT_EQ(pk.levels[0].short_tiles, c.want)
+        << c.seqs << " x " << c.tokens << (c.written ? ", written slots" : "") << ": "
+        << pk.levels[0].num_splits << " splits of " << pk.levels[0].tokens_per_split;
+  }
+  // One group of 64 rows over 64 keys: a four-warp level, never short.
+  CascadePlan shared = flat_plan(1, 64);
+  shared.num_rows = 64;
+  shared.row_order.resize(64);
+  std::iota(shared.row_order.begin(), shared.row_order.end(), 0);
+  shared.q_pos.assign(64, 63);
+  shared.levels[0].q_indptr = {0, 64};
+  PlanPack pk;
+  const char* why = "";
+  ASSERT_TRUE(pack_plan(shared, 16, 8, 132, 64, &pk, &why)) << why;
+  EXPECT_EQ(pk.levels[0].warps, 4);
+  EXPECT_FALSE(pk.levels[0].short_tiles);
 }
 
 TEST(CudaPlanPack, MalformedPlansAreRefusedWithAReason) {

@@ -210,6 +210,13 @@ TEST(CudaKernels, MergeStatesIsExactLogSumExp) {
     for (int i = 0; i < rows * heads; i += 3) lse[i] = -INFINITY;  // empty state 0
     for (int i = 0; i < rows * heads; i += 5) o[i * d] = NAN;       // its o must be ignored
     for (int s = 0; s < ns; ++s) lse[s * rows * heads + 7] = -INFINITY;  // fully empty (row 1, head 2)
+    for (const int s : {17, 33}) {  // empty states, NaN o, in the warp kernel's later rounds
+      if (s >= ns) continue;
+      for (const int rh : {4, 11}) {
+        lse[s * rows * heads + rh] = -INFINITY;
+        o[(s * rows * heads + rh) * d] = NAN;
+      }
+    }
     auto d_o = upload(o), d_lse = upload(lse);
     DeviceBuffer<float> out_o(rows * heads * d), out_lse(rows * heads);
     DeviceBuffer<bf16> out(rows * heads * d);
@@ -262,6 +269,15 @@ TEST(CudaKernels, MergeStatesIsExactLogSumExp) {
     EXPECT_LT(rel_error(download(out_o, ro.size()), ro), 1e-5) << "head_dim " << d << ", " << ns << " states";
     EXPECT_LT(rel_error(from_bf16(download(out, ro.size())), ro), 1e-2) << "head_dim " << d << ", " << ns << " states";
     EXPECT_LT(rel_error(gl, rl), 1e-5);
+    // o one float past an aligned address takes the block kernel (the warp kernel loads float4s):
+    // the same result.
+    std::vector<float> shifted(o.size() + 1, 0.0f);
+    std::copy(o.begin(), o.end(), shifted.begin() + 1);
+    auto d_shifted = upload(shifted);
+    poison(out_o);
+    p.o = d_shifted.get() + 1;
+    ASSERT_EQ(launch_merge_states(p, nullptr), cudaSuccess);
+    EXPECT_LT(rel_error(download(out_o, ro.size()), ro), 1e-5) << "misaligned o, head_dim " << d << ", " << ns << " states";
   }
 }
 

@@ -2,8 +2,8 @@
 //
 // One kernel family handles every level: a CTA takes `16 * warps` stacked (query row, head) pairs
 // of one group (all heads sharing one KV head, so GQA reads each KV tile once per group) and runs
-// FlashAttention-2 style online softmax over KV tiles (32 tokens for one-warp CTAs, 64 for
-// four-warp ones) staged in shared memory with cp.async, with bf16 mma.sync m16n8k16 tensor-core
+// FlashAttention-2 style online softmax over KV tiles (32 tokens for one-warp CTAs, 16 where
+// they cover few keys, 64 for four-warp ones) staged in shared memory with cp.async, with bf16 mma.sync m16n8k16 tensor-core
 // products and fp32 accumulation. Decode-like
 // levels (<= 16 stacked rows per group) use one-warp CTAs and split the KV range across CTAs
 // (split-K); the partial states are merged with the other levels' states by merge_states.
@@ -80,8 +80,8 @@ struct LevelPack {
   int items = 0, q_indptr = 0, page_indptr = 0, page_ids = 0, page_start = 0, kv_len = 0,
       kv_start_pos = 0, kv_fresh = 0, counts = 0;
   int num_items = 0, num_splits = 1, tokens_per_split = 0, warps = 1, slice_base = 0;
-  // One-warp level whose CTAs cover at most kShortTileMaxTokens keys: AttentionLevelParams's
-  // short_tiles.
+  // One-warp level whose CTAs cover at most kShortTileMaxTokens keys, packed without written
+  // slots (so not read ahead): AttentionLevelParams's short_tiles.
   bool short_tiles = false;
 };
 inline constexpr int kShortTileMaxTokens = 128;
@@ -122,8 +122,12 @@ class LevelFork {
   bool use(int busy_levels) const;
   /// \brief The side stream waits for the work queued so far on `main`.
   cudaError_t fork(cudaStream_t main);
-  /// \brief `main` waits for the work queued on the side stream.
+  /// \brief `main` waits for the work queued on the side stream. Call it after a fork even when
+  /// a level's launch failed, so that no side-stream work is left unjoined (graph capture needs
+  /// every fork joined).
   cudaError_t join(cudaStream_t main);
+  /// \brief Waits for the side stream's work (for callers that free buffers after an error).
+  cudaError_t synchronize() const;
   /// \brief The stream of the `nth` busy level (from 0): the side stream for all but the first
   /// while forked, else `main`.
   cudaStream_t stream_for(int nth, bool forked, cudaStream_t main) const {

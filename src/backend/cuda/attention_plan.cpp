@@ -7,7 +7,7 @@
 
 namespace cascade::cuda {
 namespace {
-constexpr int kTile = 64;  // split granularity: a multiple of attention.cu's tiles (32 and 64)
+constexpr int kTile = 64;  // split granularity: a multiple of attention.cu's tiles (16, 32 and 64)
 
 int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) {
   const int off = static_cast<int>(data.size());
@@ -108,10 +108,11 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       }
     }
     lp.num_items = static_cast<int>(items.size() / 2);
-    // Split-K when the level alone would leave SMs idle. One-warp CTAs (35 KB of shared memory)
-    // fit 6 per SM: aim for at least two full waves of those, splits of at least 64 tokens, so
-    // that a level of e.g. 512 CTAs (0.65 of a wave of 792) does not leave a third of the chip
-    // idle. Four-warp CTAs (3 per SM, see the kernel's launch bounds; these are the shared
+    // Split-K when the level alone would leave SMs idle. One-warp CTAs (35 KB of shared memory
+    // with 32-token tiles) fit 6 per SM: aim for at least two full waves of those (one of the
+    // 12 per SM that 16-token tiles allow), splits of at least 64 tokens, so that a level of
+    // e.g. 512 CTAs (0.65 of a wave of 792) does not leave a third of the chip idle. Other
+    // targets measured worse somewhere (v11). Four-warp CTAs (3 per SM, see the kernel's launch bounds; these are the shared
     // levels of big batches, compute-bound): take the split count that minimises the modelled
     // makespan, waves x (64-token tiles + 2) per CTA, so that e.g. 64 CTAs over a 16k prefix get
     // 6 splits (384 CTAs, one wave of 396 slots) rather than a second, mostly idle wave.
@@ -153,7 +154,10 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // Few keys per CTA (cascades' unique levels, decode splits): the 16-token tiles' occupancy
     // wins; over more keys their per-tile work costs more (v11: 4096/128/64 -7%, decode batch
     // 16 -2.5%, but flat 16k contexts +15% and batch 256 at 512 keys +3.5% with them).
-    lp.short_tiles = lp.warps == 1 && max_len > 0 && std::min(per_split, max_len) <= kShortTileMaxTokens;
+    // Not where the caller may read keys ahead (written_slots given: batches of 1-2, whose
+    // read-ahead form keeps 32-token tiles), so that the flag names the form that runs.
+    lp.short_tiles = lp.warps == 1 && written_slots == nullptr && max_len > 0 &&
+                     std::min(per_split, max_len) <= kShortTileMaxTokens;
     lp.slice_base = used_slices;
     used_slices += splits;
     lp.items = append(pk.data, items);
@@ -179,10 +183,24 @@ LevelFork::~LevelFork() {
 
 cudaError_t LevelFork::init() {
   if (side_ != nullptr) return cudaSuccess;
-  cudaError_t e = cudaEventCreateWithFlags(&forked_, cudaEventDisableTiming);
-  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&joined_, cudaEventDisableTiming);
-  if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking);
-  return e;
+  cudaEvent_t forked = nullptr, joined = nullptr;
+  cudaStream_t side = nullptr;
+  cudaError_t e = cudaEventCreateWithFlags(&forked, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&joined, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking);
+  if (e != cudaSuccess) {  // nothing half made is kept
+    if (forked != nullptr) cudaEventDestroy(forked);
+    if (joined != nullptr) cudaEventDestroy(joined);
+    return e;
+  }
+  forked_ = forked;
+  joined_ = joined;
+  side_ = side;
+  return cudaSuccess;
+}
+
+cudaError_t LevelFork::synchronize() const {
+  return side_ != nullptr ? cudaStreamSynchronize(side_) : cudaSuccess;
 }
 
 bool LevelFork::use(int busy_levels) const {

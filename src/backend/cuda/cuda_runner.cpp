@@ -251,7 +251,10 @@ class CudaRunner final : public ModelRunner {
     h.pending = true;
   }
   // Waits for the queued work, before a buffer or graph that it may use is freed.
-  void quiesce() { CUDA_TRY(cudaStreamSynchronize(stream_)); }
+  void quiesce() {  // the side stream too: a failed step may have left levels there unjoined
+    CUDA_TRY(cudaStreamSynchronize(stream_));
+    CUDA_TRY(level_fork_.synchronize());
+  }
   template <typename T>
   void grow(DeviceBuffer<T>& b, std::size_t size) {
     if (size <= b.size()) return;
@@ -685,8 +688,9 @@ class CudaRunner final : public ModelRunner {
       const bool forked = level_fork_.use(static_cast<int>(busy));
       if (forked) CUDA_TRY(level_fork_.fork(stream_));
       int nth = 0;
+      cudaError_t level_err = cudaSuccess;  // joined before it is thrown (LevelFork::join)
       for (const LevelLaunch& lv : s.levels) {
-        if (lv.grid_items <= 0) continue;  // launches nothing
+        if (lv.grid_items <= 0 || level_err != cudaSuccess) continue;  // nothing to launch
         cuda::AttentionLevelParams ap;
         ap.q = q_.get();
         ap.k_cache = kc;
@@ -709,9 +713,13 @@ class CudaRunner final : public ModelRunner {
         ap.read_ahead = early;  // after an early-released qk_norm_rope (measured no gain without)
         ap.kv_fresh = lv.kv_fresh;
         ap.short_tiles = lv.short_tiles;
-        CUDA_TRY(cuda::launch_attention_level(ap, level_fork_.stream_for(nth++, forked, stream_)));
+        level_err = cuda::launch_attention_level(ap, level_fork_.stream_for(nth++, forked, stream_));
       }
-      if (forked) CUDA_TRY(level_fork_.join(stream_));
+      if (forked) {
+        const cudaError_t joined = level_fork_.join(stream_);
+        if (level_err == cudaSuccess) level_err = joined;
+      }
+      CUDA_TRY(level_err);
       cuda::MergeStatesParams mp;
       mp.o = states_o_.get();
       mp.lse = states_lse_.get();

@@ -600,7 +600,10 @@ if (p.head_dim <= 0 || p.head_dim > 1024) return cudaErrorInvalidValue;  // a th
   const int threads = (p.head_dim + 31) / 32 * 32;
   const dim3 grid(static_cast<unsigned>(p.rows * p.heads));
   static const bool block_per_head = ab_switch_on("CASCADE_MERGE_BLOCK_PER_HEAD");
-  if (!block_per_head && (p.head_dim == 128 || p.head_dim == 64)) {
+  // The warp kernel moves float4 / float2 and packed bf16: it needs 16-byte aligned buffers.
+  const auto addr = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr); };
+  const bool aligned = ((addr(p.o) | addr(p.out) | addr(p.out_o)) & 15u) == 0;
+  if (!block_per_head && aligned && (p.head_dim == 128 || p.head_dim == 64)) {
     return p.head_dim == 128 ? launch_pdl<merge_states_warp_kernel<4>>(grid, dim3(32), 0, stream, p)
                              : launch_pdl<merge_states_warp_kernel<2>>(grid, dim3(32), 0, stream, p);
   }

@@ -107,7 +107,8 @@ struct MergeStatesParams {
   bool early_release = false;  // launch.cuh's early release (the next kernel's prologue overlaps)
 };
 /// \brief Exact merge of attention states (log-sum-exp weighted). head_dim at most 1024
-/// (cudaErrorInvalidValue otherwise).
+/// (cudaErrorInvalidValue otherwise). head_dim 64 and 128 with 16-byte aligned o, out and out_o
+/// take one warp per (row, head); other shapes a block per (row, head).
 cudaError_t launch_merge_states(const MergeStatesParams& p, cudaStream_t stream);
 
 // Per logit row: the sampling parameters of engine/model_runner.h RowSampling, as device arrays.

@@ -23,6 +23,10 @@
 // dependents launch only once all of its CTAs have started. The runner's small-batch chain per
 // layer is qkv GEMV, qk_norm_rope (early), attention levels, merge (early), o_proj, gate_up, down
 // (early), as measured (v7); CASCADE_PDL_NO_EARLY_RELEASE=1 turns it off (A/B).
+// Levels forked onto a second stream (LevelFork, attention.h) are ordered by events: the side
+// stream waits for the event recorded after qk_norm_rope (and its levels, like every kernel, read
+// q and K/V only after their pdl_wait), and the merge's stream waits for the event recorded after
+// the side levels; the merge's pdl_wait covers the level on its own stream.
 // In code compiled for older architectures (the compute_80 PTX) both are no-ops, and such kernels
 // are launched without the attribute (pdl_kernel_ok), so their launches are ordinary.
 // CASCADE_NO_PDL=1 launches without the attribute (ordinary stream order), for A/B timing.
