@@ -190,7 +190,7 @@ TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
   }
 }
 
-// 16-token tiles exactly for one-warp CTAs of at most 128 keys, and never where the caller may
+// 16-token tiles exactly for one-warp CTAs of at most 192 keys, and never where the caller may
 // read keys ahead (written slots given) or for four-warp levels.
 TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {
   struct Case {
@@ -198,9 +198,10 @@ TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {
     bool written, want;
   };
   // 256 x 8 CTAs fill the chip: one split of all the keys. One sequence of 513 keys: 9 splits of
-  // 64. 64 sequences of 513: 3 splits of 192. 200 of 513: one split.
-  for (const Case c : {Case{256, 128, false, true}, Case{256, 129, false, false}, Case{1, 513, false, true},
-                       Case{1, 513, true, false}, Case{64, 513, false, false}, Case{200, 513, false, false}}) {
+  // 64. 64 sequences of 513: 3 splits of 192. 64 of 1025: 4 splits of 320. 200 of 513: one split.
+  for (const Case c : {Case{256, 192, false, true}, Case{256, 193, false, false}, Case{1, 513, false, true},
+                       Case{1, 513, true, false}, Case{64, 513, false, true}, Case{64, 1025, false, false},
+                       Case{200, 513, false, false}}) {
     const CascadePlan plan = flat_plan(c.seqs, c.tokens);
     const std::vector<std::int32_t> written(static_cast<std::size_t>(c.seqs), 0);  // slot 0: page 0
     PlanPack pk;

@@ -84,7 +84,7 @@ struct LevelPack {
   // slots (so not read ahead): AttentionLevelParams's short_tiles.
   bool short_tiles = false;
 };
-inline constexpr int kShortTileMaxTokens = 128;
+inline constexpr int kShortTileMaxTokens = 192;
 struct PlanPack {
   std::vector<std::int32_t> data;
   int row_order = 0, q_pos = 0;

@@ -153,7 +153,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     lp.tokens_per_split = per_split;
     // Few keys per CTA (cascades' unique levels, decode splits): the 16-token tiles' occupancy
     // wins; over more keys their per-tile work costs more (v11: 4096/128/64 -7%, decode batch
-    // 16 -2.5%, but flat 16k contexts +15% and batch 256 at 512 keys +3.5% with them).
+    // 64 at 192 keys per CTA -2.3%, but flat 16k contexts +13% and batch 256 at 512 keys +3.5%
+    // with them; a cut at 256 measured mixed).
     // Not where the caller may read keys ahead (written_slots given: batches of 1-2, whose
     // read-ahead form keeps 32-token tiles), so that the flag names the form that runs.
     lp.short_tiles = lp.warps == 1 && written_slots == nullptr && max_len > 0 &&
