@@ -155,13 +155,8 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
   auto* h = static_cast<PlanHandle*>(handle);
   if (h == nullptr) return fail("cascade_attn_run: null handle");
   auto s = static_cast<cudaStream_t>(stream);
-  const auto busy = std::count_if(h->pack.levels.begin(), h->pack.levels.end(),
-                                  [](const cascade::cuda::LevelPack& lp) { return lp.num_items > 0; });
-  const bool forked = h->fork.use(static_cast<int>(busy));
-  int nth = 0;
-  if (forked) {
-    const cudaError_t e = h->fork.fork(s);
-    if (e != cudaSuccess) return fail_cuda("cascade_attn_run: fork", e);
+  if (const cudaError_t e = h->fork.begin(cascade::cuda::busy_levels(h->pack.levels), s); e != cudaSuccess) {
+    return fail_cuda("cascade_attn_run: fork", e);
   }
   for (int l = 0; l < static_cast<int>(h->pack.levels.size()); ++l) {
     const cascade::cuda::LevelPack& lp = h->pack.levels[l];
@@ -186,16 +181,13 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
     ap.grid_splits = lp.num_splits;
     ap.warps = lp.warps;
     ap.short_tiles = lp.short_tiles;
-    const cudaError_t e = cascade::cuda::launch_attention_level(ap, h->fork.stream_for(nth++, forked, s));
+    const cudaError_t e = cascade::cuda::launch_attention_level(ap, h->fork.next_stream());
     if (e != cudaSuccess) {
-      if (forked) h->fork.join(s);  // leave nothing unjoined on the side stream
+      h->fork.end();  // leave nothing unjoined on the side stream
       return fail_cuda("cascade_attn_run: launch_attention_level", e);
     }
   }
-  if (forked) {
-    const cudaError_t e = h->fork.join(s);
-    if (e != cudaSuccess) return fail_cuda("cascade_attn_run: join", e);
-  }
+  if (const cudaError_t e = h->fork.end(); e != cudaSuccess) return fail_cuda("cascade_attn_run: join", e);
   cascade::cuda::MergeStatesParams mp;
   mp.o = h->d_o;
   mp.lse = h->d_lse;

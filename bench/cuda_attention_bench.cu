@@ -205,11 +205,7 @@ int main(int argc, char** argv) {
       const int slices = std::max(1, op.pack.num_slices);
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
       CK(cascade::cuda::launch_fill_f32(st_lse, static_cast<std::int64_t>(slices) * B * kHeads, -INFINITY, st));
-      const auto busy = std::count_if(op.pack.levels.begin(), op.pack.levels.end(),
-                                      [](const cascade::cuda::LevelPack& lp) { return lp.num_items > 0; });
-      const bool forked = level_fork.use(static_cast<int>(busy));
-      if (forked) CK(level_fork.fork(st));
-      int nth = 0;
+      CK(level_fork.begin(cascade::cuda::busy_levels(op.pack.levels), st));
       for (int l = 0; l < static_cast<int>(op.pack.levels.size()); ++l) {
         const cascade::cuda::LevelPack& lp = op.pack.levels[l];
         if (lp.num_items == 0) continue;  // launches nothing
@@ -233,9 +229,9 @@ int main(int argc, char** argv) {
         p.grid_splits = lp.num_splits;
         p.warps = lp.warps;
         p.short_tiles = lp.short_tiles;
-        CK(cascade::cuda::launch_attention_level(p, level_fork.stream_for(nth++, forked, st)));
+        CK(cascade::cuda::launch_attention_level(p, level_fork.next_stream()));
       }
-      if (forked) CK(level_fork.join(st));
+      CK(level_fork.end());
       cascade::cuda::MergeStatesParams mp;
       mp.o = st_o;
       mp.lse = st_lse;

@@ -81,12 +81,11 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
   DeviceBuffer<float> lse(static_cast<std::size_t>(slices) * n * m.heads);
   poison(o);
   EXPECT_EQ(launch_fill_f32(lse.get(), lse.size(), -INFINITY, nullptr), cudaSuccess);
-  const auto busy = std::count_if(pack.levels.begin(), pack.levels.end(),
-                                  [](const LevelPack& lp) { return lp.num_items > 0; });
-  const bool forked = fork != nullptr && fork->use(static_cast<int>(busy));
-  if (fork != nullptr) EXPECT_TRUE(forked || busy < 2) << "a plan of " << busy << " busy levels ran unforked";
-  if (forked) EXPECT_EQ(fork->fork(nullptr), cudaSuccess);
-  int nth = 0;
+  if (fork != nullptr) {
+    const int busy = busy_levels(pack.levels);
+    EXPECT_EQ(fork->begin(busy, nullptr), cudaSuccess);
+    EXPECT_TRUE(fork->forked() || busy < 2) << "a plan of " << busy << " busy levels ran unforked";
+  }
   for (int l = 0; l < static_cast<int>(pack.levels.size()); ++l) {
     const LevelPack& lp = pack.levels[l];
     if (lp.num_items == 0) continue;
@@ -113,10 +112,9 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     p.warps = lp.warps;
     p.no_wgmma = opt.no_wgmma;
     p.short_tiles = opt.short_tiles < 0 ? lp.short_tiles : lp.warps == 1 && opt.short_tiles == 1;
-    EXPECT_EQ(launch_attention_level(p, fork != nullptr ? fork->stream_for(nth++, forked, nullptr) : nullptr),
-              cudaSuccess);
+    EXPECT_EQ(launch_attention_level(p, fork != nullptr ? fork->next_stream() : nullptr), cudaSuccess);
   }
-  if (forked) EXPECT_EQ(fork->join(nullptr), cudaSuccess);
+  if (fork != nullptr) EXPECT_EQ(fork->end(), cudaSuccess);
   DeviceBuffer<float> out(static_cast<std::size_t>(n) * m.heads * m.head_dim);
   poison(out);
   MergeStatesParams mp;

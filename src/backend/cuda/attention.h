@@ -117,27 +117,32 @@ class LevelFork {
   LevelFork& operator=(const LevelFork&) = delete;
   /// \brief Creates the side stream and the events (once; call outside graph capture).
   cudaError_t init();
-  /// \brief True when a plan whose levels launch `busy_levels` grids (levels without items
-  /// launch none) runs forked: init() done, two or more, the switch not set.
-  bool use(int busy_levels) const;
-  /// \brief The side stream waits for the work queued so far on `main`.
-  cudaError_t fork(cudaStream_t main);
-  /// \brief `main` waits for the work queued on the side stream. Call it after a fork even when
-  /// a level's launch failed, so that no side-stream work is left unjoined (graph capture needs
-  /// every fork joined).
-  cudaError_t join(cudaStream_t main);
+  /// \brief Starts a plan's levels on `main`. With `busy_levels` (levels that launch a grid,
+  /// busy_levels()) of two or more, init() done and the switch not set, the side stream waits
+  /// for the work queued so far on `main`.
+  cudaError_t begin(int busy_levels, cudaStream_t main);
+  /// \brief The stream for the next busy level: `main` for the first, the side stream for the
+  /// others when begin() forked.
+  cudaStream_t next_stream() { return forked_now_ && launched_++ > 0 ? side_ : main_; }
+  /// \brief Whether the plan in progress (begin() to end()) runs forked.
+  bool forked() const { return forked_now_; }
+  /// \brief `main` waits for the side stream's levels. Call it after begin() even when a level's
+  /// launch failed, so that nothing is left unjoined (graph capture needs every fork joined).
+  cudaError_t end();
   /// \brief Waits for the side stream's work (for callers that free buffers after an error).
   cudaError_t synchronize() const;
-  /// \brief The stream of the `nth` busy level (from 0): the side stream for all but the first
-  /// while forked, else `main`.
-  cudaStream_t stream_for(int nth, bool forked, cudaStream_t main) const {
-    return forked && nth > 0 ? side_ : main;
-  }
 
  private:
   cudaStream_t side_ = nullptr;
   cudaEvent_t forked_ = nullptr, joined_ = nullptr;
+  // The plan in progress (begin() to end()).
+  cudaStream_t main_ = nullptr;
+  bool forked_now_ = false;
+  int launched_ = 0;
 };
+
+/// \brief Levels of a pack that launch a grid (those with items), for LevelFork::begin.
+int busy_levels(const std::vector<LevelPack>& levels);
 
 // Fills AttentionLevelParams::level (and ::kv_fresh) for level `l` of a pack uploaded at `dev`.
 LevelArrays level_arrays(const LevelPack& level, const std::int32_t* dev);

@@ -204,19 +204,28 @@ cudaError_t LevelFork::synchronize() const {
   return side_ != nullptr ? cudaStreamSynchronize(side_) : cudaSuccess;
 }
 
-bool LevelFork::use(int busy_levels) const {
+cudaError_t LevelFork::begin(int busy_levels, cudaStream_t main) {
   static const bool off = ab_switch_on("CASCADE_ATTENTION_NO_FORK");
-  return side_ != nullptr && busy_levels > 1 && !off;
+  main_ = main;
+  launched_ = 0;
+  forked_now_ = side_ != nullptr && busy_levels > 1 && !off;
+  if (!forked_now_) return cudaSuccess;
+  cudaError_t e = cudaEventRecord(forked_, main);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(side_, forked_, 0);
+  if (e != cudaSuccess) forked_now_ = false;  // nothing was queued on the side stream
+  return e;
 }
 
-cudaError_t LevelFork::fork(cudaStream_t main) {
-  const cudaError_t e = cudaEventRecord(forked_, main);
-  return e != cudaSuccess ? e : cudaStreamWaitEvent(side_, forked_, 0);
-}
-
-cudaError_t LevelFork::join(cudaStream_t main) {
+cudaError_t LevelFork::end() {
+  if (!forked_now_) return cudaSuccess;
+  forked_now_ = false;
   const cudaError_t e = cudaEventRecord(joined_, side_);
-  return e != cudaSuccess ? e : cudaStreamWaitEvent(main, joined_, 0);
+  return e != cudaSuccess ? e : cudaStreamWaitEvent(main_, joined_, 0);
+}
+
+int busy_levels(const std::vector<LevelPack>& levels) {
+  return static_cast<int>(
+      std::count_if(levels.begin(), levels.end(), [](const LevelPack& lp) { return lp.num_items > 0; }));
 }
 
 LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev) {

@@ -630,6 +630,9 @@ class CudaRunner final : public ModelRunner {
     // their rows by the norm (folded), and gate_up writes silu(gate) * up. Layer 0's input norm
     // and the final norm keep the norm kernel.
     const bool fused = gemm_->fused_takes(n, {hidden, H * D, inter});
+    // Levels that launch a grid: with two or more, LevelFork runs them side by side.
+    const int busy_levels = static_cast<int>(
+        std::count_if(s.levels.begin(), s.levels.end(), [](const LevelLaunch& lv) { return lv.grid_items > 0; }));
     const int ssq_tiles = (hidden + 63) / 64;
     auto residual_fusion = [&](const bf16* gamma) {  // the same residual ping-pong as the norms
       const cuda::ResidualNorm nm = residual_norm(nullptr, gamma);
@@ -683,12 +686,8 @@ class CudaRunner final : public ModelRunner {
       qp.head_dim = D;
       qp.early_release = early;
       CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
-      const auto busy = std::count_if(s.levels.begin(), s.levels.end(),
-                                      [](const LevelLaunch& lv) { return lv.grid_items > 0; });
-      const bool forked = level_fork_.use(static_cast<int>(busy));
-      if (forked) CUDA_TRY(level_fork_.fork(stream_));
-      int nth = 0;
-      cudaError_t level_err = cudaSuccess;  // joined before it is thrown (LevelFork::join)
+      CUDA_TRY(level_fork_.begin(busy_levels, stream_));
+      cudaError_t level_err = cudaSuccess;  // joined before it is thrown (LevelFork::end)
       for (const LevelLaunch& lv : s.levels) {
         if (lv.grid_items <= 0 || level_err != cudaSuccess) continue;  // nothing to launch
         cuda::AttentionLevelParams ap;
@@ -713,13 +712,11 @@ class CudaRunner final : public ModelRunner {
         ap.read_ahead = early;  // after an early-released qk_norm_rope (measured no gain without)
         ap.kv_fresh = lv.kv_fresh;
         ap.short_tiles = lv.short_tiles;
-        level_err = cuda::launch_attention_level(ap, level_fork_.stream_for(nth++, forked, stream_));
+        level_err = cuda::launch_attention_level(ap, level_fork_.next_stream());
       }
-      if (forked) {
-        const cudaError_t joined = level_fork_.join(stream_);
-        if (level_err == cudaSuccess) level_err = joined;
-      }
+      const cudaError_t joined = level_fork_.end();
       CUDA_TRY(level_err);
+      CUDA_TRY(joined);
       cuda::MergeStatesParams mp;
       mp.o = states_o_.get();
       mp.lse = states_lse_.get();

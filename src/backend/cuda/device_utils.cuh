@@ -6,6 +6,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace cascade::cuda {
 
 struct SumOp {
@@ -21,6 +23,15 @@ struct MaxOp {
   template <typename T>
   __device__ T operator()(T a, T b) const { return a < b ? b : a; }
 };
+
+// silu(g) * u in fp32, as every SiLU-and-multiply of the backend forms it (silu_mul_kernel, the
+// down GEMV's input, the gated skinny GEMM), so that they agree bit for bit.
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// Whether a pointer is 16-byte aligned (the vector loads and stores of the kernels need it).
+__host__ __device__ inline bool aligned16(const void* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
+}
 
 // Two floats rounded to bf16 and packed (lo in the low half), as mma fragments and bf16x2
 // stores take them.

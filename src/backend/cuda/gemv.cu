@@ -54,7 +54,7 @@ __device__ __forceinline__ uint4 silu_mul8(const uint4& g, const uint4& u) {
   for (int i = 0; i < 4; ++i) {
     const float2 gf = bf2(gw[i]), uf = bf2(uw[i]);
     const __nv_bfloat162 o =
-        __floats2bfloat162_rn(gf.x / (1.0f + expf(-gf.x)) * uf.x, gf.y / (1.0f + expf(-gf.y)) * uf.y);
+        __floats2bfloat162_rn(silu_mul(gf.x, uf.x), silu_mul(gf.y, uf.y));
     __builtin_memcpy(&out[i], &o, sizeof(o));
   }
   return make_uint4(out[0], out[1], out[2], out[3]);

@@ -222,7 +222,7 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
     const std::int64_t i = idx - r * p.inter;
     const float g = __bfloat162float(p.gate_up[r * 2 * p.inter + i]);
     const float u = __bfloat162float(p.gate_up[r * 2 * p.inter + p.inter + i]);
-    p.out[idx] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+    p.out[idx] = __float2bfloat16_rn(silu_mul(g, u));
   }
 }
 
@@ -385,7 +385,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleParams p) 
   const int nb = p.scan_blocks, part = blockIdx.y;
   float best = -INFINITY;
   int best_id = V;
-  if ((V & 3) == 0 && (reinterpret_cast<std::uintptr_t>(x) & 15) == 0) {
+  if ((V & 3) == 0 && aligned16(x)) {
     // 16-byte loads, several in flight per thread; each thread still visits its ids in ascending
     // order, so ties keep the lowest.
     const float4* x4 = reinterpret_cast<const float4*>(x);
@@ -564,11 +564,9 @@ cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream) {
 
 cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  const auto aligned = [](const void* q) { return (reinterpret_cast<std::uintptr_t>(q) & 15) == 0; };
   const ResidualNorm& nm = p.norm;
-  const bool vec = p.dim % 8 == 0 && p.dim <= kNormThreads * 8 * kNormMaxChunks && aligned(nm.residual) &&
-                   aligned(p.out) && aligned(nm.gamma) && (nm.delta == nullptr || aligned(nm.delta)) &&
-                   (nm.residual_out == nullptr || aligned(nm.residual_out));
+  const bool vec = p.dim % 8 == 0 && p.dim <= kNormThreads * 8 * kNormMaxChunks && aligned16(nm.residual) &&
+                   aligned16(p.out) && aligned16(nm.gamma) && aligned16(nm.delta) && aligned16(nm.residual_out);
   if (vec) return launch_pdl<add_rms_norm_vec_kernel>(dim3(p.rows), dim3(kNormThreads), 0, stream, p);
   return launch_pdl<add_rms_norm_kernel>(dim3(p.rows), dim3(kNormThreads), 0, stream, p);
 }
@@ -601,8 +599,7 @@ if (p.head_dim <= 0 || p.head_dim > 1024) return cudaErrorInvalidValue;  // a th
   const dim3 grid(static_cast<unsigned>(p.rows * p.heads));
   static const bool block_per_head = ab_switch_on("CASCADE_MERGE_BLOCK_PER_HEAD");
   // The warp kernel moves float4 / float2 and packed bf16: it needs 16-byte aligned buffers.
-  const auto addr = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr); };
-  const bool aligned = ((addr(p.o) | addr(p.out) | addr(p.out_o)) & 15u) == 0;
+  const bool aligned = aligned16(p.o) && aligned16(p.out) && aligned16(p.out_o);
   if (!block_per_head && aligned && (p.head_dim == 128 || p.head_dim == 64)) {
     return p.head_dim == 128 ? launch_pdl<merge_states_warp_kernel<4>>(grid, dim3(32), 0, stream, p)
                              : launch_pdl<merge_states_warp_kernel<2>>(grid, dim3(32), 0, stream, p);

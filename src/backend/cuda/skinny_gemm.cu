@@ -69,7 +69,7 @@ __device__ __forceinline__ float4 ld_cluster_f4(std::uint32_t addr, unsigned ran
 __device__ __forceinline__ __nv_bfloat16 silu_mul_bf16(float gate, float up) {
   const float g = __bfloat162float(__float2bfloat16_rn(gate));
   const float u = __bfloat162float(__float2bfloat16_rn(up));
-  return __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+  return __float2bfloat16_rn(silu_mul(g, u));
 }
 
 // The tile's results come in groups of four: thread t's accumulators 4j..4j+3 are D[n][m],
@@ -395,9 +395,8 @@ bool sm90a_code_available() {
 bool skinny_gemm_available() { return sm90a_code_available(); }
 
 bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K) {
-  const auto aligned = [](const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; };
-  return M >= kSkinnyMinM && M <= kSkinnyMaxM && N >= 1 && K >= 8 && K % 8 == 0 && aligned(x) &&
-         aligned(w);
+  return M >= kSkinnyMinM && M <= kSkinnyMaxM && N >= 1 && K >= 8 && K % 8 == 0 && aligned16(x) &&
+         aligned16(w);
 }
 
 namespace {
