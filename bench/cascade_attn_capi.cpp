@@ -2,7 +2,8 @@
 //
 // A plan handle owns the packed plan on the device (cuda::pack_plan, uploaded once) and the fp32
 // state slices. cascade_attn_run then does exactly what CudaRunner::forward does per layer: one
-// launch_attention_level per level, then launch_merge_states into the bf16 output. The KV pools
+// launch_attention_level per level, then launch_merge_states into the bf16 output (or, for a
+// lone one-split level, LevelPack::direct_out, the level writes the output itself). The KV pools
 // are one layer's K and V in the src/cache/kv_layout.h layout, [num_pages, page_size, kv_heads,
 // head_dim], which is also FlashInfer's paged "NHD" layout, so both libraries can read the same
 // buffers. Errors are returned as codes; cascade_attn_last_error() says what went wrong.
@@ -155,6 +156,10 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
   auto* h = static_cast<PlanHandle*>(handle);
   if (h == nullptr) return fail("cascade_attn_run: null handle");
   auto s = static_cast<cudaStream_t>(stream);
+  // A lone one-split level writes its rows into out itself (no merge kernel), as in the engine.
+  const bool direct_out = cascade::cuda::attention_direct_out_enabled() &&
+                          std::any_of(h->pack.levels.begin(), h->pack.levels.end(),
+                                      [](const cascade::cuda::LevelPack& lp) { return lp.direct_out; });
   if (const cudaError_t e = h->fork.begin(cascade::cuda::busy_levels(h->pack.levels), s); e != cudaSuccess) {
     return fail_cuda("cascade_attn_run: fork", e);
   }
@@ -181,6 +186,7 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
     ap.grid_splits = lp.num_splits;
     ap.warps = lp.warps;
     ap.short_tiles = lp.short_tiles;
+    if (direct_out) ap.direct_out = static_cast<cascade::cuda::bf16*>(out);
     const cudaError_t e = cascade::cuda::launch_attention_level(ap, h->fork.next_stream());
     if (e != cudaSuccess) {
       h->fork.end();  // leave nothing unjoined on the side stream
@@ -188,6 +194,7 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
     }
   }
   if (const cudaError_t e = h->fork.end(); e != cudaSuccess) return fail_cuda("cascade_attn_run: join", e);
+  if (direct_out) return 0;
   cascade::cuda::MergeStatesParams mp;
   mp.o = h->d_o;
   mp.lse = h->d_lse;

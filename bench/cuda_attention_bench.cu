@@ -203,8 +203,14 @@ int main(int argc, char** argv) {
       CK(cudaMalloc(&op.d_plan, op.pack.data.size() * 4));
       CK(cudaMemcpy(op.d_plan, op.pack.data.data(), op.pack.data.size() * 4, cudaMemcpyHostToDevice));
       const int slices = std::max(1, op.pack.num_slices);
+      // A lone one-split level writes its rows itself (no states, fill or merge), as in the engine.
+      const bool direct_out = cascade::cuda::attention_direct_out_enabled() &&
+                              std::any_of(op.pack.levels.begin(), op.pack.levels.end(),
+                                          [](const cascade::cuda::LevelPack& lp) { return lp.direct_out; });
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
-      CK(cascade::cuda::launch_fill_f32(st_lse, static_cast<std::int64_t>(slices) * B * kHeads, -INFINITY, st));
+      if (!direct_out) {
+        CK(cascade::cuda::launch_fill_f32(st_lse, static_cast<std::int64_t>(slices) * B * kHeads, -INFINITY, st));
+      }
       CK(level_fork.begin(cascade::cuda::busy_levels(op.pack.levels), st));
       for (int l = 0; l < static_cast<int>(op.pack.levels.size()); ++l) {
         const cascade::cuda::LevelPack& lp = op.pack.levels[l];
@@ -229,18 +235,21 @@ int main(int argc, char** argv) {
         p.grid_splits = lp.num_splits;
         p.warps = lp.warps;
         p.short_tiles = lp.short_tiles;
+        if (direct_out) p.direct_out = out;
         CK(cascade::cuda::launch_attention_level(p, level_fork.next_stream()));
       }
       CK(level_fork.end());
-      cascade::cuda::MergeStatesParams mp;
-      mp.o = st_o;
-      mp.lse = st_lse;
-      mp.out = out;
-      mp.num_states = slices;
-      mp.rows = B;
-      mp.heads = kHeads;
-      mp.head_dim = kDim;
-      CK(cascade::cuda::launch_merge_states(mp, st));
+      if (!direct_out) {
+        cascade::cuda::MergeStatesParams mp;
+        mp.o = st_o;
+        mp.lse = st_lse;
+        mp.out = out;
+        mp.num_states = slices;
+        mp.rows = B;
+        mp.heads = kHeads;
+        mp.head_dim = kDim;
+        CK(cascade::cuda::launch_merge_states(mp, st));
+      }
       cudaGraph_t g;
       CK(cudaStreamEndCapture(st, &g));
       CK(cudaGraphInstantiate(&op.exec, g, 0));

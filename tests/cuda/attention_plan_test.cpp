@@ -117,6 +117,12 @@ void check_pack(const CascadePlan& plan, const PlanPack& pk, int gqa, int num_sm
     const int keys_per_cta = std::min(lp.tokens_per_split, max_len);
     EXPECT_EQ(lp.short_tiles, lp.warps == 1 && !read_ahead && max_len > 0 && keys_per_cta <= kShortTileMaxTokens)
         << "level " << l << ": " << keys_per_cta << " keys per CTA";
+    // Direct output only for a lone one-warp level of one split.
+    if (lp.direct_out) {
+      EXPECT_EQ(busy_levels(pk.levels), 1);
+      EXPECT_EQ(lp.warps, 1);
+      EXPECT_EQ(lp.num_splits, 1);
+    }
     EXPECT_EQ(lp.slice_base, slices);
     slices += lp.num_splits;
   }
@@ -224,6 +230,60 @@ TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {
   ASSERT_TRUE(pack_plan(shared, 16, 8, 132, 64, &pk, &why)) << why;
   EXPECT_EQ(pk.levels[0].warps, 4);
   EXPECT_FALSE(pk.levels[0].short_tiles);
+}
+
+// A level may write the output rows itself (direct_out: no states, fill or merge kernel) only
+// where it is the plan's one level with work, runs one-warp CTAs, has one split (each row one
+// state) and covers every row with keys.
+TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
+  struct Case {
+    int seqs, tokens, want_splits;
+    bool want;
+  };
+  // 64 x 513: 3 splits; 1 x 512: 8 splits of 64; 200 x 513 (1600 CTAs fill the chip): 1.
+  for (const Case c : {Case{64, 513, 3, false}, Case{1, 512, 8, false}, Case{200, 513, 1, true}}) {
+    const CascadePlan plan = flat_plan(c.seqs, c.tokens);
+    PlanPack pk;
+    const char* why = "";
+    ASSERT_TRUE(pack_plan(plan, 16, 8, 132, 64, &pk, &why)) << why;
+    EXPECT_EQ(pk.levels[0].num_splits, c.want_splits) << c.seqs << " x " << c.tokens;
+    EXPECT_EQ(pk.levels[0].direct_out, c.want) << c.seqs << " x " << c.tokens;
+  }
+  const char* why = "";
+  // Without SMs to fill, a lone one-warp level is not split: direct.
+  PlanPack pk;
+  ASSERT_TRUE(pack_plan(flat_plan(4, 100), 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_TRUE(pk.levels[0].direct_out);
+  // A row outside every group: the merge kernel's empty state (zeros) is its output, so no.
+  CascadePlan uncovered = flat_plan(4, 100);
+  uncovered.num_rows = 5;
+  uncovered.row_order.push_back(4);
+  uncovered.q_pos.push_back(99);
+  ASSERT_TRUE(pack_plan(uncovered, 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_FALSE(pk.levels[0].direct_out);
+  // A group without keys (no CTA covers its rows): no.
+  CascadePlan keyless = flat_plan(4, 100);
+  CascadeLevel& lv = keyless.levels[0];
+  const int pages = lv.page_indptr[4] - lv.page_indptr[3];
+  lv.page_ids.resize(lv.page_ids.size() - pages);
+  lv.page_lens.resize(lv.page_lens.size() - pages);
+  lv.page_indptr[4] = lv.page_indptr[3];
+  ASSERT_TRUE(pack_plan(keyless, 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_FALSE(pk.levels[0].direct_out);
+  // Three busy levels (a cascade): states and the merge kernel.
+  std::mt19937_64 rng(5);
+  ASSERT_TRUE(pack_plan(random_plan(rng, 12, 300, 16), 16, 8, 0, 64, &pk, &why)) << why;
+  for (const LevelPack& l : pk.levels) EXPECT_FALSE(l.direct_out);
+  // A lone four-warp level (64 rows in one group): no.
+  CascadePlan shared = flat_plan(1, 64);
+  shared.num_rows = 64;
+  shared.row_order.resize(64);
+  std::iota(shared.row_order.begin(), shared.row_order.end(), 0);
+  shared.q_pos.assign(64, 63);
+  shared.levels[0].q_indptr = {0, 64};
+  ASSERT_TRUE(pack_plan(shared, 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_EQ(pk.levels[0].warps, 4);
+  EXPECT_FALSE(pk.levels[0].direct_out);
 }
 
 TEST(CudaPlanPack, MalformedPlansAreRefusedWithAReason) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <stdexcept>
 
@@ -61,6 +62,11 @@ struct RunOptions {
   bool no_wgmma = false;
   LevelFork* fork = nullptr;  // levels after the first busy one on its side stream, as the engine
   int short_tiles = -1;       // one-warp levels: -1 the pack's choice, 0 or 1 forced
+  bool direct_out = false;    // a lone level the pack marks direct_out writes the output itself
+  // Out: the bf16 output rows [rows, heads * head_dim] (written by the merge or the level), and
+  // whether the level wrote them (no merge kernel ran).
+  std::vector<bf16>* bf16_out = nullptr;
+  bool* wrote_directly = nullptr;
 };
 
 // Runs every level on the GPU and merges; returns the merged fp32 output [rows, heads, head_dim].
@@ -81,6 +87,9 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
   DeviceBuffer<float> lse(static_cast<std::size_t>(slices) * n * m.heads);
   poison(o);
   EXPECT_EQ(launch_fill_f32(lse.get(), lse.size(), -INFINITY, nullptr), cudaSuccess);
+  DeviceBuffer<bf16> outb(static_cast<std::size_t>(n) * m.heads * m.head_dim);
+  poison(outb);
+  bool direct = false;
   if (fork != nullptr) {
     const int busy = busy_levels(pack.levels);
     EXPECT_EQ(fork->begin(busy, nullptr), cudaSuccess);
@@ -112,22 +121,39 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     p.warps = lp.warps;
     p.no_wgmma = opt.no_wgmma;
     p.short_tiles = opt.short_tiles < 0 ? lp.short_tiles : lp.warps == 1 && opt.short_tiles == 1;
+    if (opt.direct_out && lp.direct_out) {
+      p.direct_out = outb.get();
+      direct = true;
+    }
     EXPECT_EQ(launch_attention_level(p, fork != nullptr ? fork->next_stream() : nullptr), cudaSuccess);
   }
   if (fork != nullptr) EXPECT_EQ(fork->end(), cudaSuccess);
+  if (opt.wrote_directly != nullptr) *opt.wrote_directly = direct;
   DeviceBuffer<float> out(static_cast<std::size_t>(n) * m.heads * m.head_dim);
   poison(out);
-  MergeStatesParams mp;
-  mp.o = o.get();
-  mp.lse = lse.get();
-  mp.out_o = out.get();
-  mp.num_states = slices;
-  mp.rows = n;
-  mp.heads = m.heads;
-  mp.head_dim = m.head_dim;
-  EXPECT_EQ(launch_merge_states(mp, nullptr), cudaSuccess);
+  if (!direct) {
+    MergeStatesParams mp;
+    mp.o = o.get();
+    mp.lse = lse.get();
+    mp.out = outb.get();
+    mp.out_o = out.get();
+    mp.num_states = slices;
+    mp.rows = n;
+    mp.heads = m.heads;
+    mp.head_dim = m.head_dim;
+    EXPECT_EQ(launch_merge_states(mp, nullptr), cudaSuccess);
+  }
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  return download(out, out.size());
+  std::vector<bf16> rows_bf16 = download(outb, outb.size());
+  if (opt.bf16_out != nullptr) *opt.bf16_out = rows_bf16;
+  return direct ? from_bf16(rows_bf16) : download(out, out.size());
+}
+
+// Bit patterns of bf16 rows, for exact comparisons (NaN poison included).
+std::vector<std::uint16_t> bits(const std::vector<bf16>& v) {
+  std::vector<std::uint16_t> b(v.size());
+  std::memcpy(b.data(), v.data(), v.size() * sizeof(bf16));
+  return b;
 }
 
 // float64 reference: each row attends to every key of every group containing it, causally.
@@ -185,7 +211,8 @@ struct Fixture {
     kpool = random_vec(rng, n, -2.0f, 2.0f);
     vpool = random_vec(rng, n);
   }
-  void check(const CascadePlan& plan, const char* what) {
+  // Returns check_direct_out's count of runs that wrote their rows directly.
+  int check(const CascadePlan& plan, const char* what) {
     auto q = random_vec(rng, static_cast<std::size_t>(plan.num_rows) * m.heads * m.head_dim, -2.0f, 2.0f);
     const auto ref = reference(m, plan, q, kpool, vpool);
     std::vector<float> split;
@@ -213,7 +240,10 @@ struct Fixture {
     // Levels side by side (LevelFork, as the engine and the benchmark run them): the same bits.
     if (!ab_switch_on("CASCADE_ATTENTION_NO_FORK")) {
       LevelFork fork;
-      ASSERT_EQ(fork.init(), cudaSuccess);
+      if (fork.init() != cudaSuccess) {
+        ADD_FAILURE() << "LevelFork::init failed";
+        return 0;
+      }
       const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, {.fork = &fork});
       EXPECT_EQ(got, split) << what << " (levels forked) H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
     }
@@ -232,6 +262,37 @@ struct Fixture {
       EXPECT_EQ(got, tiles32) << what << " H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim
                               << (written->empty() ? ", all keys read ahead" : ", last pages written");
     }
+    return check_direct_out(plan, q, ref, what);
+  }
+  // A lone one-warp level of one split (LevelPack::direct_out) writes its rows itself: the bf16
+  // rows the states + merge kernel write, bit for bit, in every one-warp form (16- and 32-token
+  // tiles, read ahead), and within tolerance of float64. Returns how many runs wrote directly.
+  int check_direct_out(const CascadePlan& plan, const std::vector<float>& q, const std::vector<double>& ref,
+                       const char* what) {
+    int direct = 0;
+    const std::vector<std::int32_t> none;
+    for (const int sms : {0, 132}) {
+      for (int form = 0; form < 3; ++form) {
+        RunOptions base;
+        if (form < 2) base.short_tiles = form;
+        if (form == 2) base.written = &none;
+        std::vector<bf16> want, got;
+        RunOptions a = base, b = base;
+        a.bf16_out = &want;
+        b.bf16_out = &got;
+        b.direct_out = true;
+        bool wrote = false;
+        b.wrote_directly = &wrote;
+        gpu_attention(m, plan, q, kpool, vpool, sms, a);
+        const auto out = gpu_attention(m, plan, q, kpool, vpool, sms, b);
+        if (!wrote) continue;  // not a lone one-warp level of one split here
+        ++direct;
+        EXPECT_EQ(bits(got), bits(want)) << what << " (direct output, form " << form << ", sms " << sms
+                                         << ") H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
+        EXPECT_LT(rel_error(out, ref), 1e-2) << what << " (direct output, form " << form << ")";
+      }
+    }
+    return direct;
   }
 };
 
@@ -294,7 +355,9 @@ TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {
       add_group(plan.levels[0], plan.row_order, {r}, chunks, 0, alloc, model.page_size);
       plan.q_pos.push_back(a + b - 1);
     }
-    f.check(plan, "flat decode");
+    // Without SMs to fill (sms 0) the lone level has one split and writes its rows directly.
+    const int direct = f.check(plan, "flat decode");
+    if (attention_direct_out_enabled()) EXPECT_GT(direct, 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
   }
 }
 

@@ -245,6 +245,9 @@ namespace {
 // run eagerly bit for bit, match the unpadded eager path within bf16 rounding, and match the CPU
 // forward; batch sizes move between buckets, plans alternate between one and two levels, and small
 // pages make the page capacity of a captured layout overflow (recapture).
+// Lone levels over contexts of at most 64 tokens have one split and write their rows directly
+// (LevelPack::direct_out: no fill, no merge kernel, padding rows of a bucket not written); the
+// longer ones and the two-level steps write states and merge. Both run here, in all three runners.
 TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, true);

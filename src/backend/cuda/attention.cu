@@ -489,6 +489,18 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     const std::int64_t rh = static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h];
     const bool empty = !(l_run[h] > 0.0f);
     const float inv = empty ? 0.0f : 1.0f / l_run[h];
+    if constexpr (kWarps == 1) {
+      if (p.direct_out != nullptr) {
+        // The only state of the row: merge_states would weigh it by 1 (or write 0 where empty)
+        // and round o to bf16, which is what this writes (the same bits).
+        __nv_bfloat16* out = p.direct_out + rh * kD + tig * 2;
+#pragma unroll
+        for (int n = 0; n < kD / 8; ++n) {
+          *reinterpret_cast<unsigned*>(out + n * 8) = pack_bf16x2(acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
+        }
+        continue;
+      }
+    }
     float* o = p.o + (slice * plane + rh) * kD;
 #pragma unroll
     for (int n = 0; n < kD / 8; ++n) {
@@ -526,12 +538,15 @@ bool attention_wgmma_available() {
   return !off && sm90a_code_available();
 }
 
+bool attention_direct_out_enabled() { return !ab_switch_on("CASCADE_ATTENTION_MERGE_KERNEL"); }
+
 cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream) {
   if (p.grid_items <= 0 || p.grid_splits <= 0) return cudaSuccess;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 ||
       p.num_heads / p.num_kv_heads > 8) {
     return cudaErrorInvalidValue;
   }
+  if (p.direct_out != nullptr && (p.warps != 1 || p.grid_splits != 1)) return cudaErrorInvalidValue;
   const bool wg = p.warps == 4 && !p.no_wgmma && attention_wgmma_available();
   if (p.head_dim == 128) {
     if (p.warps == 4) return wg ? launch_typed<128, 4, false, true>(p, stream) : launch_typed<128, 4>(p, stream);

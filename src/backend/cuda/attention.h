@@ -62,6 +62,11 @@ struct AttentionLevelParams {
   bool no_wgmma = false;
   // One-warp levels (not read ahead): 16-token KV tiles, for CTAs of few keys (LevelPack).
   bool short_tiles = false;
+  // A plan's only level, one-warp, one split (grid_splits 1; LevelPack::direct_out): set, the
+  // level writes its rows straight into direct_out [rows, num_heads * head_dim] as bf16 (the
+  // bits the states + launch_merge_states would give) and writes no states; rows it does not
+  // cover are not written. Other levels: cudaErrorInvalidValue.
+  __nv_bfloat16* direct_out = nullptr;
 };
 
 /// \brief True when four-warp levels (more than 16 stacked rows per group: shared cascade levels,
@@ -69,6 +74,10 @@ struct AttentionLevelParams {
 /// CASCADE_ATTENTION_NO_WGMMA=1 is not set. The first call probes the device (a synchronous
 /// copy): make it outside stream capture.
 bool attention_wgmma_available();
+
+/// \brief False with CASCADE_ATTENTION_MERGE_KERNEL=1 (A/B): levels marked direct_out then write
+/// states for launch_merge_states as every other level does.
+bool attention_direct_out_enabled();
 
 /// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
 /// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice.
@@ -83,6 +92,11 @@ struct LevelPack {
   // One-warp level whose CTAs cover at most kShortTileMaxTokens keys, packed without written
   // slots (so not read ahead): AttentionLevelParams's short_tiles.
   bool short_tiles = false;
+  // The plan's only level with items, one-warp, one split, every group with keys and every row
+  // in a group: each row has one state, so the level may write the output rows itself
+  // (AttentionLevelParams::direct_out) and the step needs no fill and no merge kernel, where
+  // attention_direct_out_enabled().
+  bool direct_out = false;
 };
 inline constexpr int kShortTileMaxTokens = 192;
 struct PlanPack {

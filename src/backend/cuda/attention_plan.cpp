@@ -70,6 +70,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     std::vector<std::int32_t> page_start(lv.page_ids.size()), kv_len(groups), kv_fresh(groups, 0);
     std::vector<std::int32_t> items;
     int max_m = 0, max_len = 0;
+    bool all_keyed = groups > 0 && lv.q_indptr.back() == rows;  // every row in a group with keys
     for (int g = 0; g < groups; ++g) {
       if (lv.q_indptr[g + 1] < lv.q_indptr[g] || lv.page_indptr[g + 1] < lv.page_indptr[g]) {
         *why = "a level's indptr arrays decrease";
@@ -85,6 +86,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
         t += lv.page_lens[i];
       }
       kv_len[g] = t;
+      all_keyed = all_keyed && t > 0;
       if (written_slots != nullptr) {
         kv_fresh[g] = t;
         for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) {
@@ -159,6 +161,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // read-ahead form keeps 32-token tiles), so that the flag names the form that runs.
     lp.short_tiles = lp.warps == 1 && written_slots == nullptr && max_len > 0 &&
                      std::min(per_split, max_len) <= kShortTileMaxTokens;
+    // Provisional: cleared below unless this is the plan's only busy level.
+    lp.direct_out = all_keyed && lp.warps == 1 && splits == 1;
     lp.slice_base = used_slices;
     used_slices += splits;
     lp.items = append(pk.data, items);
@@ -173,6 +177,9 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     lp.counts = append(pk.data, {lp.num_items, lp.num_splits, lp.tokens_per_split});
   }
   pk.num_slices = used_slices;
+  // Direct output (AttentionLevelParams::direct_out) replaces the merge: a lone level only.
+  const bool lone = busy_levels(pk.levels) == 1;
+  for (LevelPack& lp : pk.levels) lp.direct_out = lp.direct_out && lone;
   return true;
 }
 

@@ -49,6 +49,7 @@ class CudaRunner final : public ModelRunner {
     // Probes the device (a synchronous copy) now, outside graph capture; Gemm has probed the
     // same sm_90a code already, this keeps the attention kernels' choice from depending on it.
     cuda::attention_wgmma_available();
+    direct_out_ok_ = cuda::attention_direct_out_enabled();
 
     layout_.num_layers = config.num_hidden_layers;
     layout_.num_pages = num_pages;
@@ -269,6 +270,7 @@ class CudaRunner final : public ModelRunner {
     int slice_base = 0, grid_items = 0, grid_splits = 0, warps = 1;
     const std::int32_t* kv_fresh = nullptr;
     bool short_tiles = false;
+    bool direct_out = false;  // writes the output rows itself: no fill, no merge (LevelPack)
   };
   struct StepLaunch {
     int rows = 0;        // rows of the GEMMs / row kernels (padded in the bucketed path)
@@ -340,7 +342,8 @@ class CudaRunner final : public ModelRunner {
     for (int l = 0; l < static_cast<int>(pack.levels.size()); ++l) {
       const cuda::LevelPack& lp = pack.levels[l];
       s.levels.push_back({cuda::level_arrays(pack, l, d_plan), lp.slice_base, lp.num_items,
-                          lp.num_splits, lp.warps, cuda::level_kv_fresh(lp, d_plan), lp.short_tiles});
+                          lp.num_splits, lp.warps, cuda::level_kv_fresh(lp, d_plan), lp.short_tiles,
+                          lp.direct_out && direct_out_ok_});
     }
     reserve_step(n, R, s.slices);
     return enqueue(s);
@@ -351,6 +354,7 @@ class CudaRunner final : public ModelRunner {
   struct LevelCaps {
     int warps = 1, items = 0, groups = 0, pages = 0, splits = 1;
     bool short_tiles = false;  // with warps, picks the kernel form: a graph fits only its own
+    bool direct_out = false;  // no merge kernel in the graph (LevelPack::direct_out)
     bool operator==(const LevelCaps&) const = default;
   };
   struct Layout {
@@ -377,8 +381,8 @@ class CudaRunner final : public ModelRunner {
     if (lay.rows != rows || lay.levels.size() != need.size()) return false;
     for (std::size_t l = 0; l < need.size(); ++l) {
       const LevelCaps &c = lay.levels[l], &q = need[l];
-      if (c.warps != q.warps || c.short_tiles != q.short_tiles || q.items > c.items || q.groups > c.groups ||
-          q.pages > c.pages || q.splits > c.splits) {
+      if (c.warps != q.warps || c.short_tiles != q.short_tiles || c.direct_out != q.direct_out ||
+          q.items > c.items || q.groups > c.groups || q.pages > c.pages || q.splits > c.splits) {
         return false;
       }
     }
@@ -435,6 +439,7 @@ class CudaRunner final : public ModelRunner {
       o.num_splits = c.splits;
       o.warps = c.warps;
       o.short_tiles = c.short_tiles;
+      o.direct_out = c.direct_out;
       o.slice_base = base;
       base += c.splits;
       lay.offs.push_back(o);
@@ -450,7 +455,8 @@ class CudaRunner final : public ModelRunner {
     for (std::size_t l = 0; l < need.size(); ++l) {
       const cuda::LevelPack& lp = pack.levels[l];
       need[l] = {lp.warps, lp.num_items, plan.levels[l].num_groups(),
-                 static_cast<int>(plan.levels[l].page_ids.size()), lp.num_splits, lp.short_tiles};
+                 static_cast<int>(plan.levels[l].page_ids.size()), lp.num_splits, lp.short_tiles,
+                 lp.direct_out && direct_out_ok_};
     }
     GraphEntry* entry = nullptr;
     for (GraphEntry& e : graphs_) {
@@ -464,7 +470,8 @@ class CudaRunner final : public ModelRunner {
       auto same_shape = [&](const GraphEntry& e) {
         if (e.layout.rows != rows || e.layout.levels.size() != need.size()) return false;
         for (std::size_t l = 0; l < need.size(); ++l) {
-          if (e.layout.levels[l].warps != need[l].warps || e.layout.levels[l].short_tiles != need[l].short_tiles) {
+          if (e.layout.levels[l].warps != need[l].warps || e.layout.levels[l].short_tiles != need[l].short_tiles ||
+              e.layout.levels[l].direct_out != need[l].direct_out) {
             return false;
           }
         }
@@ -533,7 +540,7 @@ class CudaRunner final : public ModelRunner {
     s.q_pos = d + lay.q_pos;
     for (const cuda::LevelPack& o : lay.offs) {
       s.levels.push_back({cuda::level_arrays(o, d), o.slice_base, o.num_items, o.num_splits, o.warps,
-                          cuda::level_kv_fresh(o, d), o.short_tiles});
+                          cuda::level_kv_fresh(o, d), o.short_tiles, o.direct_out});
     }
     reserve_step(rows, rows, lay.slices);  // may drop graphs (buffers moved)
     entry = find_entry(lay);
@@ -598,9 +605,14 @@ class CudaRunner final : public ModelRunner {
               D = config_.head_dim, hidden = config_.hidden_size, inter = config_.intermediate_size;
     const int qkv_n = (H + 2 * KVH) * D;
     const float eps = static_cast<float>(config_.rms_norm_eps);
-    // Rows a level does not cover keep the empty state; the kernels rewrite the covered ones.
-    CUDA_TRY(cuda::launch_fill_f32(states_lse_.get(), static_cast<std::int64_t>(s.slices) * n * H,
-                                   -INFINITY, stream_));
+    // Rows a level does not cover keep the empty state; the kernels rewrite the covered ones. A
+    // lone level writing its output directly (LevelPack::direct_out) writes no states.
+    const bool direct = std::any_of(s.levels.begin(), s.levels.end(),
+                                    [](const LevelLaunch& lv) { return lv.grid_items > 0 && lv.direct_out; });
+    if (!direct) {
+      CUDA_TRY(cuda::launch_fill_f32(states_lse_.get(), static_cast<std::int64_t>(s.slices) * n * H,
+                                     -INFINITY, stream_));
+    }
     CUDA_TRY(cuda::launch_embedding({embed_.get(), s.tok, residual_.get(), n, hidden}, stream_));
     const std::int64_t layer_elems = layout_.layer_elems();
     bf16* mlp_out = nullptr;
@@ -688,6 +700,7 @@ class CudaRunner final : public ModelRunner {
       CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
       CUDA_TRY(level_fork_.begin(busy_levels, stream_));
       cudaError_t level_err = cudaSuccess;  // joined before it is thrown (LevelFork::end)
+      bool wrote_out = false;  // a lone level wrote xb_ itself (LevelPack::direct_out)
       for (const LevelLaunch& lv : s.levels) {
         if (lv.grid_items <= 0 || level_err != cudaSuccess) continue;  // nothing to launch
         cuda::AttentionLevelParams ap;
@@ -712,21 +725,27 @@ class CudaRunner final : public ModelRunner {
         ap.read_ahead = early;  // after an early-released qk_norm_rope (measured no gain without)
         ap.kv_fresh = lv.kv_fresh;
         ap.short_tiles = lv.short_tiles;
+        // Rows outside the level (a bucket's padding rows) then keep what xb_ held: finite values
+        // from this step's layer-0 norm, and rows are independent through o_proj onwards.
+        if (lv.direct_out) ap.direct_out = xb_.get();
+        wrote_out = wrote_out || lv.direct_out;
         level_err = cuda::launch_attention_level(ap, level_fork_.next_stream());
       }
       const cudaError_t joined = level_fork_.end();
       CUDA_TRY(level_err);
       CUDA_TRY(joined);
-      cuda::MergeStatesParams mp;
-      mp.o = states_o_.get();
-      mp.lse = states_lse_.get();
-      mp.out = xb_.get();
-      mp.num_states = s.slices;
-      mp.rows = n;
-      mp.heads = H;
-      mp.head_dim = D;
-      mp.early_release = early;
-      CUDA_TRY(cuda::launch_merge_states(mp, stream_));
+      if (!wrote_out) {
+        cuda::MergeStatesParams mp;
+        mp.o = states_o_.get();
+        mp.lse = states_lse_.get();
+        mp.out = xb_.get();
+        mp.num_states = s.slices;
+        mp.rows = n;
+        mp.heads = H;
+        mp.head_dim = D;
+        mp.early_release = early;
+        CUDA_TRY(cuda::launch_merge_states(mp, stream_));
+      }
       if (fused) {
         gemm_->run_fused(xb_.get(), L.o_proj.get(), nullptr, n, hidden, H * D, residual_fusion(L.post_ln.get()),
                          stream_);
@@ -906,6 +925,7 @@ class CudaRunner final : public ModelRunner {
   KvLayout layout_;
   std::string device_name_;
   int num_sms_ = 0;
+  bool direct_out_ok_ = false;  // cuda::attention_direct_out_enabled()
   cudaStream_t stream_ = nullptr;
   cuda::LevelFork level_fork_;  // levels after the first beside it (attention.h)
   std::unique_ptr<cuda::Gemm> gemm_;
