@@ -177,6 +177,17 @@ CascadePlan flat_plan(int seqs, int tokens) {
   return plan;
 }
 
+// One group of `rows` rows (all at the last position) over `tokens` keys.
+CascadePlan one_group_plan(int rows, int tokens) {
+  CascadePlan plan = flat_plan(1, tokens);
+  plan.num_rows = rows;
+  plan.row_order.resize(rows);
+  std::iota(plan.row_order.begin(), plan.row_order.end(), 0);
+  plan.q_pos.assign(rows, tokens - 1);
+  plan.levels[0].q_indptr = {0, rows};
+  return plan;
+}
+
 // A decode level that already fills the chip (two waves of one-warp CTAs: 12 per SM) is not split;
 // one that leaves it mostly idle is.
 TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
@@ -219,12 +230,7 @@ TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {
         << pk.levels[0].num_splits << " splits of " << pk.levels[0].tokens_per_split;
   }
   // One group of 64 rows over 64 keys: a four-warp level, never short.
-  CascadePlan shared = flat_plan(1, 64);
-  shared.num_rows = 64;
-  shared.row_order.resize(64);
-  std::iota(shared.row_order.begin(), shared.row_order.end(), 0);
-  shared.q_pos.assign(64, 63);
-  shared.levels[0].q_indptr = {0, 64};
+  const CascadePlan shared = one_group_plan(64, 64);
   PlanPack pk;
   const char* why = "";
   ASSERT_TRUE(pack_plan(shared, 16, 8, 132, 64, &pk, &why)) << why;
@@ -275,13 +281,7 @@ TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
   ASSERT_TRUE(pack_plan(random_plan(rng, 12, 300, 16), 16, 8, 0, 64, &pk, &why)) << why;
   for (const LevelPack& l : pk.levels) EXPECT_FALSE(l.direct_out);
   // A lone four-warp level (64 rows in one group): no.
-  CascadePlan shared = flat_plan(1, 64);
-  shared.num_rows = 64;
-  shared.row_order.resize(64);
-  std::iota(shared.row_order.begin(), shared.row_order.end(), 0);
-  shared.q_pos.assign(64, 63);
-  shared.levels[0].q_indptr = {0, 64};
-  ASSERT_TRUE(pack_plan(shared, 16, 8, 0, 64, &pk, &why)) << why;
+  ASSERT_TRUE(pack_plan(one_group_plan(64, 64), 16, 8, 0, 64, &pk, &why)) << why;
   EXPECT_EQ(pk.levels[0].warps, 4);
   EXPECT_FALSE(pk.levels[0].direct_out);
 }
