@@ -149,15 +149,18 @@ int cascade_attn_plan_info(void* handle, int* num_levels, int* num_slices, int* 
 }
 
 // Runs every level and the merge on `stream` (a cudaStream_t; 0 = legacy default stream); levels
-// after the first run beside it on the plan's side stream (LevelFork), joined before the merge.
+// after the first run beside it on the plan's side stream (LevelFork), joined before the merge. A
+// lone one-split level writes out itself instead (LevelPack::direct_out; out 4-byte aligned).
 // q: bf16 [rows, num_heads, head_dim]; k, v: bf16 pools [pages, page_size, kv_heads, head_dim];
 // out: bf16 [rows, num_heads * head_dim]. Asynchronous; returns the first launch error.
 int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, void* out, void* stream) {
   auto* h = static_cast<PlanHandle*>(handle);
   if (h == nullptr) return fail("cascade_attn_run: null handle");
   auto s = static_cast<cudaStream_t>(stream);
-  // A lone one-split level writes its rows into out itself (no merge kernel), as in the engine.
+  // A lone one-split level writes its rows into out itself (no merge kernel), as in the engine,
+  // where out is 4-byte aligned (pointers come from Python; the merge takes any alignment).
   const bool direct_out = cascade::cuda::attention_direct_out_enabled() &&
+                          reinterpret_cast<std::uintptr_t>(out) % 4 == 0 &&
                           std::any_of(h->pack.levels.begin(), h->pack.levels.end(),
                                       [](const cascade::cuda::LevelPack& lp) { return lp.direct_out; });
   if (const cudaError_t e = h->fork.begin(cascade::cuda::busy_levels(h->pack.levels), s); e != cudaSuccess) {

@@ -267,6 +267,11 @@ TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
   uncovered.q_pos.push_back(99);
   ASSERT_TRUE(pack_plan(uncovered, 16, 8, 0, 64, &pk, &why)) << why;
   EXPECT_FALSE(pk.levels[0].direct_out);
+  // A row twice in row_order (and so another never): no.
+  CascadePlan twice = flat_plan(4, 100);
+  twice.row_order = {0, 0, 2, 3};
+  ASSERT_TRUE(pack_plan(twice, 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_FALSE(pk.levels[0].direct_out);
   // A group without keys (no CTA covers its rows): no.
   CascadePlan keyless = flat_plan(4, 100);
   CascadeLevel& lv = keyless.levels[0];

@@ -272,6 +272,12 @@ struct Fixture {
     int direct = 0;
     const std::vector<std::int32_t> none;
     for (const int sms : {0, 132}) {
+      PlanPack pack;
+      const char* why = "";
+      if (!pack_plan(plan, m.heads, m.kv_heads, sms, 64, &pack, &why) ||
+          std::none_of(pack.levels.begin(), pack.levels.end(), [](const LevelPack& lp) { return lp.direct_out; })) {
+        continue;  // not a lone one-warp level of one split here
+      }
       for (int form = 0; form < 3; ++form) {
         RunOptions base;
         if (form < 2) base.short_tiles = form;
@@ -285,7 +291,7 @@ struct Fixture {
         b.wrote_directly = &wrote;
         gpu_attention(m, plan, q, kpool, vpool, sms, a);
         const auto out = gpu_attention(m, plan, q, kpool, vpool, sms, b);
-        if (!wrote) continue;  // not a lone one-warp level of one split here
+        EXPECT_TRUE(wrote) << what << ": the pack marks a level direct_out, the run did not write directly";
         ++direct;
         EXPECT_EQ(bits(got), bits(want)) << what << " (direct output, form " << form << ", sms " << sms
                                          << ") H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
@@ -383,6 +389,41 @@ TEST(CudaAttention, CausalPrefill) {
     // add_group skips zero-length chunks only via alloc.run(0) (no pages), so lengths add up.
     plan.num_rows = row;
     f.check(plan, "prefill");
+  }
+}
+
+// Groups of a few query rows each (short prefills or speculative steps: 1-8 new tokens, stacked
+// rows gqa x tokens of at most 16, so one-warp CTAs), causal within the group, with row ids
+// shuffled: every row of a CTA's 16 may be valid, and alone in the plan with one split (sms 0)
+// the level writes its rows directly.
+TEST(CudaAttention, FewRowsPerGroupInOneWarpLevel) {
+  SKIP_WITHOUT_GPU();
+  for (const Model& model : kModels) {
+    Fixture f(model, 17);
+    PageAlloc alloc(model.num_pages, f.rng);
+    CascadePlan plan;
+    plan.levels.resize(1);
+    const int gqa = model.heads / model.kv_heads;
+    const int groups = 5, max_new = std::max(1, 16 / gqa);
+    std::vector<int> order;
+    std::vector<int> news, prefixes;
+    for (int g = 0; g < groups; ++g) {
+      news.push_back(1 + static_cast<int>(f.rng() % max_new));
+      prefixes.push_back(1 + static_cast<int>(f.rng() % 200));
+      for (int i = 0; i < news.back(); ++i) order.push_back(static_cast<int>(order.size()));
+    }
+    std::shuffle(order.begin(), order.end(), f.rng);
+    plan.num_rows = static_cast<int>(order.size());
+    plan.q_pos.assign(plan.num_rows, 0);
+    int next = 0;
+    for (int g = 0; g < groups; ++g) {
+      std::vector<int> rows(order.begin() + next, order.begin() + next + news[g]);
+      next += news[g];
+      for (int i = 0; i < news[g]; ++i) plan.q_pos[rows[i]] = prefixes[g] + i;
+      add_group(plan.levels[0], plan.row_order, rows, {prefixes[g], news[g]}, 0, alloc, model.page_size);
+    }
+    const int direct = f.check(plan, "few rows per group");
+    if (attention_direct_out_enabled()) EXPECT_GT(direct, 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/ab_switch.h"
+#include "backend/cuda/attention.h"
 #include "backend/cuda/skinny_gemm.h"
 #include "engine/default_model.h"
 #include "engine/sampler.h"
@@ -245,9 +246,10 @@ namespace {
 // run eagerly bit for bit, match the unpadded eager path within bf16 rounding, and match the CPU
 // forward; batch sizes move between buckets, plans alternate between one and two levels, and small
 // pages make the page capacity of a captured layout overflow (recapture).
-// Lone levels over contexts of at most 64 tokens have one split and write their rows directly
-// (LevelPack::direct_out: no fill, no merge kernel, padding rows of a bucket not written); the
-// longer ones and the two-level steps write states and merge. Both run here, in all three runners.
+// The one-level steps (contexts of at most 57 tokens here, so one split) write their rows from the
+// attention kernel (LevelPack::direct_out: no fill, no merge kernel, padding rows of a bucket not
+// written); the two-level steps and the prefill write states and merge. Both run in all three
+// runners.
 TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, true);
@@ -328,6 +330,10 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   EXPECT_EQ(se.captures, 0);
   EXPECT_EQ(su.replays + su.padded_eager, 0);
   EXPECT_EQ(su.eager, steps + 1);
+  // Every even step has one level (direct unless CASCADE_ATTENTION_MERGE_KERNEL=1), odd ones two.
+  for (const CudaGraphStats& st : {sg, se, su}) {
+    EXPECT_EQ(st.direct_out, attention_direct_out_enabled() ? steps / 2 : 0);
+  }
 }
 
 // Batches of 3-64 rows on sm_90a run the layers' residual adds, RMSNorms and SiLU inside the skinny

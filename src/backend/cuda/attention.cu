@@ -491,12 +491,14 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     const float inv = empty ? 0.0f : 1.0f / l_run[h];
     if constexpr (kWarps == 1) {
       if (p.direct_out != nullptr) {
-        // The only state of the row: merge_states would weigh it by 1 (or write 0 where empty)
-        // and round o to bf16, which is what this writes (the same bits).
+        // The only state of the row: merge_states weighs it by 1 and adds it to +0 (so -0 becomes
+        // +0), or writes 0 where it is empty (an l of 0 or NaN), then rounds to bf16; this writes
+        // the same bits.
+        const auto merged = [&](float a) { return empty ? 0.0f : a * inv + 0.0f; };
         __nv_bfloat16* out = p.direct_out + rh * kD + tig * 2;
 #pragma unroll
         for (int n = 0; n < kD / 8; ++n) {
-          *reinterpret_cast<unsigned*>(out + n * 8) = pack_bf16x2(acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
+          *reinterpret_cast<unsigned*>(out + n * 8) = pack_bf16x2(merged(acc[n][2 * h]), merged(acc[n][2 * h + 1]));
         }
         continue;
       }
@@ -538,7 +540,10 @@ bool attention_wgmma_available() {
   return !off && sm90a_code_available();
 }
 
-bool attention_direct_out_enabled() { return !ab_switch_on("CASCADE_ATTENTION_MERGE_KERNEL"); }
+bool attention_direct_out_enabled() {
+  static const bool off = ab_switch_on("CASCADE_ATTENTION_MERGE_KERNEL");
+  return !off;
+}
 
 cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream) {
   if (p.grid_items <= 0 || p.grid_splits <= 0) return cudaSuccess;
@@ -546,7 +551,10 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
       p.num_heads / p.num_kv_heads > 8) {
     return cudaErrorInvalidValue;
   }
-  if (p.direct_out != nullptr && (p.warps != 1 || p.grid_splits != 1)) return cudaErrorInvalidValue;
+  if (p.direct_out != nullptr &&
+      (p.warps != 1 || p.grid_splits != 1 || reinterpret_cast<std::uintptr_t>(p.direct_out) % 4 != 0)) {
+    return cudaErrorInvalidValue;
+  }
   const bool wg = p.warps == 4 && !p.no_wgmma && attention_wgmma_available();
   if (p.head_dim == 128) {
     if (p.warps == 4) return wg ? launch_typed<128, 4, false, true>(p, stream) : launch_typed<128, 4>(p, stream);

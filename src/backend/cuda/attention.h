@@ -6,7 +6,8 @@
 // they cover few keys, 64 for four-warp ones) staged in shared memory with cp.async, with bf16 mma.sync m16n8k16 tensor-core
 // products and fp32 accumulation. Decode-like
 // levels (<= 16 stacked rows per group) use one-warp CTAs and split the KV range across CTAs
-// (split-K); the partial states are merged with the other levels' states by merge_states.
+// (split-K); the partial states are merged with the other levels' states by merge_states, except
+// where a plan's only level has one split and writes its output rows itself (direct_out).
 // On sm_90a the four-warp CTAs do the same work with warpgroup MMAs (wgmma: Q and P from
 // registers, K and V from 128-byte-swizzled tiles), attention_wgmma_available().
 // One-warp CTAs over at most kShortTileMaxTokens keys stage 16-token tiles instead (short_tiles).
@@ -65,7 +66,8 @@ struct AttentionLevelParams {
   // A plan's only level, one-warp, one split (grid_splits 1; LevelPack::direct_out): set, the
   // level writes its rows straight into direct_out [rows, num_heads * head_dim] as bf16 (the
   // bits the states + launch_merge_states would give) and writes no states; rows it does not
-  // cover are not written. Other levels: cudaErrorInvalidValue.
+  // cover are not written. 4-byte aligned; the launcher refuses it (cudaErrorInvalidValue) for
+  // four-warp levels, more than one split or a misaligned pointer, and cannot check the rest.
   __nv_bfloat16* direct_out = nullptr;
 };
 
@@ -80,7 +82,8 @@ bool attention_wgmma_available();
 bool attention_direct_out_enabled();
 
 /// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
-/// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice.
+/// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice, or with
+/// direct_out the bf16 output row.
 cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream);
 
 // Host-side packing of a plan into one int32 buffer (uploaded with one copy) plus per-level

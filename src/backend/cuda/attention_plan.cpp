@@ -25,11 +25,15 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     *why = "row_order and q_pos must have num_rows entries";
     return false;
   }
+  std::vector<char> seen(static_cast<std::size_t>(rows), 0);
+  bool row_order_is_permutation = true;  // direct_out needs every row written exactly once
   for (std::int32_t r : plan.row_order) {
     if (r < 0 || r >= rows) {
       *why = "row_order holds a row id outside [0, num_rows)";
       return false;
     }
+    row_order_is_permutation = row_order_is_permutation && !seen[r];
+    seen[r] = 1;
   }
   const int num_levels = static_cast<int>(plan.levels.size());
   if (num_levels > max_slices) {
@@ -70,7 +74,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     std::vector<std::int32_t> page_start(lv.page_ids.size()), kv_len(groups), kv_fresh(groups, 0);
     std::vector<std::int32_t> items;
     int max_m = 0, max_len = 0;
-    bool all_keyed = groups > 0 && lv.q_indptr.back() == rows;  // every row in a group with keys
+    // Every row in a group with keys (and row_order a permutation, so none twice).
+    bool all_keyed = groups > 0 && lv.q_indptr.back() == rows && row_order_is_permutation;
     for (int g = 0; g < groups; ++g) {
       if (lv.q_indptr[g + 1] < lv.q_indptr[g] || lv.page_indptr[g + 1] < lv.page_indptr[g]) {
         *why = "a level's indptr arrays decrease";

@@ -117,6 +117,10 @@ class CudaRunner final : public ModelRunner {
       throw_error(ErrorCode::kInvalidArgument, "cuda runner: invalid cascade plan: {}", why);
     }
     const int R = static_cast<int>(batch.logit_rows.size());
+    if (direct_out_ok_ && std::any_of(pack.levels.begin(), pack.levels.end(),
+                                      [](const cuda::LevelPack& lp) { return lp.num_items > 0 && lp.direct_out; })) {
+      ++stats_.direct_out;
+    }
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
       argmax_ready_ = forward_bucketed(batch, plan, pack);
     } else {
@@ -301,7 +305,10 @@ class CudaRunner final : public ModelRunner {
     const std::size_t r = static_cast<std::size_t>(rows);
     reserve_work(residual_, r * hidden);
     reserve_work(residual_alt_, r * hidden);
+    const std::size_t xb_had = xb_.size();
     reserve_work(xb_, r * std::max(hidden, H * D));
+    // Zeroed when (re)allocated: a lone direct_out level leaves padding rows as they were.
+    if (xb_.size() != xb_had) CUDA_TRY(cudaMemsetAsync(xb_.get(), 0, xb_.bytes(), stream_));
     reserve_work(tmp_, r * std::max({(H + 2 * KVH) * D, 2 * inter, hidden}));
     reserve_work(q_, r * H * D);
     reserve_work(act_, r * std::max(inter, hidden));
@@ -725,8 +732,9 @@ class CudaRunner final : public ModelRunner {
         ap.read_ahead = early;  // after an early-released qk_norm_rope (measured no gain without)
         ap.kv_fresh = lv.kv_fresh;
         ap.short_tiles = lv.short_tiles;
-        // Rows outside the level (a bucket's padding rows) then keep what xb_ held: finite values
-        // from this step's layer-0 norm, and rows are independent through o_proj onwards.
+        // Rows outside the level (a bucket's padding rows) then keep what xb_ held: zero when it
+        // was allocated (reserve_step), bf16 results of earlier kernels since; rows are
+        // independent from o_proj to the logits, and padding rows' logits are never read.
         if (lv.direct_out) ap.direct_out = xb_.get();
         wrote_out = wrote_out || lv.direct_out;
         level_err = cuda::launch_attention_level(ap, level_fork_.next_stream());

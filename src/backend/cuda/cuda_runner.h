@@ -41,6 +41,7 @@ struct CudaGraphStats {
   long replays = 0;         // steps run by replaying a graph
   long padded_eager = 0;    // decode-like steps run padded without a graph
   long eager = 0;           // other steps (prefill, mixed, oversized)
+  long direct_out = 0;      // steps whose lone attention level wrote its rows itself (no merge)
 };
 
 // make_cuda_runner with explicit options.
