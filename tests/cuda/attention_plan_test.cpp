@@ -281,6 +281,18 @@ TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
   lv.page_indptr[4] = lv.page_indptr[3];
   ASSERT_TRUE(pack_plan(keyless, 16, 8, 0, 64, &pk, &why)) << why;
   EXPECT_FALSE(pk.levels[0].direct_out);
+  // A keyless shared level (no items: a prefix-0 cascade) over a flat one: the flat level is the
+  // only busy one, so it writes directly; the empty level does not.
+  CascadePlan prefix0 = flat_plan(4, 100);
+  CascadeLevel empty;
+  empty.q_indptr = {0, 4};
+  empty.page_indptr = {0, 0};
+  empty.kv_start_pos = {0};
+  prefix0.levels.insert(prefix0.levels.begin(), empty);
+  ASSERT_TRUE(pack_plan(prefix0, 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_EQ(pk.levels[0].num_items, 0);
+  EXPECT_FALSE(pk.levels[0].direct_out);
+  EXPECT_TRUE(pk.levels[1].direct_out);
   // Three busy levels (a cascade): states and the merge kernel.
   std::mt19937_64 rng(5);
   ASSERT_TRUE(pack_plan(random_plan(rng, 12, 300, 16), 16, 8, 0, 64, &pk, &why)) << why;

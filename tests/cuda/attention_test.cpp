@@ -427,6 +427,32 @@ TEST(CudaAttention, FewRowsPerGroupInOneWarpLevel) {
   }
 }
 
+// A prefix-0 cascade: a shared level without keys (no items) over a flat level. The flat level is
+// the only busy one: with one split (sms 0) it writes its rows directly, the empty level nothing.
+TEST(CudaAttention, KeylessSharedLevelOverFlatLevel) {
+  SKIP_WITHOUT_GPU();
+  for (const Model& model : kModels) {
+    Fixture f(model, 19);
+    PageAlloc alloc(model.num_pages, f.rng);
+    CascadePlan plan;
+    plan.num_rows = 5;
+    plan.levels.resize(2);
+    plan.uses_shared_levels = true;
+    std::vector<int> rows = {3, 0, 4, 1, 2};
+    add_group(plan.levels[0], plan.row_order, rows, {}, 0, alloc, model.page_size);
+    std::vector<std::int32_t> order1;
+    plan.q_pos.assign(plan.num_rows, 0);
+    for (int r : rows) {
+      const int own = 1 + static_cast<int>(f.rng() % 150);
+      add_group(plan.levels[1], order1, {r}, {own}, 0, alloc, model.page_size);
+      plan.q_pos[r] = own - 1;
+    }
+    ASSERT_EQ(order1, plan.row_order);
+    const int direct = f.check(plan, "keyless shared level over a flat level");
+    if (attention_direct_out_enabled()) EXPECT_GT(direct, 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
+  }
+}
+
 TEST(CudaAttention, ThreeLevelCascadeDecode) {
   SKIP_WITHOUT_GPU();
   for (const Model& model : kModels) {
