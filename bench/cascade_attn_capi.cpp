@@ -37,6 +37,7 @@ int fail_cuda(const char* what, cudaError_t e) {
 
 struct PlanHandle {
   cascade::cuda::PlanPack pack;
+  bool direct_out = false;  // resolve_direct_out: a lone one-split level writes out itself
   std::int32_t* d_plan = nullptr;
   float* d_o = nullptr;
   float* d_lse = nullptr;
@@ -102,6 +103,7 @@ void* cascade_attn_plan_create(int num_rows, const std::int32_t* row_order, cons
     fail(std::string("cascade_attn_plan_create: pack_plan rejected the plan: ") + why);
     return nullptr;
   }
+  h->direct_out = cascade::cuda::resolve_direct_out(&h->pack);
   h->rows = num_rows;
   h->num_heads = num_heads;
   h->num_kv_heads = num_kv_heads;
@@ -159,10 +161,7 @@ int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, 
   auto s = static_cast<cudaStream_t>(stream);
   // A lone one-split level writes its rows into out itself (no merge kernel), as in the engine,
   // where out is 4-byte aligned (pointers come from Python; the merge takes any alignment).
-  const bool direct_out = cascade::cuda::attention_direct_out_enabled() &&
-                          reinterpret_cast<std::uintptr_t>(out) % 4 == 0 &&
-                          std::any_of(h->pack.levels.begin(), h->pack.levels.end(),
-                                      [](const cascade::cuda::LevelPack& lp) { return lp.direct_out; });
+  const bool direct_out = h->direct_out && reinterpret_cast<std::uintptr_t>(out) % 4 == 0;
   if (const cudaError_t e = h->fork.begin(cascade::cuda::busy_levels(h->pack.levels), s); e != cudaSuccess) {
     return fail_cuda("cascade_attn_run: fork", e);
   }

@@ -204,9 +204,7 @@ int main(int argc, char** argv) {
       CK(cudaMemcpy(op.d_plan, op.pack.data.data(), op.pack.data.size() * 4, cudaMemcpyHostToDevice));
       const int slices = std::max(1, op.pack.num_slices);
       // A lone one-split level writes its rows itself (no states, fill or merge), as in the engine.
-      const bool direct_out = cascade::cuda::attention_direct_out_enabled() &&
-                              std::any_of(op.pack.levels.begin(), op.pack.levels.end(),
-                                          [](const cascade::cuda::LevelPack& lp) { return lp.direct_out; });
+      const bool direct_out = cascade::cuda::resolve_direct_out(&op.pack);
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
       if (!direct_out) {
         CK(cascade::cuda::launch_fill_f32(st_lse, static_cast<std::int64_t>(slices) * B * kHeads, -INFINITY, st));

@@ -256,10 +256,13 @@ TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
     EXPECT_EQ(pk.levels[0].direct_out, c.want) << c.seqs << " x " << c.tokens;
   }
   const char* why = "";
-  // Without SMs to fill, a lone one-warp level is not split: direct.
+  // Without SMs to fill, a lone one-warp level is not split: direct, and resolve_direct_out
+  // keeps it unless the A/B switch is set.
   PlanPack pk;
   ASSERT_TRUE(pack_plan(flat_plan(4, 100), 16, 8, 0, 64, &pk, &why)) << why;
   EXPECT_TRUE(pk.levels[0].direct_out);
+  EXPECT_EQ(resolve_direct_out(&pk), attention_direct_out_enabled());
+  EXPECT_EQ(pk.levels[0].direct_out, attention_direct_out_enabled());
   // A row outside every group: the merge kernel's empty state (zeros) is its output, so no.
   CascadePlan uncovered = flat_plan(4, 100);
   uncovered.num_rows = 5;

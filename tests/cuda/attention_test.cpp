@@ -56,6 +56,29 @@ void add_group(CascadeLevel& lv, std::vector<std::int32_t>& row_order, const std
   lv.kv_start_pos.push_back(start_pos);
 }
 
+// A two-level plan over `rows` (row ids in batch order): one shared group of the runs `shared`
+// starting at `start`, then one group per row of 1..max_own keys of its own right after the shared
+// ones; each row's query sits at its last key.
+CascadePlan shared_then_own(const std::vector<int>& rows, const std::vector<int>& shared, int start, int max_own,
+                            std::mt19937_64& rng, PageAlloc& alloc, int page_size) {
+  CascadePlan plan;
+  plan.num_rows = static_cast<int>(rows.size());
+  plan.levels.resize(2);
+  plan.uses_shared_levels = true;
+  add_group(plan.levels[0], plan.row_order, rows, shared, start, alloc, page_size);
+  int shared_len = 0;
+  for (int c : shared) shared_len += c;
+  std::vector<std::int32_t> order1;
+  plan.q_pos.assign(plan.num_rows, 0);
+  for (int r : rows) {
+    const int own = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_own));
+    add_group(plan.levels[1], order1, {r}, {own}, start + shared_len, alloc, page_size);
+    plan.q_pos[r] = start + shared_len + own - 1;
+  }
+  EXPECT_EQ(order1, plan.row_order);
+  return plan;
+}
+
 // How gpu_attention runs a plan, beyond the pack's choices.
 struct RunOptions {
   const std::vector<std::int32_t>* written = nullptr;  // pack_plan's written slots (read ahead)
@@ -322,25 +345,13 @@ TEST(CudaAttention, LongSharedPrefixAtLargePositions) {
   for (const Model& model : {Model{16, 8, 128}, Model{8, 2, 64}, Model{4, 4, 128, 4, 2048}}) {
     Fixture f(model, 15);
     PageAlloc alloc(model.num_pages, f.rng);
-    CascadePlan plan;
-    plan.num_rows = 37;
-    plan.levels.resize(2);
-    plan.uses_shared_levels = true;
     const int start = 1000000, shared = model.page_size == 16 ? 2500 : 1100;
-    std::vector<int> rows(plan.num_rows);
+    std::vector<int> rows(37);
     std::iota(rows.begin(), rows.end(), 0);
     std::shuffle(rows.begin(), rows.end(), f.rng);
     // The prefix in three chunks, so that two of its pages are partial.
-    add_group(plan.levels[0], plan.row_order, rows, {shared / 3 + 5, shared / 3 - 7, shared - 2 * (shared / 3) + 2},
-              start, alloc, model.page_size);
-    std::vector<std::int32_t> order1;
-    plan.q_pos.assign(plan.num_rows, 0);
-    for (int r : rows) {
-      const int own = 1 + static_cast<int>(f.rng() % 40);
-      add_group(plan.levels[1], order1, {r}, {own}, start + shared, alloc, model.page_size);
-      plan.q_pos[r] = start + shared + own - 1;
-    }
-    ASSERT_EQ(order1, plan.row_order);
+    const CascadePlan plan = shared_then_own(rows, {shared / 3 + 5, shared / 3 - 7, shared - 2 * (shared / 3) + 2},
+                                             start, 40, f.rng, alloc, model.page_size);
     f.check(plan, "long shared prefix");
   }
 }
@@ -362,8 +373,7 @@ TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {
       plan.q_pos.push_back(a + b - 1);
     }
     // Without SMs to fill (sms 0) the lone level has one split and writes its rows directly.
-    const int direct = f.check(plan, "flat decode");
-    if (attention_direct_out_enabled()) EXPECT_GT(direct, 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
+    EXPECT_GT(f.check(plan, "flat decode"), 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
   }
 }
 
@@ -422,8 +432,7 @@ TEST(CudaAttention, FewRowsPerGroupInOneWarpLevel) {
       for (int i = 0; i < news[g]; ++i) plan.q_pos[rows[i]] = prefixes[g] + i;
       add_group(plan.levels[0], plan.row_order, rows, {prefixes[g], news[g]}, 0, alloc, model.page_size);
     }
-    const int direct = f.check(plan, "few rows per group");
-    if (attention_direct_out_enabled()) EXPECT_GT(direct, 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
+    EXPECT_GT(f.check(plan, "few rows per group"), 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
   }
 }
 
@@ -434,22 +443,8 @@ TEST(CudaAttention, KeylessSharedLevelOverFlatLevel) {
   for (const Model& model : kModels) {
     Fixture f(model, 19);
     PageAlloc alloc(model.num_pages, f.rng);
-    CascadePlan plan;
-    plan.num_rows = 5;
-    plan.levels.resize(2);
-    plan.uses_shared_levels = true;
-    std::vector<int> rows = {3, 0, 4, 1, 2};
-    add_group(plan.levels[0], plan.row_order, rows, {}, 0, alloc, model.page_size);
-    std::vector<std::int32_t> order1;
-    plan.q_pos.assign(plan.num_rows, 0);
-    for (int r : rows) {
-      const int own = 1 + static_cast<int>(f.rng() % 150);
-      add_group(plan.levels[1], order1, {r}, {own}, 0, alloc, model.page_size);
-      plan.q_pos[r] = own - 1;
-    }
-    ASSERT_EQ(order1, plan.row_order);
-    const int direct = f.check(plan, "keyless shared level over a flat level");
-    if (attention_direct_out_enabled()) EXPECT_GT(direct, 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
+    const CascadePlan plan = shared_then_own({3, 0, 4, 1, 2}, {}, 0, 150, f.rng, alloc, model.page_size);
+    EXPECT_GT(f.check(plan, "keyless shared level over a flat level"), 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
   }
 }
 

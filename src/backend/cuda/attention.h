@@ -78,7 +78,7 @@ struct AttentionLevelParams {
 bool attention_wgmma_available();
 
 /// \brief False with CASCADE_ATTENTION_MERGE_KERNEL=1 (A/B): levels marked direct_out then write
-/// states for launch_merge_states as every other level does.
+/// states for launch_merge_states as every other level does (resolve_direct_out).
 bool attention_direct_out_enabled();
 
 /// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
@@ -97,8 +97,8 @@ struct LevelPack {
   bool short_tiles = false;
   // The plan's only level with items, one-warp, one split, every group with keys and every row
   // in a group: each row has one state, so the level may write the output rows itself
-  // (AttentionLevelParams::direct_out) and the step needs no fill and no merge kernel, where
-  // attention_direct_out_enabled().
+  // (AttentionLevelParams::direct_out) and the step needs no fill and no merge kernel. pack_plan
+  // marks it whatever the A/B switch; resolve_direct_out applies the switch.
   bool direct_out = false;
 };
 inline constexpr int kShortTileMaxTokens = 192;
@@ -160,6 +160,11 @@ class LevelFork {
 
 /// \brief Levels of a pack that launch a grid (those with items), for LevelFork::begin.
 int busy_levels(const std::vector<LevelPack>& levels);
+
+/// \brief Settles a packed plan's direct output once, for its callers to follow: clears every
+/// LevelPack::direct_out where attention_direct_out_enabled() is false, and returns whether a
+/// level with items writes the output rows itself (then run no fill and no merge kernel).
+bool resolve_direct_out(PlanPack* pack);
 
 // Fills AttentionLevelParams::level (and ::kv_fresh) for level `l` of a pack uploaded at `dev`.
 LevelArrays level_arrays(const LevelPack& level, const std::int32_t* dev);

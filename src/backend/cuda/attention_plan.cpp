@@ -240,6 +240,15 @@ int busy_levels(const std::vector<LevelPack>& levels) {
       std::count_if(levels.begin(), levels.end(), [](const LevelPack& lp) { return lp.num_items > 0; }));
 }
 
+bool resolve_direct_out(PlanPack* pack) {
+  bool direct = false;
+  for (LevelPack& lp : pack->levels) {
+    lp.direct_out = lp.direct_out && attention_direct_out_enabled();
+    direct = direct || (lp.direct_out && lp.num_items > 0);
+  }
+  return direct;
+}
+
 LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev) {
   return level_arrays(pack.levels[l], dev);
 }

@@ -49,7 +49,6 @@ class CudaRunner final : public ModelRunner {
     // Probes the device (a synchronous copy) now, outside graph capture; Gemm has probed the
     // same sm_90a code already, this keeps the attention kernels' choice from depending on it.
     cuda::attention_wgmma_available();
-    direct_out_ok_ = cuda::attention_direct_out_enabled();
 
     layout_.num_layers = config.num_hidden_layers;
     layout_.num_pages = num_pages;
@@ -117,10 +116,7 @@ class CudaRunner final : public ModelRunner {
       throw_error(ErrorCode::kInvalidArgument, "cuda runner: invalid cascade plan: {}", why);
     }
     const int R = static_cast<int>(batch.logit_rows.size());
-    if (direct_out_ok_ && std::any_of(pack.levels.begin(), pack.levels.end(),
-                                      [](const cuda::LevelPack& lp) { return lp.num_items > 0 && lp.direct_out; })) {
-      ++stats_.direct_out;
-    }
+    if (cuda::resolve_direct_out(&pack)) ++stats_.direct_out;
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
       argmax_ready_ = forward_bucketed(batch, plan, pack);
     } else {
@@ -350,7 +346,7 @@ class CudaRunner final : public ModelRunner {
       const cuda::LevelPack& lp = pack.levels[l];
       s.levels.push_back({cuda::level_arrays(pack, l, d_plan), lp.slice_base, lp.num_items,
                           lp.num_splits, lp.warps, cuda::level_kv_fresh(lp, d_plan), lp.short_tiles,
-                          lp.direct_out && direct_out_ok_});
+                          lp.direct_out});
     }
     reserve_step(n, R, s.slices);
     return enqueue(s);
@@ -463,7 +459,7 @@ class CudaRunner final : public ModelRunner {
       const cuda::LevelPack& lp = pack.levels[l];
       need[l] = {lp.warps, lp.num_items, plan.levels[l].num_groups(),
                  static_cast<int>(plan.levels[l].page_ids.size()), lp.num_splits, lp.short_tiles,
-                 lp.direct_out && direct_out_ok_};
+                 lp.direct_out};
     }
     GraphEntry* entry = nullptr;
     for (GraphEntry& e : graphs_) {
@@ -707,7 +703,6 @@ class CudaRunner final : public ModelRunner {
       CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
       CUDA_TRY(level_fork_.begin(busy_levels, stream_));
       cudaError_t level_err = cudaSuccess;  // joined before it is thrown (LevelFork::end)
-      bool wrote_out = false;  // a lone level wrote xb_ itself (LevelPack::direct_out)
       for (const LevelLaunch& lv : s.levels) {
         if (lv.grid_items <= 0 || level_err != cudaSuccess) continue;  // nothing to launch
         cuda::AttentionLevelParams ap;
@@ -736,13 +731,12 @@ class CudaRunner final : public ModelRunner {
         // was allocated (reserve_step), bf16 results of earlier kernels since; rows are
         // independent from o_proj to the logits, and padding rows' logits are never read.
         if (lv.direct_out) ap.direct_out = xb_.get();
-        wrote_out = wrote_out || lv.direct_out;
         level_err = cuda::launch_attention_level(ap, level_fork_.next_stream());
       }
       const cudaError_t joined = level_fork_.end();
       CUDA_TRY(level_err);
       CUDA_TRY(joined);
-      if (!wrote_out) {
+      if (!direct) {  // the lone level wrote xb_ itself
         cuda::MergeStatesParams mp;
         mp.o = states_o_.get();
         mp.lse = states_lse_.get();
@@ -933,7 +927,6 @@ class CudaRunner final : public ModelRunner {
   KvLayout layout_;
   std::string device_name_;
   int num_sms_ = 0;
-  bool direct_out_ok_ = false;  // cuda::attention_direct_out_enabled()
   cudaStream_t stream_ = nullptr;
   cuda::LevelFork level_fork_;  // levels after the first beside it (attention.h)
   std::unique_ptr<cuda::Gemm> gemm_;
