@@ -306,6 +306,81 @@ TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
   EXPECT_FALSE(pk.levels[0].direct_out);
 }
 
+// A level may take q/k RMSNorm, RoPE and the K/V writes in (qk_rope: no qk_norm_rope kernel)
+// only where it is the plan's one busy level, runs one-warp CTAs and every row is a decode row:
+// alone in its group, its q position the group's last key. Splits do not matter (the CTA
+// holding the key writes it).
+TEST(CudaPlanPack, QkRopeOnlyForALoneLevelOfDecodeRows) {
+  const char* why = "";
+  PlanPack pk;
+  for (const int seqs : {1, 64, 200}) {  // 8, 3 and 1 splits
+    ASSERT_TRUE(pack_plan(flat_plan(seqs, 513), 16, 8, 132, 64, &pk, &why)) << why;
+    EXPECT_TRUE(pk.levels[0].qk_rope) << seqs;
+  }
+  // Where it measured faster (qk_rope_pays): short-tile CTAs, at least 6 per SM. Batch 64 at
+  // context 512 (3 splits of 192 keys) and 16 at 2048 (11 of 192) pay; 4 at 512 (288 CTAs) and
+  // 256 at 512 (one split of 513 keys: long tiles) do not.
+  struct Pays {
+    int seqs, tokens;
+    bool want;
+  };
+  for (const Pays c : {Pays{64, 513, true}, Pays{16, 2048, true}, Pays{4, 513, false}, Pays{256, 513, false}}) {
+    ASSERT_TRUE(pack_plan(flat_plan(c.seqs, c.tokens), 16, 8, 132, 64, &pk, &why)) << why;
+    EXPECT_TRUE(pk.levels[0].qk_rope);
+    EXPECT_EQ(qk_rope_pays(pk, 8, 132), c.want) << c.seqs << " x " << c.tokens;
+  }
+  // Not where the caller may read keys ahead (written slots given: batches of 1-2).
+  const std::vector<std::int32_t> written = {99, 211};  // each sequence's last key
+  ASSERT_TRUE(pack_plan(flat_plan(2, 100), 16, 8, 132, 64, &pk, &why, &written, 16)) << why;
+  EXPECT_FALSE(pk.levels[0].qk_rope);
+  // resolve_qk_rope keeps it unless the model has a qkv bias or the A/B switch is set.
+  ASSERT_TRUE(pack_plan(flat_plan(4, 100), 16, 8, 0, 64, &pk, &why)) << why;
+  PlanPack biased = pk;
+  EXPECT_FALSE(resolve_qk_rope(&biased, false));
+  EXPECT_FALSE(biased.levels[0].qk_rope);
+  EXPECT_EQ(resolve_qk_rope(&pk, true), attention_qk_rope_enabled());
+  EXPECT_EQ(pk.levels[0].qk_rope, attention_qk_rope_enabled());
+  // A row whose q position is not its group's last key (a row of a prefill chunk, or a key
+  // past the row): no.
+  for (const int pos : {98, 100}) {
+    CascadePlan off = flat_plan(4, 100);
+    off.q_pos[2] = pos;
+    ASSERT_TRUE(pack_plan(off, 16, 8, 0, 64, &pk, &why)) << why;
+    EXPECT_FALSE(pk.levels[0].qk_rope) << pos;
+  }
+  // The last key counts from the group's kv_start_pos.
+  CascadePlan shifted = flat_plan(4, 100);
+  shifted.levels[0].kv_start_pos[1] = 1000;
+  shifted.q_pos[1] = 1099;
+  ASSERT_TRUE(pack_plan(shifted, 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_TRUE(pk.levels[0].qk_rope);
+  // Two rows in one group: no (one-warp, 4 stacked rows).
+  ASSERT_TRUE(pack_plan(one_group_plan(2, 64), 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_EQ(pk.levels[0].warps, 1);
+  EXPECT_FALSE(pk.levels[0].qk_rope);
+  // A row outside every group: no.
+  CascadePlan uncovered = flat_plan(4, 100);
+  uncovered.num_rows = 5;
+  uncovered.row_order.push_back(4);
+  uncovered.q_pos.push_back(99);
+  ASSERT_TRUE(pack_plan(uncovered, 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_FALSE(pk.levels[0].qk_rope);
+  // A keyless shared level over a flat one: the flat level is the only busy one.
+  CascadePlan prefix0 = flat_plan(4, 100);
+  CascadeLevel empty;
+  empty.q_indptr = {0, 4};
+  empty.page_indptr = {0, 0};
+  empty.kv_start_pos = {0};
+  prefix0.levels.insert(prefix0.levels.begin(), empty);
+  ASSERT_TRUE(pack_plan(prefix0, 16, 8, 0, 64, &pk, &why)) << why;
+  EXPECT_FALSE(pk.levels[0].qk_rope);
+  EXPECT_TRUE(pk.levels[1].qk_rope);
+  // A cascade (several busy levels): no level.
+  std::mt19937_64 rng(5);
+  ASSERT_TRUE(pack_plan(random_plan(rng, 12, 300, 16), 16, 8, 0, 64, &pk, &why)) << why;
+  for (const LevelPack& l : pk.levels) EXPECT_FALSE(l.qk_rope);
+}
+
 TEST(CudaPlanPack, MalformedPlansAreRefusedWithAReason) {
   std::mt19937_64 rng(43);
   const CascadePlan good = random_plan(rng, 5, 100, 16);

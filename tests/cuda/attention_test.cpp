@@ -86,6 +86,12 @@ struct RunOptions {
   LevelFork* fork = nullptr;  // levels after the first busy one on its side stream, as the engine
   int short_tiles = -1;       // one-warp levels: -1 the pack's choice, 0 or 1 forced
   bool direct_out = false;    // a lone level the pack marks direct_out writes the output itself
+  // A one-warp level (not read ahead; these are decode plans) forms q from rope->qkv and writes
+  // the step's K/V into this run's pools (k_out / v_out are set here); k_after / v_after receive
+  // the pools after the run.
+  const LevelQkRope* rope = nullptr;
+  std::vector<bf16>* k_after = nullptr;
+  std::vector<bf16>* v_after = nullptr;
   // Out: the bf16 output rows [rows, heads * head_dim] (written by the merge or the level), and
   // whether the level wrote them (no merge kernel ran).
   std::vector<bf16>* bf16_out = nullptr;
@@ -112,7 +118,7 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
   EXPECT_EQ(launch_fill_f32(lse.get(), lse.size(), -INFINITY, nullptr), cudaSuccess);
   DeviceBuffer<bf16> outb(static_cast<std::size_t>(n) * m.heads * m.head_dim);
   poison(outb);
-  bool direct = false;
+  bool direct = false, roped = false;
   if (fork != nullptr) {
     const int busy = busy_levels(pack.levels);
     EXPECT_EQ(fork->begin(busy, nullptr), cudaSuccess);
@@ -148,10 +154,19 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
       p.direct_out = outb.get();
       direct = true;
     }
+    if (opt.rope != nullptr && lp.warps == 1 && !p.read_ahead) {
+      p.rope = *opt.rope;
+      p.rope.k_out = d_k.get();
+      p.rope.v_out = d_v.get();
+      roped = true;
+    }
     EXPECT_EQ(launch_attention_level(p, fork != nullptr ? fork->next_stream() : nullptr), cudaSuccess);
   }
   if (fork != nullptr) EXPECT_EQ(fork->end(), cudaSuccess);
   if (opt.wrote_directly != nullptr) *opt.wrote_directly = direct;
+  EXPECT_EQ(roped, opt.rope != nullptr) << "a run asked to form q/k RMSNorm + RoPE had no one-warp level";
+  if (opt.k_after != nullptr) *opt.k_after = download(d_k, d_k.size());
+  if (opt.v_after != nullptr) *opt.v_after = download(d_v, d_v.size());
   DeviceBuffer<float> out(static_cast<std::size_t>(n) * m.heads * m.head_dim);
   poison(out);
   if (!direct) {
@@ -374,6 +389,114 @@ TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {
     }
     // Without SMs to fill (sms 0) the lone level has one split and writes its rows directly.
     EXPECT_GT(f.check(plan, "flat decode"), 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
+  }
+}
+
+// A flat decode level that takes q/k RMSNorm, RoPE and the K/V writes in (LevelPack::qk_rope)
+// gives the bits of qk_norm_rope_kernel followed by the level reading its q: the same output rows
+// and the same pools, in every one-warp form it takes (1 and many splits, 16- and 32-token tiles,
+// direct output; not the read-ahead form), with the written slots poisoned beforehand and q
+// poisoned (never read).
+TEST(CudaAttention, FlatDecodeFormsQkRopeItself) {
+  SKIP_WITHOUT_GPU();
+  for (const Model& model : kModels) {
+    for (const int start : {0, 200000}) {  // rotary angles past sinf/cosf's fast range too
+      Fixture f(model, 21 + start);
+      PageAlloc alloc(model.num_pages, f.rng);
+      const int H = model.heads, KVH = model.kv_heads, D = model.head_dim;
+      CascadePlan plan;
+      plan.num_rows = 6;
+      plan.levels.resize(1);
+      std::vector<std::int32_t> slots(plan.num_rows);
+      for (int r = 0; r < plan.num_rows; ++r) {
+        const int a = 1 + static_cast<int>(f.rng() % 300), b = static_cast<int>(f.rng() % 400);
+        std::vector<int> chunks = {a};
+        if (b > 0) chunks.push_back(b);
+        add_group(plan.levels[0], plan.row_order, {r}, chunks, start, alloc, model.page_size);
+        plan.q_pos.push_back(start + a + b - 1);
+        const CascadeLevel& lv = plan.levels[0];
+        const int last = lv.page_indptr[r + 1] - 1;
+        slots[r] = lv.page_ids[last] * model.page_size + lv.page_lens[last] - 1;
+      }
+      // plan.row_order is 0..5 in order, so row r's position is q_pos[r].
+      auto d_qkv = upload(to_bf16(random_vec(f.rng, static_cast<std::size_t>(plan.num_rows) * (H + 2 * KVH) * D, -3.0f, 3.0f)));
+      auto d_qn = upload(to_bf16(random_vec(f.rng, D, 0.5f, 1.5f)));
+      auto d_kn = upload(to_bf16(random_vec(f.rng, D, 0.5f, 1.5f)));
+      std::vector<float> inv_freq(D / 2);
+      for (int i = 0; i < D / 2; ++i) inv_freq[i] = static_cast<float>(std::pow(1e6, -2.0 * i / D));
+      auto d_freq = upload(inv_freq);
+      auto d_pos = upload(plan.q_pos);
+      auto d_slots = upload(slots);
+      // Reference path: qk_norm_rope_kernel into q and pools, then the level reading q.
+      auto d_k = upload(to_bf16(f.kpool)), d_v = upload(to_bf16(f.vpool));
+      DeviceBuffer<bf16> d_q(static_cast<std::size_t>(plan.num_rows) * H * D);
+      poison(d_q);
+      QkNormRopeParams qp;
+      qp.qkv = d_qkv.get();
+      qp.q_norm = d_qn.get();
+      qp.k_norm = d_kn.get();
+      qp.inv_freq = d_freq.get();
+      qp.positions = d_pos.get();
+      qp.slot_mapping = d_slots.get();
+      qp.q_out = d_q.get();
+      qp.k_cache = d_k.get();
+      qp.v_cache = d_v.get();
+      qp.eps = 1e-6f;
+      qp.rows = plan.num_rows;
+      qp.num_heads = H;
+      qp.num_kv_heads = KVH;
+      qp.head_dim = D;
+      ASSERT_EQ(launch_qk_norm_rope_kv_write(qp, nullptr), cudaSuccess);
+      const auto q = from_bf16(download(d_q, d_q.size()));
+      const auto kpool = from_bf16(download(d_k, d_k.size())), vpool = from_bf16(download(d_v, d_v.size()));
+      const auto ref = reference(model, plan, q, kpool, vpool);
+      // The fused path starts from the pools before the step, its new slots poisoned.
+      std::vector<float> kpoison = f.kpool, vpoison = f.vpool;
+      for (const int slot : slots) {
+        for (int i = 0; i < KVH * D; ++i) {
+          kpoison[static_cast<std::size_t>(slot) * KVH * D + i] = NAN;
+          vpoison[static_cast<std::size_t>(slot) * KVH * D + i] = NAN;
+        }
+      }
+      const std::vector<float> qnan(q.size(), NAN);
+      LevelQkRope rope;
+      rope.qkv = d_qkv.get();
+      rope.q_norm = d_qn.get();
+      rope.k_norm = d_kn.get();
+      rope.inv_freq = d_freq.get();
+      rope.positions = d_pos.get();
+      rope.slot_mapping = d_slots.get();
+      rope.eps = 1e-6f;
+      const auto kbits = bits(to_bf16(kpool)), vbits = bits(to_bf16(vpool));
+      for (const int sms : {0, 132}) {
+        PlanPack pack;
+        const char* why = "";
+        ASSERT_TRUE(pack_plan(plan, H, KVH, sms, 64, &pack, &why)) << why;
+        EXPECT_TRUE(pack.levels[0].qk_rope) << "a flat decode plan the pack does not mark qk_rope";
+        for (int form = 0; form < 3; ++form) {  // 32- and 16-token tiles, direct output
+          RunOptions a;
+          if (form < 2) a.short_tiles = form;
+          a.direct_out = form == 2;
+          RunOptions b = a;
+          std::vector<bf16> want, got, k_after, v_after;
+          a.bf16_out = &want;
+          b.bf16_out = &got;
+          b.rope = &rope;
+          b.k_after = &k_after;
+          b.v_after = &v_after;
+          gpu_attention(model, plan, q, kpool, vpool, sms, a);
+          const auto out = gpu_attention(model, plan, qnan, kpoison, vpoison, sms, b);
+          const std::string what = "H=" + std::to_string(H) + " KVH=" + std::to_string(KVH) + " D=" +
+                                   std::to_string(D) + " page " + std::to_string(model.page_size) + " start " +
+                                   std::to_string(start) + " sms " + std::to_string(sms) + " form " +
+                                   std::to_string(form);
+          EXPECT_EQ(bits(got), bits(want)) << what;
+          EXPECT_TRUE(bits(k_after) == kbits) << what << ": K pool differs from qk_norm_rope's";
+          EXPECT_TRUE(bits(v_after) == vbits) << what << ": V pool differs from qk_norm_rope's";
+          EXPECT_LT(rel_error(out, ref), 1e-2) << what;
+        }
+      }
+    }
   }
 }
 

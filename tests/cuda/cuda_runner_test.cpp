@@ -14,6 +14,7 @@
 #include "backend/cpu/ops.h"
 #include "backend/cuda/ab_switch.h"
 #include "backend/cuda/attention.h"
+#include "backend/cuda/gemv.h"
 #include "backend/cuda/skinny_gemm.h"
 #include "engine/default_model.h"
 #include "engine/sampler.h"
@@ -248,8 +249,10 @@ namespace {
 // pages make the page capacity of a captured layout overflow (recapture).
 // The one-level steps (contexts of at most 57 tokens here, so one split) write their rows from the
 // attention kernel (LevelPack::direct_out: no fill, no merge kernel, padding rows of a bucket not
-// written); the two-level steps and the prefill write states and merge. Both run in all three
-// runners.
+// written), and those of 3-5 rows form q/k RMSNorm + RoPE and the K/V writes in the attention
+// kernel (LevelPack::qk_rope: no qk_norm_rope kernel; batches of 1-2 read keys ahead and keep
+// it); the two-level steps and the prefill write states and merge after qk_norm_rope. Both run
+// in all three runners.
 TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, true);
@@ -257,6 +260,7 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   round_all(w);
   const int page_size = 4, num_pages = 512;
   CudaRunnerOptions on, off, unpadded;
+  on.qk_rope = off.qk_rope = unpadded.qk_rope = 1;  // wherever a level may (these are small)
   off.cuda_graphs = false;
   unpadded.max_graph_rows = 0;
   auto g = make_cuda_runner(c, w, num_pages, page_size, on);
@@ -275,9 +279,10 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   StepBatch prefill = flat_step(seqs, std::vector<int>(S, 0), len, page_size, plan);
   for (auto* r : {g.get(), e.get(), u.get()}) r->forward(prefill);
   const int sizes[] = {3, 4, 1, 5, 2};
-  int last_nb = 0;
+  int last_nb = 0, roped_steps = 0;
   for (int i = 0; i < steps; ++i) {
     const int nb = sizes[i % 5];
+    if (i % 2 == 0 && nb > kGemvMaxM) ++roped_steps;
     std::vector<Seq> sub(seqs.begin(), seqs.begin() + nb);
     std::vector<int> from(len.begin(), len.begin() + nb), to(from);
     for (int& t : to) ++t;
@@ -330,9 +335,11 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   EXPECT_EQ(se.captures, 0);
   EXPECT_EQ(su.replays + su.padded_eager, 0);
   EXPECT_EQ(su.eager, steps + 1);
-  // Every even step has one level (direct unless CASCADE_ATTENTION_MERGE_KERNEL=1), odd ones two.
+  // Every even step has one level (direct unless CASCADE_ATTENTION_MERGE_KERNEL=1, and forming
+  // q/k RMSNorm + RoPE itself at 3+ rows unless CASCADE_ATTENTION_NO_ROPE_FUSE=1), odd ones two.
   for (const CudaGraphStats& st : {sg, se, su}) {
     EXPECT_EQ(st.direct_out, attention_direct_out_enabled() ? steps / 2 : 0);
+    EXPECT_EQ(st.qk_rope, attention_qk_rope_enabled() ? roped_steps : 0);
   }
 }
 

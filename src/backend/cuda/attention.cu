@@ -145,6 +145,168 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
       } \
     }
 
+// q/k RMSNorm + RoPE and the new K/V of a one-warp CTA whose group is one decode row
+// (AttentionLevelParams::rope). What does not come from the previous kernel (weights, rotary
+// cos/sin, whether this CTA writes the row's new key) is gathered before the wait (RopeInputs).
+// Rows g < gqa of the warp are the row's gqa heads (row g + 8 is never valid: gqa <= 8), so the
+// thread (g, tig) holds in qa[kk][0] and qa[kk][2] the q dims kk * 16 + half * 8 + tig * 2 + e of
+// its head (half, e in {0, 1}). Those are the dims that qk_norm_rope_kernel's lanes
+// l = (kk & 1) * 16 + half * 8 + tig * 2 + e hold as j = kk / 2, so the thread repeats those eight
+// lanes' sums of squares and warp_reduce's butterfly (xor 16 and 8 inside the thread, 4 and 2
+// across tig, 1 inside) and gets the same bits; the rotary pair of dim d < kD / 2 is d + kD / 2
+// (kk + kD / 32), in the same thread. The CTA whose KV range holds the row's new key writes K and
+// V as qk_norm_rope_kernel does (a lane holds dims lane + 32 j); only it reads that key this step,
+// and it loads the tile that holds the key after this.
+template <int kD>
+struct RopeInputs {
+  unsigned wq[kD / 16][2];          // q_norm, bf16 pairs in the fragment layout
+  float wk[kD / 32];                // k_norm, dims lane + 32 j
+  float cs[kD / 64], sn[kD / 64];   // rotary cos/sin of dims lane + 32 j < kD / 2
+  int slot = -1;                    // the new key's slot where this CTA writes it, else -1
+};
+
+template <int kD>
+__device__ __forceinline__ void rope_inputs(const AttentionLevelParams& p, int row, int key_lo, int key_hi,
+                                            int kv_start, RopeInputs<kD>& in) {
+  const int lane = threadIdx.x & 31, tig = lane & 3;
+  const LevelQkRope& R = p.rope;
+  const float pos = static_cast<float>(R.positions[row]);
+#pragma unroll
+  for (int j = 0; j < kD / 64; ++j) {
+    const float angle = pos * R.inv_freq[lane + 32 * j];
+    in.cs[j] = cosf(angle);
+    in.sn[j] = sinf(angle);
+  }
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      in.wq[kk][half] = *reinterpret_cast<const unsigned*>(R.q_norm + kk * 16 + half * 8 + tig * 2);
+    }
+  }
+  const int key = p.q_pos[row] - kv_start;  // the new key's index in the group (pack_plan's rule)
+  in.slot = key >= key_lo && key < key_hi ? R.slot_mapping[row] : -1;
+  if (in.slot >= 0) {
+#pragma unroll
+    for (int j = 0; j < kD / 32; ++j) in.wk[j] = __bfloat162float(R.k_norm[lane + 32 * j]);
+  }
+}
+
+template <int kD>
+__device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, unsigned (&qa)[kD / 16][4], int row,
+                                              int head, bool valid, int kvh, const RopeInputs<kD>& in) {
+  constexpr int kPer = kD / 32, kKK = kD / 16, kPair = kD / 32;
+  const int lane = threadIdx.x & 31, tig = lane & 3;
+  const LevelQkRope& R = p.rope;
+  const std::int64_t row_base = static_cast<std::int64_t>(row) * (p.num_heads + 2 * p.num_kv_heads) * kD;
+  // Every load first: q of this thread's head and, in the writing CTA, the key's K and V.
+  const __nv_bfloat16* src = R.qkv + row_base + static_cast<std::int64_t>(head) * kD + tig * 2;
+  unsigned raw[kKK][2];
+#pragma unroll
+  for (int kk = 0; kk < kKK; ++kk) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      raw[kk][half] = valid ? *reinterpret_cast<const unsigned*>(src + kk * 16 + half * 8) : 0u;
+    }
+  }
+  const bool writes = in.slot >= 0;
+  const __nv_bfloat16* kr = R.qkv + row_base + static_cast<std::int64_t>(p.num_heads + kvh) * kD;
+  const __nv_bfloat16* vr = kr + static_cast<std::int64_t>(p.num_kv_heads) * kD;
+  __nv_bfloat16 kraw[kPer], vraw[kPer];
+  if (writes) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      kraw[j] = kr[lane + 32 * j];
+      vraw[j] = vr[lane + 32 * j];
+    }
+  }
+  float v[kKK][2][2];
+#pragma unroll
+  for (int kk = 0; kk < kKK; ++kk) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw[kk][half]));
+      v[kk][half][0] = f.x;
+      v[kk][half][1] = f.y;
+    }
+  }
+  float t[2][2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float s2[2];
+#pragma unroll
+      for (int b16 = 0; b16 < 2; ++b16) {  // lane bit 4: kk's parity; j = kk / 2 in order
+        float ss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) ss = sq_acc(ss, v[2 * j + b16][half][e]);
+        s2[b16] = ss;
+      }
+      t[half][e] = s2[0] + s2[1];  // xor 16
+    }
+  }
+  float u[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    u[e] = t[0][e] + t[1][e];                                 // xor 8
+    u[e] = u[e] + __shfl_xor_sync(0xffffffffu, u[e], 2);      // xor 4: tig bit 1
+    u[e] = u[e] + __shfl_xor_sync(0xffffffffu, u[e], 1);      // xor 2: tig bit 0
+  }
+  const float inv = head_inv_rms(u[0] + u[1], kD, R.eps);     // xor 1
+#pragma unroll
+  for (int kk = 0; kk < kKK; ++kk) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float2 wf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&in.wq[kk][half]));
+      v[kk][half][0] = head_norm_weight(v[kk][half][0], inv, wf.x);
+      v[kk][half][1] = head_norm_weight(v[kk][half][1], inv, wf.y);
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < kPair; ++kk) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float o[2][2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int l = (kk & 1) * 16 + half * 8 + tig * 2 + e;  // the lane that holds dim d
+        const float c = __shfl_sync(0xffffffffu, in.cs[kk >> 1], l);
+        const float s = __shfl_sync(0xffffffffu, in.sn[kk >> 1], l);
+        rope_rotate(v[kk][half][e], v[kk + kPair][half][e], c, s, o[0][e], o[1][e]);
+      }
+      qa[kk][2 * half] = valid ? pack_bf16x2(o[0][0], o[0][1]) : 0u;
+      qa[kk + kPair][2 * half] = valid ? pack_bf16x2(o[1][0], o[1][1]) : 0u;
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < kKK; ++kk) qa[kk][1] = qa[kk][3] = 0u;  // rows g + 8: none
+
+  if (!writes) return;
+  const std::int64_t dst = (static_cast<std::int64_t>(in.slot) * p.num_kv_heads + kvh) * kD;
+  float k[kPer];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    R.v_out[dst + lane + 32 * j] = vraw[j];
+    k[j] = __bfloat162float(kraw[j]);
+    ss = sq_acc(ss, k[j]);
+  }
+  const float kinv = head_inv_rms(warp_sum(ss), kD, R.eps);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) k[j] = head_norm_weight(k[j], kinv, in.wk[j]);
+#pragma unroll
+  for (int j = 0; j < kPer / 2; ++j) {
+    float a, b;
+    rope_rotate(k[j], k[j + kPer / 2], in.cs[j], in.sn[j], a, b);
+    R.k_out[dst + lane + 32 * j] = __float2bfloat16_rn(a);
+    R.k_out[dst + lane + 32 * (j + kPer / 2)] = __float2bfloat16_rn(b);
+  }
+  // The warp's cp.async reads of this key (the tile that holds it) come after this barrier.
+  __threadfence_block();
+  __syncwarp();
+}
+
 // Four-warp CTAs are held to 168 registers so that three fit per SM (12 warps to hide the mma and
 // exp latency; 3 x 69.6 KB of shared memory fits too). pack_plan's split-K assumes this.
 // kReadAhead (one-warp CTAs of small batches, p.read_ahead): the first two KV tiles are loaded
@@ -283,24 +445,49 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     }
   }
 
+  // q/k RMSNorm + RoPE taken in (p.rope: one-warp levels of single-row groups, not read ahead):
+  // weights, rotary cos/sin and whether this CTA writes the new key, before the wait.
+  const bool rope = kWarps == 1 && !kReadAhead && p.rope.qkv != nullptr;
+  [[maybe_unused]] RopeInputs<kD> rope_in;
+  if constexpr (kWarps == 1 && !kReadAhead) {
+    if (rope) rope_inputs<kD>(p, p.row_order[q_begin], t_begin, t_begin + per_split, kv_start, rope_in);
+  }
+
   pdl_wait();  // launch.cuh: q and this layer's new K/V are written by the previous kernels
   pdl_release();
 
-  // Q fragments (A operand, row-major 16 x kD per warp) straight from global memory.
-  unsigned qa[kD / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int h = r & 1;          // regs 0,2: row g; 1,3: row g + 8
-      const int col = kk * 16 + tig * 2 + (r >> 1) * 8;
-      const __nv_bfloat16* src =
-          p.q + (static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h]) * kD + col;
-      qa[kk][r] = valid[h] ? *reinterpret_cast<const unsigned*>(src) : 0u;
-    }
-  }
-
   auto load_tile = CASCADE_LOAD_TILE_LAMBDA;
+
+  // Q fragments (A operand, row-major 16 x kD per warp) straight from global memory, or formed
+  // here (rope). In that case the first two tiles' loads go first, those before the tile that
+  // holds the key this CTA writes.
+  unsigned qa[kD / 16][4];
+  [[maybe_unused]] bool first_loaded = false, second_loaded = false;
+  if (!rope) {
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int h = r & 1;          // regs 0,2: row g; 1,3: row g + 8
+        const int col = kk * 16 + tig * 2 + (r >> 1) * 8;
+        const __nv_bfloat16* src =
+            p.q + (static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h]) * kD + col;
+        qa[kk][r] = valid[h] ? *reinterpret_cast<const unsigned*>(src) : 0u;
+      }
+    }
+  } else if constexpr (kWarps == 1 && !kReadAhead) {
+    const int key_tile = rope_in.slot < 0 ? num_tiles : (p.q_pos[row_id[0]] - kv_start - t_begin) / kTile;
+    if (num_tiles > 0 && key_tile > 0) {
+      load_tile(0, 0);
+      first_loaded = true;
+      if (num_tiles > 1 && key_tile > 1) {
+        cp_async_commit();
+        load_tile(1, 1);
+        second_loaded = true;
+      }
+    }
+    rope_q_and_kv<kD>(p, qa, row_id[0], head[0], valid[0], kvh, rope_in);
+  }
 
   // Tiles not started before the wait start now. (Groups of cp.async: wait<1> below waits for
   // all but the newest, empty ones included.) The wgmma form keeps kStages - 1 tiles in flight:
@@ -315,7 +502,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     if (num_tiles > 0 && !pre0) load_tile(0, 0);
     cp_async_commit();
   } else {
-    if (num_tiles > 0) load_tile(0, 0);
+    if (num_tiles > 0 && !first_loaded) load_tile(0, 0);
     cp_async_commit();
   }
   for (int tile = 0; tile < num_tiles; ++tile) {
@@ -329,8 +516,8 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     } else {
       if constexpr (kReadAhead) {
         if (tile + 1 < num_tiles && !(tile == 0 && pre1)) load_tile(tile + 1, stage ^ 1);
-      } else {
-        if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
+      } else {  // (tile 1 may have been loaded before the loop: second_loaded)
+        if (tile + 1 < num_tiles && !(tile == 0 && second_loaded)) load_tile(tile + 1, stage ^ 1);
       }
       cp_async_commit();
       cp_async_wait<1>();
@@ -540,6 +727,11 @@ bool attention_wgmma_available() {
   return !off && sm90a_code_available();
 }
 
+bool attention_qk_rope_enabled() {
+  static const bool off = ab_switch_on("CASCADE_ATTENTION_NO_ROPE_FUSE");
+  return !off;
+}
+
 bool attention_direct_out_enabled() {
   static const bool off = ab_switch_on("CASCADE_ATTENTION_MERGE_KERNEL");
   return !off;
@@ -549,6 +741,10 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
   if (p.grid_items <= 0 || p.grid_splits <= 0) return cudaSuccess;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 ||
       p.num_heads / p.num_kv_heads > 8) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.rope.qkv != nullptr &&
+      (p.warps != 1 || p.read_ahead || p.rope.k_out == nullptr || p.rope.v_out == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (p.direct_out != nullptr &&

@@ -36,6 +36,23 @@ struct LevelArrays {
   const std::int32_t* counts = nullptr;       // [3]: num_items, num_splits, tokens_per_split
 };
 
+// q/k RMSNorm + RoPE and the step's K/V writes taken into a one-warp level of single-row groups
+// (LevelPack::qk_rope), in place of qk_norm_rope_kernel: every CTA forms its rows' q from the qkv
+// projection's output, and the CTA whose split holds a row's new key (its q position) first
+// writes that key's K and V into the pages at slot_mapping[row], then reads its tiles. The bits
+// are qk_norm_rope's (device_utils.cuh); no projection bias.
+struct LevelQkRope {
+  const __nv_bfloat16* qkv = nullptr;      // [rows, (num_heads + 2 num_kv_heads) * head_dim]; set: on
+  const __nv_bfloat16* q_norm = nullptr;   // [head_dim]
+  const __nv_bfloat16* k_norm = nullptr;   // [head_dim]
+  const float* inv_freq = nullptr;         // [head_dim / 2]
+  const std::int32_t* positions = nullptr; // [rows], by row id
+  const std::int32_t* slot_mapping = nullptr;  // [rows]; < 0: no K/V write
+  __nv_bfloat16* k_out = nullptr;          // the layer's pools (k_cache / v_cache, writable)
+  __nv_bfloat16* v_out = nullptr;
+  float eps = 1e-6f;
+};
+
 struct AttentionLevelParams {
   const __nv_bfloat16* q = nullptr;        // [rows, num_heads, head_dim]
   const __nv_bfloat16* k_cache = nullptr;  // layer pool [slots, num_kv_heads, head_dim]
@@ -69,6 +86,10 @@ struct AttentionLevelParams {
   // cover are not written. 4-byte aligned; the launcher refuses it (cudaErrorInvalidValue) for
   // four-warp levels, more than one split or a misaligned pointer, and cannot check the rest.
   __nv_bfloat16* direct_out = nullptr;
+  // One-warp levels whose groups each hold one row whose q position is the group's last key
+  // (decode; LevelPack::qk_rope), not read ahead: set (rope.qkv), q comes from here instead of
+  // `q`. The launcher refuses it (cudaErrorInvalidValue) for four-warp or read-ahead levels.
+  LevelQkRope rope;
 };
 
 /// \brief True when four-warp levels (more than 16 stacked rows per group: shared cascade levels,
@@ -80,6 +101,10 @@ bool attention_wgmma_available();
 /// \brief False with CASCADE_ATTENTION_MERGE_KERNEL=1 (A/B): levels marked direct_out then write
 /// states for launch_merge_states as every other level does (resolve_direct_out).
 bool attention_direct_out_enabled();
+
+/// \brief False with CASCADE_ATTENTION_NO_ROPE_FUSE=1 (A/B): levels marked qk_rope then read q
+/// from qk_norm_rope_kernel as every other level does (resolve_qk_rope).
+bool attention_qk_rope_enabled();
 
 /// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
 /// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice, or with
@@ -100,6 +125,12 @@ struct LevelPack {
   // (AttentionLevelParams::direct_out) and the step needs no fill and no merge kernel. pack_plan
   // marks it whatever the A/B switch; resolve_direct_out applies the switch.
   bool direct_out = false;
+  // The plan's only level with items, one-warp, packed without written slots (not read ahead),
+  // every group one row (every row in a group) whose q position is the group's last key: a
+  // decode step, so the level may take q/k RMSNorm, RoPE and the K/V writes in
+  // (AttentionLevelParams::rope) and the step needs no qk_norm_rope kernel.
+  // pack_plan marks it whatever the A/B switch and the model; resolve_qk_rope settles it.
+  bool qk_rope = false;
 };
 inline constexpr int kShortTileMaxTokens = 192;
 struct PlanPack {
@@ -165,6 +196,19 @@ int busy_levels(const std::vector<LevelPack>& levels);
 /// LevelPack::direct_out where attention_direct_out_enabled() is false, and returns whether a
 /// level with items writes the output rows itself (then run no fill and no merge kernel).
 bool resolve_direct_out(PlanPack* pack);
+
+/// \brief Whether taking q/k RMSNorm + RoPE into the pack's qk_rope level measured faster than
+/// qk_norm_rope_kernel (v13, H100, Qwen3-0.6B decode at contexts 512 and 2048): where its CTAs
+/// cover few keys (short_tiles) and number at least 6 per SM, i.e. split-K decode of batches
+/// ~16-64 (2-4% faster steps). Where they are few (batches 3-8 at context 512: 1-5% slower) or
+/// take long tiles (batches 96-256: 0.5-2.6% slower) the separate kernel stays.
+bool qk_rope_pays(const PlanPack& pack, int num_kv_heads, int num_sms);
+
+/// \brief Settles a packed plan's q/k RMSNorm + RoPE once: clears every LevelPack::qk_rope where
+/// the caller does not take it (`take` false: a qkv bias, or not qk_rope_pays) or
+/// attention_qk_rope_enabled() is false, and returns whether a level with items forms q and writes K/V itself (then run no
+/// qk_norm_rope kernel, and pass AttentionLevelParams::rope to that level).
+bool resolve_qk_rope(PlanPack* pack, bool take);
 
 // Fills AttentionLevelParams::level (and ::kv_fresh) for level `l` of a pack uploaded at `dev`.
 LevelArrays level_arrays(const LevelPack& level, const std::int32_t* dev);

@@ -76,6 +76,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     int max_m = 0, max_len = 0;
     // Every row in a group with keys (and row_order a permutation, so none twice).
     bool all_keyed = groups > 0 && lv.q_indptr.back() == rows && row_order_is_permutation;
+    bool decode_rows = true;  // every group one row whose q position is its last key (qk_rope)
     for (int g = 0; g < groups; ++g) {
       if (lv.q_indptr[g + 1] < lv.q_indptr[g] || lv.page_indptr[g + 1] < lv.page_indptr[g]) {
         *why = "a level's indptr arrays decrease";
@@ -100,6 +101,14 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
             break;
           }
         }
+      }
+      // A decode row: alone in its group, its q position the group's last key.
+      if (lv.q_indptr[g + 1] - lv.q_indptr[g] != 1) {
+        decode_rows = false;
+      } else {
+        const std::int32_t row = plan.row_order[lv.q_indptr[g]];
+        decode_rows = decode_rows && static_cast<std::int64_t>(plan.q_pos[row]) ==
+                                         static_cast<std::int64_t>(lv.kv_start_pos[g]) + t - 1;
       }
       max_len = std::max(max_len, t);
       max_m = std::max(max_m, (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa);
@@ -168,6 +177,9 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
                      std::min(per_split, max_len) <= kShortTileMaxTokens;
     // Provisional: cleared below unless this is the plan's only busy level.
     lp.direct_out = all_keyed && lp.warps == 1 && splits == 1;
+    // Not where the caller may read keys ahead (batches of 1-2): their read-ahead form keeps
+    // qk_norm_rope, which releases its successor early (v13: taken in, batch 1 was 8% slower).
+    lp.qk_rope = all_keyed && lp.warps == 1 && decode_rows && written_slots == nullptr;
     lp.slice_base = used_slices;
     used_slices += splits;
     lp.items = append(pk.data, items);
@@ -184,7 +196,12 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   pk.num_slices = used_slices;
   // Direct output (AttentionLevelParams::direct_out) replaces the merge: a lone level only.
   const bool lone = busy_levels(pk.levels) == 1;
-  for (LevelPack& lp : pk.levels) lp.direct_out = lp.direct_out && lone;
+  // So does taking q/k RMSNorm + RoPE and the K/V writes in (LevelPack::qk_rope): a step of
+  // several busy levels needs q in every level and the K/V written before any of them.
+  for (LevelPack& lp : pk.levels) {
+    lp.direct_out = lp.direct_out && lone;
+    lp.qk_rope = lp.qk_rope && lone;
+  }
   return true;
 }
 
@@ -247,6 +264,25 @@ bool resolve_direct_out(PlanPack* pack) {
     direct = direct || (lp.direct_out && lp.num_items > 0);
   }
   return direct;
+}
+
+bool qk_rope_pays(const PlanPack& pack, int num_kv_heads, int num_sms) {
+  for (const LevelPack& lp : pack.levels) {
+    if (lp.qk_rope && lp.num_items > 0) {
+      return lp.short_tiles && static_cast<long long>(lp.num_items) * num_kv_heads * lp.num_splits >=
+                                   6LL * num_sms;
+    }
+  }
+  return false;
+}
+
+bool resolve_qk_rope(PlanPack* pack, bool take) {
+  bool fused = false;
+  for (LevelPack& lp : pack->levels) {
+    lp.qk_rope = lp.qk_rope && take && attention_qk_rope_enabled();
+    fused = fused || (lp.qk_rope && lp.num_items > 0);
+  }
+  return fused;
 }
 
 LevelArrays level_arrays(const PlanPack& pack, int l, const std::int32_t* dev) {

@@ -117,6 +117,12 @@ class CudaRunner final : public ModelRunner {
     }
     const int R = static_cast<int>(batch.logit_rows.size());
     if (cuda::resolve_direct_out(&pack)) ++stats_.direct_out;
+    // q/k RMSNorm + RoPE inside a lone decode level where that measured faster (qk_rope_pays),
+    // or wherever it can (options_.qk_rope, for tests); never with a qkv bias.
+    const bool take_rope = !config_.attention_bias &&
+                           (options_.qk_rope > 0 ||
+                            (options_.qk_rope < 0 && cuda::qk_rope_pays(pack, config_.num_key_value_heads, num_sms_)));
+    if (cuda::resolve_qk_rope(&pack, take_rope)) ++stats_.qk_rope;
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
       argmax_ready_ = forward_bucketed(batch, plan, pack);
     } else {
@@ -271,6 +277,7 @@ class CudaRunner final : public ModelRunner {
     const std::int32_t* kv_fresh = nullptr;
     bool short_tiles = false;
     bool direct_out = false;  // writes the output rows itself: no fill, no merge (LevelPack)
+    bool qk_rope = false;     // forms q and writes K/V itself: no qk_norm_rope (LevelPack)
   };
   struct StepLaunch {
     int rows = 0;        // rows of the GEMMs / row kernels (padded in the bucketed path)
@@ -346,7 +353,7 @@ class CudaRunner final : public ModelRunner {
       const cuda::LevelPack& lp = pack.levels[l];
       s.levels.push_back({cuda::level_arrays(pack, l, d_plan), lp.slice_base, lp.num_items,
                           lp.num_splits, lp.warps, cuda::level_kv_fresh(lp, d_plan), lp.short_tiles,
-                          lp.direct_out});
+                          lp.direct_out, lp.qk_rope});
     }
     reserve_step(n, R, s.slices);
     return enqueue(s);
@@ -358,6 +365,7 @@ class CudaRunner final : public ModelRunner {
     int warps = 1, items = 0, groups = 0, pages = 0, splits = 1;
     bool short_tiles = false;  // with warps, picks the kernel form: a graph fits only its own
     bool direct_out = false;  // no merge kernel in the graph (LevelPack::direct_out)
+    bool qk_rope = false;     // no qk_norm_rope kernel in the graph (LevelPack::qk_rope)
     bool operator==(const LevelCaps&) const = default;
   };
   struct Layout {
@@ -385,7 +393,7 @@ class CudaRunner final : public ModelRunner {
     for (std::size_t l = 0; l < need.size(); ++l) {
       const LevelCaps &c = lay.levels[l], &q = need[l];
       if (c.warps != q.warps || c.short_tiles != q.short_tiles || c.direct_out != q.direct_out ||
-          q.items > c.items || q.groups > c.groups || q.pages > c.pages || q.splits > c.splits) {
+          c.qk_rope != q.qk_rope || q.items > c.items || q.groups > c.groups || q.pages > c.pages || q.splits > c.splits) {
         return false;
       }
     }
@@ -443,6 +451,7 @@ class CudaRunner final : public ModelRunner {
       o.warps = c.warps;
       o.short_tiles = c.short_tiles;
       o.direct_out = c.direct_out;
+      o.qk_rope = c.qk_rope;
       o.slice_base = base;
       base += c.splits;
       lay.offs.push_back(o);
@@ -459,7 +468,7 @@ class CudaRunner final : public ModelRunner {
       const cuda::LevelPack& lp = pack.levels[l];
       need[l] = {lp.warps, lp.num_items, plan.levels[l].num_groups(),
                  static_cast<int>(plan.levels[l].page_ids.size()), lp.num_splits, lp.short_tiles,
-                 lp.direct_out};
+                 lp.direct_out, lp.qk_rope};
     }
     GraphEntry* entry = nullptr;
     for (GraphEntry& e : graphs_) {
@@ -474,7 +483,8 @@ class CudaRunner final : public ModelRunner {
         if (e.layout.rows != rows || e.layout.levels.size() != need.size()) return false;
         for (std::size_t l = 0; l < need.size(); ++l) {
           if (e.layout.levels[l].warps != need[l].warps || e.layout.levels[l].short_tiles != need[l].short_tiles ||
-              e.layout.levels[l].direct_out != need[l].direct_out) {
+              e.layout.levels[l].direct_out != need[l].direct_out ||
+              e.layout.levels[l].qk_rope != need[l].qk_rope) {
             return false;
           }
         }
@@ -543,7 +553,7 @@ class CudaRunner final : public ModelRunner {
     s.q_pos = d + lay.q_pos;
     for (const cuda::LevelPack& o : lay.offs) {
       s.levels.push_back({cuda::level_arrays(o, d), o.slice_base, o.num_items, o.num_splits, o.warps,
-                          cuda::level_kv_fresh(o, d), o.short_tiles, o.direct_out});
+                          cuda::level_kv_fresh(o, d), o.short_tiles, o.direct_out, o.qk_rope});
     }
     reserve_step(rows, rows, lay.slices);  // may drop graphs (buffers moved)
     entry = find_entry(lay);
@@ -612,6 +622,10 @@ class CudaRunner final : public ModelRunner {
     // lone level writing its output directly (LevelPack::direct_out) writes no states.
     const bool direct = std::any_of(s.levels.begin(), s.levels.end(),
                                     [](const LevelLaunch& lv) { return lv.grid_items > 0 && lv.direct_out; });
+    // A lone decode level forming q/k RMSNorm + RoPE and writing K/V itself (LevelPack::qk_rope)
+    // replaces qk_norm_rope: one kernel fewer per layer.
+    const bool level_rope = std::any_of(s.levels.begin(), s.levels.end(),
+                                        [](const LevelLaunch& lv) { return lv.grid_items > 0 && lv.qk_rope; });
     if (!direct) {
       CUDA_TRY(cuda::launch_fill_f32(states_lse_.get(), static_cast<std::int64_t>(s.slices) * n * H,
                                      -INFINITY, stream_));
@@ -700,7 +714,7 @@ class CudaRunner final : public ModelRunner {
       qp.num_kv_heads = KVH;
       qp.head_dim = D;
       qp.early_release = early;
-      CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
+      if (!level_rope) CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
       CUDA_TRY(level_fork_.begin(busy_levels, stream_));
       cudaError_t level_err = cudaSuccess;  // joined before it is thrown (LevelFork::end)
       for (const LevelLaunch& lv : s.levels) {
@@ -731,6 +745,17 @@ class CudaRunner final : public ModelRunner {
         // was allocated (reserve_step), bf16 results of earlier kernels since; rows are
         // independent from o_proj to the logits, and padding rows' logits are never read.
         if (lv.direct_out) ap.direct_out = xb_.get();
+        if (lv.qk_rope) {
+          ap.rope.qkv = qp.qkv;
+          ap.rope.q_norm = qp.q_norm;
+          ap.rope.k_norm = qp.k_norm;
+          ap.rope.inv_freq = qp.inv_freq;
+          ap.rope.positions = qp.positions;
+          ap.rope.slot_mapping = qp.slot_mapping;
+          ap.rope.k_out = kc;
+          ap.rope.v_out = vc;
+          ap.rope.eps = eps;
+        }
         level_err = cuda::launch_attention_level(ap, level_fork_.next_stream());
       }
       const cudaError_t joined = level_fork_.end();

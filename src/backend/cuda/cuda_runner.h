@@ -33,6 +33,9 @@ std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig& config, const Q
 struct CudaRunnerOptions {
   bool cuda_graphs = true;   // the default factory turns this off when CASCADE_CUDA_GRAPHS=0
   int max_graph_rows = 512;  // larger decode steps take the unpadded eager path
+  // Decode steps whose lone level may form q/k RMSNorm + RoPE itself (LevelPack::qk_rope): -1
+  // where cuda::qk_rope_pays, 1 wherever it may (tests), 0 never.
+  int qk_rope = -1;
 };
 
 // Counters of the decode path, for tests and benchmarks.
@@ -42,6 +45,7 @@ struct CudaGraphStats {
   long padded_eager = 0;    // decode-like steps run padded without a graph
   long eager = 0;           // other steps (prefill, mixed, oversized)
   long direct_out = 0;      // steps whose lone attention level wrote its rows itself (no merge)
+  long qk_rope = 0;         // steps whose lone attention level formed q and wrote K/V (no qk_norm_rope)
 };
 
 // make_cuda_runner with explicit options.

@@ -28,6 +28,25 @@ struct MaxOp {
 // down GEMV's input, the gated skinny GEMM), so that they agree bit for bit.
 __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
+// The arithmetic of q/k RMSNorm + rotary embedding per head, written out with explicit roundings
+// so that the two kernels that form it (qk_norm_rope_kernel, and one-warp attention levels that
+// take it in, AttentionLevelParams::rope) give the same bits: the sum of squares of the dims a
+// lane holds is accumulated in order (fused multiply-adds from 0), then added across the warp in
+// warp_reduce's order; each value is scaled, rounded to bf16, weighted and rounded again; dims d
+// and d + head_dim / 2 rotate together.
+__device__ __forceinline__ float sq_acc(float ss, float v) { return __fmaf_rn(v, v, ss); }
+__device__ __forceinline__ float head_inv_rms(float ss, int head_dim, float eps) {
+  return rsqrtf(__fdiv_rn(ss, static_cast<float>(head_dim)) + eps);
+}
+__device__ __forceinline__ float head_norm_weight(float v, float inv, float w) {
+  const float n = __bfloat162float(__float2bfloat16_rn(__fmul_rn(v, inv)));
+  return __bfloat162float(__float2bfloat16_rn(__fmul_rn(w, n)));
+}
+__device__ __forceinline__ void rope_rotate(float a, float b, float c, float s, float& oa, float& ob) {
+  oa = __fmaf_rn(a, c, -__fmul_rn(b, s));
+  ob = __fmaf_rn(b, c, __fmul_rn(a, s));
+}
+
 // Whether a pointer is 16-byte aligned (the vector loads and stores of the kernels need it).
 __host__ __device__ inline bool aligned16(const void* p) {
   return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;

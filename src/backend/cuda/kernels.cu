@@ -179,25 +179,19 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
       continue;
     }
     const bool is_q = h < p.num_heads;
+    // device_utils.cuh's order and roundings (the one-warp attention levels that take this in
+    // repeat them: AttentionLevelParams::rope).
     float ss = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kPer; ++j) ss += v[j] * v[j];
+    for (int j = 0; j < kPer; ++j) ss = sq_acc(ss, v[j]);
     ss = warp_sum(ss);
-    const float inv = rsqrtf(ss / static_cast<float>(kD) + p.eps);
+    const float inv = head_inv_rms(ss, kD, p.eps);
 #pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      const float n = __bfloat162float(__float2bfloat16_rn(v[j] * inv));
-      v[j] = __bfloat162float(__float2bfloat16_rn((is_q ? wq[j] : wk[j]) * n));
-    }
+    for (int j = 0; j < kPer; ++j) v[j] = head_norm_weight(v[j], inv, is_q ? wq[j] : wk[j]);
     // Rotate-half: dims d and d + kHalf pair up; both live in this lane (j and j + kPer/2).
     float o[kPer];
 #pragma unroll
-    for (int j = 0; j < kPer / 2; ++j) {
-      const float c = cs[j], s = sn[j];
-      const float a = v[j], b = v[j + kPer / 2];
-      o[j] = a * c - b * s;
-      o[j + kPer / 2] = b * c + a * s;
-    }
+    for (int j = 0; j < kPer / 2; ++j) rope_rotate(v[j], v[j + kPer / 2], cs[j], sn[j], o[j], o[j + kPer / 2]);
     bf16* dst;
     if (is_q) {
       dst = p.q_out + (static_cast<std::int64_t>(r) * p.num_heads + h) * kD;
