@@ -188,6 +188,26 @@ CascadePlan one_group_plan(int rows, int tokens) {
   return plan;
 }
 
+// flat_plan(4, 100) and a fifth row outside every group.
+CascadePlan uncovered_plan() {
+  CascadePlan plan = flat_plan(4, 100);
+  plan.num_rows = 5;
+  plan.row_order.push_back(4);
+  plan.q_pos.push_back(99);
+  return plan;
+}
+
+// A prefix-0 cascade: a shared level without keys (no items) over flat_plan(4, 100).
+CascadePlan keyless_shared_over_flat() {
+  CascadePlan plan = flat_plan(4, 100);
+  CascadeLevel empty;
+  empty.q_indptr = {0, 4};
+  empty.page_indptr = {0, 0};
+  empty.kv_start_pos = {0};
+  plan.levels.insert(plan.levels.begin(), empty);
+  return plan;
+}
+
 // A decode level that already fills the chip (two waves of one-warp CTAs: 12 per SM) is not split;
 // one that leaves it mostly idle is.
 TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
@@ -264,11 +284,7 @@ TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
   EXPECT_EQ(resolve_direct_out(&pk), attention_direct_out_enabled());
   EXPECT_EQ(pk.levels[0].direct_out, attention_direct_out_enabled());
   // A row outside every group: the merge kernel's empty state (zeros) is its output, so no.
-  CascadePlan uncovered = flat_plan(4, 100);
-  uncovered.num_rows = 5;
-  uncovered.row_order.push_back(4);
-  uncovered.q_pos.push_back(99);
-  ASSERT_TRUE(pack_plan(uncovered, 16, 8, 0, 64, &pk, &why)) << why;
+  ASSERT_TRUE(pack_plan(uncovered_plan(), 16, 8, 0, 64, &pk, &why)) << why;
   EXPECT_FALSE(pk.levels[0].direct_out);
   // A row twice in row_order (and so another never): no.
   CascadePlan twice = flat_plan(4, 100);
@@ -286,13 +302,7 @@ TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
   EXPECT_FALSE(pk.levels[0].direct_out);
   // A keyless shared level (no items: a prefix-0 cascade) over a flat one: the flat level is the
   // only busy one, so it writes directly; the empty level does not.
-  CascadePlan prefix0 = flat_plan(4, 100);
-  CascadeLevel empty;
-  empty.q_indptr = {0, 4};
-  empty.page_indptr = {0, 0};
-  empty.kv_start_pos = {0};
-  prefix0.levels.insert(prefix0.levels.begin(), empty);
-  ASSERT_TRUE(pack_plan(prefix0, 16, 8, 0, 64, &pk, &why)) << why;
+  ASSERT_TRUE(pack_plan(keyless_shared_over_flat(), 16, 8, 0, 64, &pk, &why)) << why;
   EXPECT_EQ(pk.levels[0].num_items, 0);
   EXPECT_FALSE(pk.levels[0].direct_out);
   EXPECT_TRUE(pk.levels[1].direct_out);
@@ -329,6 +339,14 @@ TEST(CudaPlanPack, QkRopeOnlyForALoneLevelOfDecodeRows) {
     EXPECT_TRUE(pk.levels[0].qk_rope);
     EXPECT_EQ(qk_rope_pays(pk, 8, 132), c.want) << c.seqs << " x " << c.tokens;
   }
+  // The level writes each row's K/V at its slot_mapping entry: that must be the group's last key
+  // (flat_plan(4, 100): 7 pages of 16 per sequence, the last holding 4 keys).
+  ASSERT_TRUE(pack_plan(flat_plan(4, 100), 16, 8, 132, 64, &pk, &why)) << why;
+  std::vector<std::int32_t> last_keys = {6 * 16 + 3, 13 * 16 + 3, 20 * 16 + 3, 27 * 16 + 3};
+  EXPECT_TRUE(qk_rope_slots_match(flat_plan(4, 100), pk, last_keys, 16));
+  last_keys[2] -= 1;  // a row writing the key before its last
+  EXPECT_FALSE(qk_rope_slots_match(flat_plan(4, 100), pk, last_keys, 16));
+  EXPECT_FALSE(qk_rope_slots_match(flat_plan(4, 100), pk, {99, 211, 323}, 16));  // too few slots
   // Not where the caller may read keys ahead (written slots given: batches of 1-2).
   const std::vector<std::int32_t> written = {99, 211};  // each sequence's last key
   ASSERT_TRUE(pack_plan(flat_plan(2, 100), 16, 8, 132, 64, &pk, &why, &written, 16)) << why;
@@ -359,26 +377,18 @@ TEST(CudaPlanPack, QkRopeOnlyForALoneLevelOfDecodeRows) {
   EXPECT_EQ(pk.levels[0].warps, 1);
   EXPECT_FALSE(pk.levels[0].qk_rope);
   // A row outside every group: no.
-  CascadePlan uncovered = flat_plan(4, 100);
-  uncovered.num_rows = 5;
-  uncovered.row_order.push_back(4);
-  uncovered.q_pos.push_back(99);
-  ASSERT_TRUE(pack_plan(uncovered, 16, 8, 0, 64, &pk, &why)) << why;
+  ASSERT_TRUE(pack_plan(uncovered_plan(), 16, 8, 0, 64, &pk, &why)) << why;
   EXPECT_FALSE(pk.levels[0].qk_rope);
   // A keyless shared level over a flat one: the flat level is the only busy one.
-  CascadePlan prefix0 = flat_plan(4, 100);
-  CascadeLevel empty;
-  empty.q_indptr = {0, 4};
-  empty.page_indptr = {0, 0};
-  empty.kv_start_pos = {0};
-  prefix0.levels.insert(prefix0.levels.begin(), empty);
-  ASSERT_TRUE(pack_plan(prefix0, 16, 8, 0, 64, &pk, &why)) << why;
+  ASSERT_TRUE(pack_plan(keyless_shared_over_flat(), 16, 8, 0, 64, &pk, &why)) << why;
   EXPECT_FALSE(pk.levels[0].qk_rope);
   EXPECT_TRUE(pk.levels[1].qk_rope);
-  // A cascade (several busy levels): no level.
+  // A cascade (several busy levels): no level, and so no slots to match.
   std::mt19937_64 rng(5);
-  ASSERT_TRUE(pack_plan(random_plan(rng, 12, 300, 16), 16, 8, 0, 64, &pk, &why)) << why;
+  const CascadePlan cascade = random_plan(rng, 12, 300, 16);
+  ASSERT_TRUE(pack_plan(cascade, 16, 8, 0, 64, &pk, &why)) << why;
   for (const LevelPack& l : pk.levels) EXPECT_FALSE(l.qk_rope);
+  EXPECT_FALSE(qk_rope_slots_match(cascade, pk, std::vector<std::int32_t>(12, 0), 16));
 }
 
 TEST(CudaPlanPack, MalformedPlansAreRefusedWithAReason) {

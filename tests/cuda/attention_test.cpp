@@ -407,18 +407,22 @@ TEST(CudaAttention, FlatDecodeFormsQkRopeItself) {
       CascadePlan plan;
       plan.num_rows = 6;
       plan.levels.resize(1);
-      std::vector<std::int32_t> slots(plan.num_rows);
-      for (int r = 0; r < plan.num_rows; ++r) {
+      plan.q_pos.assign(plan.num_rows, 0);
+      std::vector<std::int32_t> slots(plan.num_rows), rows(plan.num_rows);
+      std::iota(rows.begin(), rows.end(), 0);
+      std::shuffle(rows.begin(), rows.end(), f.rng);  // groups not in row order
+      for (int i = 0; i < plan.num_rows; ++i) {
+        const int r = rows[i];
         const int a = 1 + static_cast<int>(f.rng() % 300), b = static_cast<int>(f.rng() % 400);
         std::vector<int> chunks = {a};
         if (b > 0) chunks.push_back(b);
         add_group(plan.levels[0], plan.row_order, {r}, chunks, start, alloc, model.page_size);
-        plan.q_pos.push_back(start + a + b - 1);
+        plan.q_pos[r] = start + a + b - 1;
         const CascadeLevel& lv = plan.levels[0];
-        const int last = lv.page_indptr[r + 1] - 1;
+        const int last = lv.page_indptr[i + 1] - 1;
         slots[r] = lv.page_ids[last] * model.page_size + lv.page_lens[last] - 1;
       }
-      // plan.row_order is 0..5 in order, so row r's position is q_pos[r].
+      // Positions and slots by row id, as the runner passes them.
       auto d_qkv = upload(to_bf16(random_vec(f.rng, static_cast<std::size_t>(plan.num_rows) * (H + 2 * KVH) * D, -3.0f, 3.0f)));
       auto d_qn = upload(to_bf16(random_vec(f.rng, D, 0.5f, 1.5f)));
       auto d_kn = upload(to_bf16(random_vec(f.rng, D, 0.5f, 1.5f)));
@@ -473,6 +477,7 @@ TEST(CudaAttention, FlatDecodeFormsQkRopeItself) {
         const char* why = "";
         ASSERT_TRUE(pack_plan(plan, H, KVH, sms, 64, &pack, &why)) << why;
         EXPECT_TRUE(pack.levels[0].qk_rope) << "a flat decode plan the pack does not mark qk_rope";
+        EXPECT_TRUE(qk_rope_slots_match(plan, pack, slots, model.page_size));
         for (int form = 0; form < 3; ++form) {  // 32- and 16-token tiles, direct output
           RunOptions a;
           if (form < 2) a.short_tiles = form;

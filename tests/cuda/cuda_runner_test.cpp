@@ -259,13 +259,15 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   Qwen3Weights w = random_qwen3_weights(c, 77);
   round_all(w);
   const int page_size = 4, num_pages = 512;
-  CudaRunnerOptions on, off, unpadded;
+  CudaRunnerOptions on, off, unpadded, plain;
   on.qk_rope = off.qk_rope = unpadded.qk_rope = 1;  // wherever a level may (these are small)
   off.cuda_graphs = false;
   unpadded.max_graph_rows = 0;
+  plain.qk_rope = 0;  // qk_norm_rope everywhere: the same bits as the fused levels
   auto g = make_cuda_runner(c, w, num_pages, page_size, on);
   auto e = make_cuda_runner(c, w, num_pages, page_size, off);
   auto u = make_cuda_runner(c, w, num_pages, page_size, unpadded);
+  auto n = make_cuda_runner(c, w, num_pages, page_size, plain);
   std::mt19937_64 rng(9);
   const int S = 5, steps = 40;
   const int start[S] = {10, 17, 33, 5, 40};
@@ -277,7 +279,7 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   std::vector<int> len(start, start + S);
   CascadePlan plan;
   StepBatch prefill = flat_step(seqs, std::vector<int>(S, 0), len, page_size, plan);
-  for (auto* r : {g.get(), e.get(), u.get()}) r->forward(prefill);
+  for (auto* r : {g.get(), e.get(), u.get(), n.get()}) r->forward(prefill);
   const int sizes[] = {3, 4, 1, 5, 2};
   int last_nb = 0, roped_steps = 0;
   for (int i = 0; i < steps; ++i) {
@@ -306,10 +308,12 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
       }
       plan.levels = {l0, l1};
     }
-    for (auto* r : {g.get(), e.get(), u.get()}) r->forward(step);
-    const auto lg = g->copy_logits(), le = e->copy_logits(), lu = u->copy_logits();
+    for (auto* r : {g.get(), e.get(), u.get(), n.get()}) r->forward(step);
+    const auto lg = g->copy_logits(), le = e->copy_logits(), lu = u->copy_logits(), ln = n->copy_logits();
     ASSERT_EQ(lg.size(), static_cast<std::size_t>(nb) * c.vocab_size);
     ASSERT_EQ(std::memcmp(lg.data(), le.data(), lg.size() * 4), 0) << "graph != padded eager at step " << i;
+    ASSERT_EQ(std::memcmp(lg.data(), ln.data(), lg.size() * 4), 0) << "q/k RMSNorm + RoPE in the level != "
+                                                                   << "qk_norm_rope at step " << i;
     EXPECT_LT(rel_error(lg, lu), 1e-2) << "step " << i;
     const std::vector<RowSampling> greedy(nb);
     EXPECT_EQ(g->sample(greedy), e->sample(greedy)) << "step " << i;
@@ -341,6 +345,7 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
     EXPECT_EQ(st.direct_out, attention_direct_out_enabled() ? steps / 2 : 0);
     EXPECT_EQ(st.qk_rope, attention_qk_rope_enabled() ? roped_steps : 0);
   }
+  EXPECT_EQ(cuda_graph_stats(*n).qk_rope, 0);
 }
 
 // Batches of 3-64 rows on sm_90a run the layers' residual adds, RMSNorms and SiLU inside the skinny

@@ -12,7 +12,7 @@ namespace {
 // the one-warp decode kernel, whose occupancy is set by shared memory (two stages of K and V
 // tiles): 35 KB lets 6 CTAs share an SM instead of 3, so twice the warps hide the latency of this
 // issue-bound kernel. One-warp CTAs of at most kShortTileMaxTokens keys (pack_plan's short_tiles:
-// the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160 registers
+// the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160-162 registers (at most 168 keep 12 per SM)
 // (head_dim 128) let 12 CTAs share an SM instead of 6, which pays where a CTA has only a few
 // tiles to hide its latency behind; over longer ranges the small tile's per-tile work costs more
 // (v11).
@@ -288,7 +288,7 @@ __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, uns
   float ss = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
-    R.v_out[dst + lane + 32 * j] = vraw[j];
+    R.v_out[dst + lane + 32 * j] = __float2bfloat16_rn(__bfloat162float(vraw[j]));  // as qk_norm_rope
     k[j] = __bfloat162float(kraw[j]);
     ss = sq_acc(ss, k[j]);
   }
@@ -344,7 +344,8 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
 
   // The plan arrays are uploaded before the step's first kernel, so this CTA's rows, KV range and
   // first page are found before the wait, while the previous kernel drains (launch.cuh); q and
-  // the step's new K/V come from the previous kernels and are read only after it.
+  // the step's new K/V come from the previous kernels (or, with p.rope, the qkv projection this
+  // kernel forms them from) and are read only after it.
   const LevelArrays& L = p.level;
   const int num_items = L.counts[0], num_splits = L.counts[1], per_split = L.counts[2];
   if (static_cast<int>(blockIdx.x) >= num_items || static_cast<int>(blockIdx.z) >= num_splits) {
@@ -453,7 +454,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     if (rope) rope_inputs<kD>(p, p.row_order[q_begin], t_begin, t_begin + per_split, kv_start, rope_in);
   }
 
-  pdl_wait();  // launch.cuh: q and this layer's new K/V are written by the previous kernels
+  pdl_wait();  // launch.cuh: q (or qkv) and this layer's new K/V are written by the previous kernels
   pdl_release();
 
   auto load_tile = CASCADE_LOAD_TILE_LAMBDA;
@@ -520,7 +521,11 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
         if (tile + 1 < num_tiles && !(tile == 0 && second_loaded)) load_tile(tile + 1, stage ^ 1);
       }
       cp_async_commit();
-      cp_async_wait<1>();
+      if (tile == 0 && second_loaded) {
+        cp_async_wait<2>();  // tile 1's group may stay in flight
+      } else {
+        cp_async_wait<1>();
+      }
       __syncthreads();
     }
 

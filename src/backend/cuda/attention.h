@@ -129,7 +129,11 @@ struct LevelPack {
   // every group one row (every row in a group) whose q position is the group's last key: a
   // decode step, so the level may take q/k RMSNorm, RoPE and the K/V writes in
   // (AttentionLevelParams::rope) and the step needs no qk_norm_rope kernel.
-  // pack_plan marks it whatever the A/B switch and the model; resolve_qk_rope settles it.
+  // pack_plan marks it whatever the A/B switch and the model; resolve_qk_rope settles it. The
+  // level then writes each row's K/V at slot_mapping[row] from the CTA that holds the group's
+  // last key, before that CTA loads it and with no other CTA reading it, so the caller must know
+  // that slot to be that key's (qk_rope_slots_match) and that no group's KV holds a slot another
+  // row writes this step (each sequence writes into its own last page).
   bool qk_rope = false;
 };
 inline constexpr int kShortTileMaxTokens = 192;
@@ -151,7 +155,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
                const std::vector<std::int32_t>* written_slots = nullptr, int page_size = 0);
 
 // Concurrent levels. A plan's levels write disjoint state slices and read only q, the plan and
-// the KV pools, so none waits for another: only the merge needs them all. A shared level of many
+// the KV pools (a level that writes K/V itself, qk_rope, is the plan's only busy one), so none
+// waits for another: only the merge needs them all. A shared level of many
 // rows is bound by tensor-core work and the unique levels by memory, so running them side by side
 // overlaps the two (v11). LevelFork queues levels after the first on a second stream that waits
 // for the caller's stream (fork) and that the caller's stream waits for before the merge (join);
@@ -203,6 +208,12 @@ bool resolve_direct_out(PlanPack* pack);
 /// ~16-64 (2-4% faster steps). Where they are few (batches 3-8 at context 512: 1-5% slower) or
 /// take long tiles (batches 96-256: 0.5-2.6% slower) the separate kernel stays.
 bool qk_rope_pays(const PlanPack& pack, int num_kv_heads, int num_sms);
+
+/// \brief Whether every group of the pack's qk_rope level has its row's slot_mapping entry at the
+/// group's last key (page_ids[last] * page_size + page_lens[last] - 1), where the level writes
+/// the new K/V; false if no level is marked.
+bool qk_rope_slots_match(const CascadePlan& plan, const PlanPack& pack,
+                         const std::vector<std::int32_t>& slot_mapping, int page_size);
 
 /// \brief Settles a packed plan's q/k RMSNorm + RoPE once: clears every LevelPack::qk_rope where
 /// the caller does not take it (`take` false: a qkv bias, or not qk_rope_pays) or

@@ -276,6 +276,25 @@ bool qk_rope_pays(const PlanPack& pack, int num_kv_heads, int num_sms) {
   return false;
 }
 
+bool qk_rope_slots_match(const CascadePlan& plan, const PlanPack& pack,
+                         const std::vector<std::int32_t>& slot_mapping, int page_size) {
+  for (std::size_t l = 0; l < pack.levels.size() && l < plan.levels.size(); ++l) {
+    if (!pack.levels[l].qk_rope) continue;
+    const CascadeLevel& lv = plan.levels[l];
+    for (int g = 0; g < lv.num_groups(); ++g) {
+      const int last = lv.page_indptr[g + 1] - 1;  // pack_plan's rule: one row, keys, last key
+      const std::int32_t row = plan.row_order[lv.q_indptr[g]];
+      if (last < lv.page_indptr[g] || row < 0 || static_cast<std::size_t>(row) >= slot_mapping.size() ||
+          static_cast<std::int64_t>(slot_mapping[row]) !=
+              static_cast<std::int64_t>(lv.page_ids[last]) * page_size + lv.page_lens[last] - 1) {
+        return false;
+      }
+    }
+    return true;
+  }
+  return false;
+}
+
 bool resolve_qk_rope(PlanPack* pack, bool take) {
   bool fused = false;
   for (LevelPack& lp : pack->levels) {

@@ -118,10 +118,13 @@ class CudaRunner final : public ModelRunner {
     const int R = static_cast<int>(batch.logit_rows.size());
     if (cuda::resolve_direct_out(&pack)) ++stats_.direct_out;
     // q/k RMSNorm + RoPE inside a lone decode level where that measured faster (qk_rope_pays),
-    // or wherever it can (options_.qk_rope, for tests); never with a qkv bias.
-    const bool take_rope = !config_.attention_bias &&
-                           (options_.qk_rope > 0 ||
-                            (options_.qk_rope < 0 && cuda::qk_rope_pays(pack, config_.num_key_value_heads, num_sms_)));
+    // or wherever it can (options_.qk_rope, for tests); never with a qkv bias, and only where
+    // each row writes its group's last key (the level writes it just before reading it).
+    const bool take_rope =
+        !config_.attention_bias &&
+        (options_.qk_rope > 0 ||
+         (options_.qk_rope < 0 && cuda::qk_rope_pays(pack, config_.num_key_value_heads, num_sms_))) &&
+        cuda::qk_rope_slots_match(plan, pack, batch.slot_mapping, layout_.page_size);
     if (cuda::resolve_qk_rope(&pack, take_rope)) ++stats_.qk_rope;
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
       argmax_ready_ = forward_bucketed(batch, plan, pack);

@@ -35,8 +35,10 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 // warp_reduce's order; each value is scaled, rounded to bf16, weighted and rounded again; dims d
 // and d + head_dim / 2 rotate together.
 __device__ __forceinline__ float sq_acc(float ss, float v) { return __fmaf_rn(v, v, ss); }
+// ss / head_dim + eps as one rounding: head_dim is 64 or 128, so ss * (1 / head_dim) is exact
+// and this is the division's bits, without the division.
 __device__ __forceinline__ float head_inv_rms(float ss, int head_dim, float eps) {
-  return rsqrtf(__fdiv_rn(ss, static_cast<float>(head_dim)) + eps);
+  return rsqrtf(__fmaf_rn(ss, 1.0f / static_cast<float>(head_dim), eps));
 }
 __device__ __forceinline__ float head_norm_weight(float v, float inv, float w) {
   const float n = __bfloat162float(__float2bfloat16_rn(__fmul_rn(v, inv)));

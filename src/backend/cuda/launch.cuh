@@ -21,11 +21,13 @@
 // step's first kernel to have started, and the successor's post-wait part still runs after this
 // kernel completed, which itself waited for its predecessor. No deadlock either: a grid's
 // dependents launch only once all of its CTAs have started. The runner's small-batch chain per
-// layer is qkv GEMV, qk_norm_rope (early), attention levels, merge (early; none where a lone
+// layer is qkv GEMV, qk_norm_rope (early; batches of 1-2 keep it: LevelPack::qk_rope is never
+// taken where keys are read ahead), attention levels, merge (early; none where a lone
 // level writes its rows itself, LevelPack::direct_out), o_proj, gate_up, down (early), as
 // measured (v7); CASCADE_PDL_NO_EARLY_RELEASE=1 turns it off (A/B).
 // Levels forked onto a second stream (LevelFork, attention.h) are ordered by events: the side
-// stream waits for the event recorded after qk_norm_rope (and its levels, like every kernel, read
+// stream waits for the event recorded after qk_norm_rope (or the qkv projection where a lone
+// level forms q itself, LevelPack::qk_rope; its levels, like every kernel, read
 // q and K/V only after their pdl_wait), and the merge's stream waits for the event recorded after
 // the side levels; the merge's pdl_wait covers the level on its own stream.
 // In code compiled for older architectures (the compute_80 PTX) both are no-ops, and such kernels
