@@ -327,14 +327,15 @@ TEST(CudaPlanPack, QkRopeOnlyForALoneLevelOfDecodeRows) {
     ASSERT_TRUE(pack_plan(flat_plan(seqs, 513), 16, 8, 132, 64, &pk, &why)) << why;
     EXPECT_TRUE(pk.levels[0].qk_rope) << seqs;
   }
-  // Where it measured faster (qk_rope_pays): short-tile CTAs, at least 6 per SM. Batch 64 at
-  // context 512 (3 splits of 192 keys) and 16 at 2048 (11 of 192) pay; 4 at 512 (288 CTAs) and
-  // 256 at 512 (one split of 513 keys: long tiles) do not.
+  // Where it measured faster (qk_rope_pays): short-tile CTAs, at least 4 per SM. Batch 64 at
+  // context 512 (3 splits of 192 keys), 8 at 512 (576 CTAs of 64 keys) and 16 at 2048 (11 splits
+  // of 192) pay; 4 at 512 (288 CTAs) and 256 at 512 (one split of 513 keys: long tiles) do not.
   struct Pays {
     int seqs, tokens;
     bool want;
   };
-  for (const Pays c : {Pays{64, 513, true}, Pays{16, 2048, true}, Pays{4, 513, false}, Pays{256, 513, false}}) {
+  for (const Pays c : {Pays{64, 513, true}, Pays{8, 513, true}, Pays{16, 2048, true}, Pays{4, 513, false},
+                       Pays{256, 513, false}}) {
     ASSERT_TRUE(pack_plan(flat_plan(c.seqs, c.tokens), 16, 8, 132, 64, &pk, &why)) << why;
     EXPECT_TRUE(pk.levels[0].qk_rope);
     EXPECT_EQ(qk_rope_pays(pk, 8, 132), c.want) << c.seqs << " x " << c.tokens;

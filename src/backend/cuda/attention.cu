@@ -146,21 +146,17 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
     }
 
 // q/k RMSNorm + RoPE and the new K/V of a one-warp CTA whose group is one decode row
-// (AttentionLevelParams::rope). What does not come from the previous kernel (weights, rotary
-// cos/sin, whether this CTA writes the row's new key) is gathered before the wait (RopeInputs).
-// Rows g < gqa of the warp are the row's gqa heads (row g + 8 is never valid: gqa <= 8), so the
-// thread (g, tig) holds in qa[kk][0] and qa[kk][2] the q dims kk * 16 + half * 8 + tig * 2 + e of
-// its head (half, e in {0, 1}). Those are the dims that qk_norm_rope_kernel's lanes
-// l = (kk & 1) * 16 + half * 8 + tig * 2 + e hold as j = kk / 2, so the thread repeats those eight
-// lanes' sums of squares and warp_reduce's butterfly (xor 16 and 8 inside the thread, 4 and 2
-// across tig, 1 inside) and gets the same bits; the rotary pair of dim d < kD / 2 is d + kD / 2
-// (kk + kD / 32), in the same thread. The CTA whose KV range holds the row's new key writes K and
-// V as qk_norm_rope_kernel does (a lane holds dims lane + 32 j); only it reads that key this step,
-// and it loads the tile that holds the key after this.
+// (AttentionLevelParams::rope), as qk_norm_rope_kernel forms them (device_utils.cuh's order and
+// roundings, a lane holding dims lane + 32 j of a head), so with its bits. What does not come
+// from the previous kernel (weights, rotary cos/sin, whether this CTA writes the row's new key) is
+// gathered before the wait (RopeInputs). The row's gqa heads of q go through `q_s`, free shared
+// memory (stage 1's K tile, loaded only after this), into the mma A fragments: row g of the warp
+// is head g (rows g + 8 are never valid: gqa <= 8). The CTA whose KV range holds the row's new
+// key writes K and V into the pages; only it reads that key this step, and it loads the tile
+// that holds the key after this.
 template <int kD>
 struct RopeInputs {
-  unsigned wq[kD / 16][2];          // q_norm, bf16 pairs in the fragment layout
-  float wk[kD / 32];                // k_norm, dims lane + 32 j
+  float wq[kD / 32], wk[kD / 32];   // q_norm, k_norm: dims lane + 32 j
   float cs[kD / 64], sn[kD / 64];   // rotary cos/sin of dims lane + 32 j < kD / 2
   int slot = -1;                    // the new key's slot where this CTA writes it, else -1
 };
@@ -168,7 +164,7 @@ struct RopeInputs {
 template <int kD>
 __device__ __forceinline__ void rope_inputs(const AttentionLevelParams& p, int row, int key_lo, int key_hi,
                                             int kv_start, RopeInputs<kD>& in) {
-  const int lane = threadIdx.x & 31, tig = lane & 3;
+  const int lane = threadIdx.x & 31;
   const LevelQkRope& R = p.rope;
   const float pos = static_cast<float>(R.positions[row]);
 #pragma unroll
@@ -178,41 +174,54 @@ __device__ __forceinline__ void rope_inputs(const AttentionLevelParams& p, int r
     in.sn[j] = sinf(angle);
   }
 #pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      in.wq[kk][half] = *reinterpret_cast<const unsigned*>(R.q_norm + kk * 16 + half * 8 + tig * 2);
-    }
+  for (int j = 0; j < kD / 32; ++j) {
+    in.wq[j] = __bfloat162float(R.q_norm[lane + 32 * j]);
+    in.wk[j] = __bfloat162float(R.k_norm[lane + 32 * j]);
   }
   const int key = p.q_pos[row] - kv_start;  // the new key's index in the group (pack_plan's rule)
   in.slot = key >= key_lo && key < key_hi ? R.slot_mapping[row] : -1;
-  if (in.slot >= 0) {
+}
+
+// One head of qk_norm_rope_kernel's work in this lane's dims lane + 32 j: v in, rotated out.
+template <int kD>
+__device__ __forceinline__ void norm_rope_head(float (&v)[kD / 32], const float (&w)[kD / 32], float eps,
+                                               const float (&cs)[kD / 64], const float (&sn)[kD / 64]) {
+  constexpr int kPer = kD / 32;
+  float ss = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kD / 32; ++j) in.wk[j] = __bfloat162float(R.k_norm[lane + 32 * j]);
+  for (int j = 0; j < kPer; ++j) ss = sq_acc(ss, v[j]);
+  const float inv = head_inv_rms(warp_sum(ss), kD, eps);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) v[j] = head_norm_weight(v[j], inv, w[j]);
+#pragma unroll
+  for (int j = 0; j < kPer / 2; ++j) {
+    float a, b;
+    rope_rotate(v[j], v[j + kPer / 2], cs[j], sn[j], a, b);
+    v[j] = a;
+    v[j + kPer / 2] = b;
   }
 }
 
 template <int kD>
 __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, unsigned (&qa)[kD / 16][4], int row,
-                                              int head, bool valid, int kvh, const RopeInputs<kD>& in) {
-  constexpr int kPer = kD / 32, kKK = kD / 16, kPair = kD / 32;
-  const int lane = threadIdx.x & 31, tig = lane & 3;
+                                              int kvh, const RopeInputs<kD>& in, __nv_bfloat16* q_s) {
+  constexpr int kPer = kD / 32;
+  const int lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+  const int gqa = p.num_heads / p.num_kv_heads;
   const LevelQkRope& R = p.rope;
-  const std::int64_t row_base = static_cast<std::int64_t>(row) * (p.num_heads + 2 * p.num_kv_heads) * kD;
-  // Every load first: q of this thread's head and, in the writing CTA, the key's K and V.
-  const __nv_bfloat16* src = R.qkv + row_base + static_cast<std::int64_t>(head) * kD + tig * 2;
-  unsigned raw[kKK][2];
-#pragma unroll
-  for (int kk = 0; kk < kKK; ++kk) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      raw[kk][half] = valid ? *reinterpret_cast<const unsigned*>(src + kk * 16 + half * 8) : 0u;
-    }
-  }
-  const bool writes = in.slot >= 0;
-  const __nv_bfloat16* kr = R.qkv + row_base + static_cast<std::int64_t>(p.num_heads + kvh) * kD;
+  // Every load first: the group's q heads and, in the writing CTA, the key's K and V.
+  const __nv_bfloat16* src = R.qkv + static_cast<std::int64_t>(row) * (p.num_heads + 2 * p.num_kv_heads) * kD;
+  const __nv_bfloat16* qr = src + static_cast<std::int64_t>(kvh) * gqa * kD;
+  const __nv_bfloat16* kr = src + static_cast<std::int64_t>(p.num_heads + kvh) * kD;
   const __nv_bfloat16* vr = kr + static_cast<std::int64_t>(p.num_kv_heads) * kD;
+  const bool writes = in.slot >= 0;
+  float q[8][kPer];
   __nv_bfloat16 kraw[kPer], vraw[kPer];
+#pragma unroll
+  for (int hh = 0; hh < 8; ++hh) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) q[hh][j] = hh < gqa ? __bfloat162float(qr[hh * kD + lane + 32 * j]) : 0.0f;
+  }
   if (writes) {
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
@@ -220,88 +229,35 @@ __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, uns
       vraw[j] = vr[lane + 32 * j];
     }
   }
-  float v[kKK][2][2];
 #pragma unroll
-  for (int kk = 0; kk < kKK; ++kk) {
+  for (int hh = 0; hh < 8; ++hh) {
+    if (hh < gqa) {
+      norm_rope_head<kD>(q[hh], in.wq, R.eps, in.cs, in.sn);
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw[kk][half]));
-      v[kk][half][0] = f.x;
-      v[kk][half][1] = f.y;
+      for (int j = 0; j < kPer; ++j) q_s[hh * kD + lane + 32 * j] = __float2bfloat16_rn(q[hh][j]);
     }
   }
-  float t[2][2];
+  __syncwarp();
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
+  for (int kk = 0; kk < kD / 16; ++kk) {
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float s2[2];
-#pragma unroll
-      for (int b16 = 0; b16 < 2; ++b16) {  // lane bit 4: kk's parity; j = kk / 2 in order
-        float ss = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) ss = sq_acc(ss, v[2 * j + b16][half][e]);
-        s2[b16] = ss;
-      }
-      t[half][e] = s2[0] + s2[1];  // xor 16
+    for (int r = 0; r < 4; ++r) {
+      const int m = g + 8 * (r & 1);  // row m of the warp: head m of the group
+      const int col = kk * 16 + tig * 2 + (r >> 1) * 8;
+      qa[kk][r] = m < gqa ? *reinterpret_cast<const unsigned*>(q_s + m * kD + col) : 0u;
     }
   }
-  float u[2];
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    u[e] = t[0][e] + t[1][e];                                 // xor 8
-    u[e] = u[e] + __shfl_xor_sync(0xffffffffu, u[e], 2);      // xor 4: tig bit 1
-    u[e] = u[e] + __shfl_xor_sync(0xffffffffu, u[e], 1);      // xor 2: tig bit 0
-  }
-  const float inv = head_inv_rms(u[0] + u[1], kD, R.eps);     // xor 1
-#pragma unroll
-  for (int kk = 0; kk < kKK; ++kk) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const float2 wf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&in.wq[kk][half]));
-      v[kk][half][0] = head_norm_weight(v[kk][half][0], inv, wf.x);
-      v[kk][half][1] = head_norm_weight(v[kk][half][1], inv, wf.y);
-    }
-  }
-#pragma unroll
-  for (int kk = 0; kk < kPair; ++kk) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float o[2][2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int l = (kk & 1) * 16 + half * 8 + tig * 2 + e;  // the lane that holds dim d
-        const float c = __shfl_sync(0xffffffffu, in.cs[kk >> 1], l);
-        const float s = __shfl_sync(0xffffffffu, in.sn[kk >> 1], l);
-        rope_rotate(v[kk][half][e], v[kk + kPair][half][e], c, s, o[0][e], o[1][e]);
-      }
-      qa[kk][2 * half] = valid ? pack_bf16x2(o[0][0], o[0][1]) : 0u;
-      qa[kk + kPair][2 * half] = valid ? pack_bf16x2(o[1][0], o[1][1]) : 0u;
-    }
-  }
-#pragma unroll
-  for (int kk = 0; kk < kKK; ++kk) qa[kk][1] = qa[kk][3] = 0u;  // rows g + 8: none
-
   if (!writes) return;
   const std::int64_t dst = (static_cast<std::int64_t>(in.slot) * p.num_kv_heads + kvh) * kD;
   float k[kPer];
-  float ss = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
     R.v_out[dst + lane + 32 * j] = __float2bfloat16_rn(__bfloat162float(vraw[j]));  // as qk_norm_rope
     k[j] = __bfloat162float(kraw[j]);
-    ss = sq_acc(ss, k[j]);
   }
-  const float kinv = head_inv_rms(warp_sum(ss), kD, R.eps);
+  norm_rope_head<kD>(k, in.wk, R.eps, in.cs, in.sn);
 #pragma unroll
-  for (int j = 0; j < kPer; ++j) k[j] = head_norm_weight(k[j], kinv, in.wk[j]);
-#pragma unroll
-  for (int j = 0; j < kPer / 2; ++j) {
-    float a, b;
-    rope_rotate(k[j], k[j + kPer / 2], in.cs[j], in.sn[j], a, b);
-    R.k_out[dst + lane + 32 * j] = __float2bfloat16_rn(a);
-    R.k_out[dst + lane + 32 * (j + kPer / 2)] = __float2bfloat16_rn(b);
-  }
+  for (int j = 0; j < kPer; ++j) R.k_out[dst + lane + 32 * j] = __float2bfloat16_rn(k[j]);
   // The warp's cp.async reads of this key (the tile that holds it) come after this barrier.
   __threadfence_block();
   __syncwarp();
@@ -460,10 +416,10 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   auto load_tile = CASCADE_LOAD_TILE_LAMBDA;
 
   // Q fragments (A operand, row-major 16 x kD per warp) straight from global memory, or formed
-  // here (rope). In that case the first two tiles' loads go first, those before the tile that
-  // holds the key this CTA writes.
+  // here (rope). In that case the first tile's loads go first unless it holds the key this CTA
+  // writes; stage 1's K tile holds q meanwhile.
   unsigned qa[kD / 16][4];
-  [[maybe_unused]] bool first_loaded = false, second_loaded = false;
+  [[maybe_unused]] bool first_loaded = false;
   if (!rope) {
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
@@ -481,13 +437,8 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     if (num_tiles > 0 && key_tile > 0) {
       load_tile(0, 0);
       first_loaded = true;
-      if (num_tiles > 1 && key_tile > 1) {
-        cp_async_commit();
-        load_tile(1, 1);
-        second_loaded = true;
-      }
     }
-    rope_q_and_kv<kD>(p, qa, row_id[0], head[0], valid[0], kvh, rope_in);
+    rope_q_and_kv<kD>(p, qa, row_id[0], kvh, rope_in, k_s + kTile * kStride);
   }
 
   // Tiles not started before the wait start now. (Groups of cp.async: wait<1> below waits for
@@ -517,15 +468,11 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
     } else {
       if constexpr (kReadAhead) {
         if (tile + 1 < num_tiles && !(tile == 0 && pre1)) load_tile(tile + 1, stage ^ 1);
-      } else {  // (tile 1 may have been loaded before the loop: second_loaded)
-        if (tile + 1 < num_tiles && !(tile == 0 && second_loaded)) load_tile(tile + 1, stage ^ 1);
+      } else {
+        if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
       }
       cp_async_commit();
-      if (tile == 0 && second_loaded) {
-        cp_async_wait<2>();  // tile 1's group may stay in flight
-      } else {
-        cp_async_wait<1>();
-      }
+      cp_async_wait<1>();
       __syncthreads();
     }
 

@@ -270,7 +270,7 @@ bool qk_rope_pays(const PlanPack& pack, int num_kv_heads, int num_sms) {
   for (const LevelPack& lp : pack.levels) {
     if (lp.qk_rope && lp.num_items > 0) {
       return lp.short_tiles && static_cast<long long>(lp.num_items) * num_kv_heads * lp.num_splits >=
-                                   6LL * num_sms;
+                                   4LL * num_sms;
     }
   }
   return false;
