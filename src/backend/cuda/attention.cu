@@ -12,7 +12,7 @@ namespace {
 // the one-warp decode kernel, whose occupancy is set by shared memory (two stages of K and V
 // tiles): 35 KB lets 6 CTAs share an SM instead of 3, so twice the warps hide the latency of this
 // issue-bound kernel. One-warp CTAs of at most kShortTileMaxTokens keys (pack_plan's short_tiles:
-// the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160-162 registers (at most 168 keep 12 per SM)
+// the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160 registers (at most 168 keep 12 per SM)
 // (head_dim 128) let 12 CTAs share an SM instead of 6, which pays where a CTA has only a few
 // tiles to hide its latency behind; over longer ranges the small tile's per-tile work costs more
 // (v11).
@@ -202,10 +202,15 @@ __device__ __forceinline__ void norm_rope_head(float (&v)[kD / 32], const float 
   }
 }
 
+// q_s rows (rope_q_and_kv): padded like the one-warp K tiles, so 8 rows fit any stage-1 K tile.
+template <int kD>
+inline constexpr int kQRowPitch = kD + 8;
+
 template <int kD>
 __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, unsigned (&qa)[kD / 16][4], int row,
                                               int kvh, const RopeInputs<kD>& in, __nv_bfloat16* q_s) {
   constexpr int kPer = kD / 32;
+  constexpr int kQPitch = kQRowPitch<kD>;
   const int lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
   const int gqa = p.num_heads / p.num_kv_heads;
   const LevelQkRope& R = p.rope;
@@ -229,22 +234,31 @@ __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, uns
       vraw[j] = vr[lane + 32 * j];
     }
   }
+  // Heads two at a time, so that their warp sums' shuffle chains overlap (a head past gqa is
+  // formed from zeros and not stored). Rows of q_s are kQPitch apart: no bank conflicts when
+  // the warp's 8 rows read the same columns.
 #pragma unroll
-  for (int hh = 0; hh < 8; ++hh) {
+  for (int hh = 0; hh < 8; hh += 2) {
     if (hh < gqa) {
       norm_rope_head<kD>(q[hh], in.wq, R.eps, in.cs, in.sn);
+      norm_rope_head<kD>(q[hh + 1], in.wq, R.eps, in.cs, in.sn);
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) q_s[hh * kD + lane + 32 * j] = __float2bfloat16_rn(q[hh][j]);
+      for (int e = 0; e < 2; ++e) {
+        if (hh + e < gqa) {
+#pragma unroll
+          for (int j = 0; j < kPer; ++j) q_s[(hh + e) * kQPitch + lane + 32 * j] = __float2bfloat16_rn(q[hh + e][j]);
+        }
+      }
     }
   }
   __syncwarp();
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int m = g + 8 * (r & 1);  // row m of the warp: head m of the group
-      const int col = kk * 16 + tig * 2 + (r >> 1) * 8;
-      qa[kk][r] = m < gqa ? *reinterpret_cast<const unsigned*>(q_s + m * kD + col) : 0u;
+    for (int half = 0; half < 2; ++half) {  // row g of the warp is head g; rows g + 8 none (gqa <= 8)
+      const int col = kk * 16 + tig * 2 + half * 8;
+      qa[kk][2 * half] = g < gqa ? *reinterpret_cast<const unsigned*>(q_s + g * kQPitch + col) : 0u;
+      qa[kk][2 * half + 1] = 0u;
     }
   }
   if (!writes) return;
@@ -438,6 +452,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
       load_tile(0, 0);
       first_loaded = true;
     }
+    static_assert(8 * kQRowPitch<kD> <= kTile * kStride, "q_s (8 heads) fits stage 1's K tile");
     rope_q_and_kv<kD>(p, qa, row_id[0], kvh, rope_in, k_s + kTile * kStride);
   }
 

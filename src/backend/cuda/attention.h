@@ -205,9 +205,9 @@ bool resolve_direct_out(PlanPack* pack);
 /// \brief Whether taking q/k RMSNorm + RoPE into the pack's qk_rope level measured faster than
 /// qk_norm_rope_kernel (v13, H100, Qwen3-0.6B decode at contexts 512 and 2048): where its CTAs
 /// cover few keys (short_tiles) and number at least 4 per SM, i.e. split-K decode of batches
-/// ~8-64 at context 512 and ~4-16 at 2048 (1-5% faster steps). Where they are fewer (batches 3-4
-/// at context 512: up to 4% slower) or take long tiles (batches 128-256: level to 1% slower) the
-/// separate kernel stays.
+/// 8-96 at context 512 and 3-16 at 2048 (level to 6.5% faster steps; batch 8 level). Where they
+/// are fewer (batches 3-4 at context 512: up to 4% slower) or take long tiles (batches 128-256:
+/// level to 1% slower) the separate kernel stays. Measured at gqa 2, head_dim 128 only.
 bool qk_rope_pays(const PlanPack& pack, int num_kv_heads, int num_sms);
 
 /// \brief Whether every group of the pack's qk_rope level has its row's slot_mapping entry at the
