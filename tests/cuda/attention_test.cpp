@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <numeric>
 #include <stdexcept>
 
@@ -396,10 +397,13 @@ TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {
 // gives the bits of qk_norm_rope_kernel followed by the level reading its q: the same output rows
 // and the same pools, in every one-warp form it takes (1 and many splits, 16- and 32-token tiles,
 // direct output; not the read-ahead form), with the written slots poisoned beforehand and q
-// poisoned (never read).
+// poisoned (never read). kModels and gqa 8 at head_dim 64 (the most q rows in stage 1's
+// smallest K tile).
 TEST(CudaAttention, FlatDecodeFormsQkRopeItself) {
   SKIP_WITHOUT_GPU();
-  for (const Model& model : kModels) {
+  std::vector<Model> models(std::begin(kModels), std::end(kModels));
+  models.push_back({16, 2, 64});
+  for (const Model& model : models) {
     for (const int start : {0, 200000}) {  // rotary angles past sinf/cosf's fast range too
       Fixture f(model, 21 + start);
       PageAlloc alloc(model.num_pages, f.rng);
