@@ -88,9 +88,9 @@ struct RunOptions {
   int short_tiles = -1;       // one-warp levels: -1 the pack's choice, 0 or 1 forced
   bool direct_out = false;    // a lone level the pack marks direct_out writes the output itself
   // A one-warp level (not read ahead; these are decode plans) forms q from rope->qkv and writes
-  // the step's K/V into this run's pools (k_out / v_out are set here); k_after / v_after receive
-  // the pools after the run.
-  const LevelQkRope* rope = nullptr;
+  // the step's K/V into this run's pools (rope's k_cache / v_cache are replaced by them);
+  // k_after / v_after receive the pools after the run.
+  const QkNormRopeParams* rope = nullptr;
   std::vector<bf16>* k_after = nullptr;
   std::vector<bf16>* v_after = nullptr;
   // Out: the bf16 output rows [rows, heads * head_dim] (written by the merge or the level), and
@@ -157,8 +157,8 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     }
     if (opt.rope != nullptr && lp.warps == 1 && !p.read_ahead) {
       p.rope = *opt.rope;
-      p.rope.k_out = d_k.get();
-      p.rope.v_out = d_v.get();
+      p.rope.k_cache = d_k.get();
+      p.rope.v_cache = d_v.get();
       roped = true;
     }
     EXPECT_EQ(launch_attention_level(p, fork != nullptr ? fork->next_stream() : nullptr), cudaSuccess);
@@ -467,14 +467,7 @@ TEST(CudaAttention, FlatDecodeFormsQkRopeItself) {
         }
       }
       const std::vector<float> qnan(q.size(), NAN);
-      LevelQkRope rope;
-      rope.qkv = d_qkv.get();
-      rope.q_norm = d_qn.get();
-      rope.k_norm = d_kn.get();
-      rope.inv_freq = d_freq.get();
-      rope.positions = d_pos.get();
-      rope.slot_mapping = d_slots.get();
-      rope.eps = 1e-6f;
+      const QkNormRopeParams rope = qp;  // the same inputs; gpu_attention points it at its pools
       const auto kbits = bits(to_bf16(kpool)), vbits = bits(to_bf16(vpool));
       for (const int sms : {0, 132}) {
         PlanPack pack;

@@ -12,8 +12,8 @@ namespace {
 // the one-warp decode kernel, whose occupancy is set by shared memory (two stages of K and V
 // tiles): 35 KB lets 6 CTAs share an SM instead of 3, so twice the warps hide the latency of this
 // issue-bound kernel. One-warp CTAs of at most kShortTileMaxTokens keys (pack_plan's short_tiles:
-// the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160 registers (at most 168 keep 12 per SM)
-// (head_dim 128) let 12 CTAs share an SM instead of 6, which pays where a CTA has only a few
+// the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160 registers
+// (head_dim 128; at most 168 keep it) let 12 CTAs share an SM instead of 6, which pays where a CTA has only a few
 // tiles to hide its latency behind; over longer ranges the small tile's per-tile work costs more
 // (v11).
 // attention_plan.cpp cuts splits at multiples of 64, a multiple of every tile.
@@ -145,81 +145,32 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
       } \
     }
 
-// q/k RMSNorm + RoPE and the new K/V of a one-warp CTA whose group is one decode row
-// (AttentionLevelParams::rope), as qk_norm_rope_kernel forms them (device_utils.cuh's order and
-// roundings, a lane holding dims lane + 32 j of a head), so with its bits. What does not come
-// from the previous kernel (weights, rotary cos/sin, whether this CTA writes the row's new key) is
-// gathered before the wait (RopeInputs). The row's gqa heads of q go through `q_s`, free shared
-// memory (stage 1's K tile, loaded only after this), into the mma A fragments: row g of the warp
-// is head g (rows g + 8 are never valid: gqa <= 8). The CTA whose KV range holds the row's new
-// key writes K and V into the pages; only it reads that key this step, and it loads the tile
-// that holds the key after this.
-template <int kD>
-struct RopeInputs {
-  float wq[kD / 32], wk[kD / 32];   // q_norm, k_norm: dims lane + 32 j
-  float cs[kD / 64], sn[kD / 64];   // rotary cos/sin of dims lane + 32 j < kD / 2
-  int slot = -1;                    // the new key's slot where this CTA writes it, else -1
-};
-
-template <int kD>
-__device__ __forceinline__ void rope_inputs(const AttentionLevelParams& p, int row, int key_lo, int key_hi,
-                                            int kv_start, RopeInputs<kD>& in) {
-  const int lane = threadIdx.x & 31;
-  const LevelQkRope& R = p.rope;
-  const float pos = static_cast<float>(R.positions[row]);
-#pragma unroll
-  for (int j = 0; j < kD / 64; ++j) {
-    const float angle = pos * R.inv_freq[lane + 32 * j];
-    in.cs[j] = cosf(angle);
-    in.sn[j] = sinf(angle);
-  }
-#pragma unroll
-  for (int j = 0; j < kD / 32; ++j) {
-    in.wq[j] = __bfloat162float(R.q_norm[lane + 32 * j]);
-    in.wk[j] = __bfloat162float(R.k_norm[lane + 32 * j]);
-  }
-  const int key = p.q_pos[row] - kv_start;  // the new key's index in the group (pack_plan's rule)
-  in.slot = key >= key_lo && key < key_hi ? R.slot_mapping[row] : -1;
-}
-
-// One head of qk_norm_rope_kernel's work in this lane's dims lane + 32 j: v in, rotated out.
-template <int kD>
-__device__ __forceinline__ void norm_rope_head(float (&v)[kD / 32], const float (&w)[kD / 32], float eps,
-                                               const float (&cs)[kD / 64], const float (&sn)[kD / 64]) {
-  constexpr int kPer = kD / 32;
-  float ss = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) ss = sq_acc(ss, v[j]);
-  const float inv = head_inv_rms(warp_sum(ss), kD, eps);
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) v[j] = head_norm_weight(v[j], inv, w[j]);
-#pragma unroll
-  for (int j = 0; j < kPer / 2; ++j) {
-    float a, b;
-    rope_rotate(v[j], v[j + kPer / 2], cs[j], sn[j], a, b);
-    v[j] = a;
-    v[j + kPer / 2] = b;
-  }
-}
-
 // q_s rows (rope_q_and_kv): padded like the one-warp K tiles, so 8 rows fit any stage-1 K tile.
 template <int kD>
 inline constexpr int kQRowPitch = kD + 8;
 
+// qk_norm_rope_kernel's work in a one-warp CTA whose group is one decode row
+// (AttentionLevelParams::rope), with device_utils.cuh's norm_rope_head, so with its bits. What
+// does not come from the previous kernel (RopeLane's weights and cos/sin, and whether this CTA
+// writes the row's new key: `slot`) is gathered before the wait. The row's gqa heads of q go
+// through `q_s`, free shared memory (stage 1's K tile, loaded only after this), into the mma A
+// fragments: row g of the warp is head g (rows g + 8 are never valid: gqa <= 8). The CTA whose KV
+// range holds the row's new key writes K and V into the pages; only it reads that key this step,
+// and it loads the tile that holds the key after this.
 template <int kD>
 __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, unsigned (&qa)[kD / 16][4], int row,
-                                              int kvh, const RopeInputs<kD>& in, __nv_bfloat16* q_s) {
+                                              int kvh, const RopeLane<kD>& rl, int slot, __nv_bfloat16* q_s) {
   constexpr int kPer = kD / 32;
   constexpr int kQPitch = kQRowPitch<kD>;
   const int lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
   const int gqa = p.num_heads / p.num_kv_heads;
-  const LevelQkRope& R = p.rope;
+  const QkNormRopeParams& R = p.rope;
   // Every load first: the group's q heads and, in the writing CTA, the key's K and V.
   const __nv_bfloat16* src = R.qkv + static_cast<std::int64_t>(row) * (p.num_heads + 2 * p.num_kv_heads) * kD;
   const __nv_bfloat16* qr = src + static_cast<std::int64_t>(kvh) * gqa * kD;
   const __nv_bfloat16* kr = src + static_cast<std::int64_t>(p.num_heads + kvh) * kD;
   const __nv_bfloat16* vr = kr + static_cast<std::int64_t>(p.num_kv_heads) * kD;
-  const bool writes = in.slot >= 0;
+  const bool writes = slot >= 0;
   float q[8][kPer];
   __nv_bfloat16 kraw[kPer], vraw[kPer];
 #pragma unroll
@@ -240,8 +191,8 @@ __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, uns
 #pragma unroll
   for (int hh = 0; hh < 8; hh += 2) {
     if (hh < gqa) {
-      norm_rope_head<kD>(q[hh], in.wq, R.eps, in.cs, in.sn);
-      norm_rope_head<kD>(q[hh + 1], in.wq, R.eps, in.cs, in.sn);
+      norm_rope_head<kD>(q[hh], rl.wq, R.eps, rl);
+      norm_rope_head<kD>(q[hh + 1], rl.wq, R.eps, rl);
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         if (hh + e < gqa) {
@@ -262,16 +213,16 @@ __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, uns
     }
   }
   if (!writes) return;
-  const std::int64_t dst = (static_cast<std::int64_t>(in.slot) * p.num_kv_heads + kvh) * kD;
+  const std::int64_t dst = (static_cast<std::int64_t>(slot) * p.num_kv_heads + kvh) * kD;
   float k[kPer];
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
-    R.v_out[dst + lane + 32 * j] = __float2bfloat16_rn(__bfloat162float(vraw[j]));  // as qk_norm_rope
+    R.v_cache[dst + lane + 32 * j] = __float2bfloat16_rn(__bfloat162float(vraw[j]));  // as qk_norm_rope
     k[j] = __bfloat162float(kraw[j]);
   }
-  norm_rope_head<kD>(k, in.wk, R.eps, in.cs, in.sn);
+  norm_rope_head<kD>(k, rl.wk, R.eps, rl);
 #pragma unroll
-  for (int j = 0; j < kPer; ++j) R.k_out[dst + lane + 32 * j] = __float2bfloat16_rn(k[j]);
+  for (int j = 0; j < kPer; ++j) R.k_cache[dst + lane + 32 * j] = __float2bfloat16_rn(k[j]);
   // The warp's cp.async reads of this key (the tile that holds it) come after this barrier.
   __threadfence_block();
   __syncwarp();
@@ -419,9 +370,15 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   // q/k RMSNorm + RoPE taken in (p.rope: one-warp levels of single-row groups, not read ahead):
   // weights, rotary cos/sin and whether this CTA writes the new key, before the wait.
   const bool rope = kWarps == 1 && !kReadAhead && p.rope.qkv != nullptr;
-  [[maybe_unused]] RopeInputs<kD> rope_in;
+  [[maybe_unused]] RopeLane<kD> rope_lane;
+  [[maybe_unused]] int rope_slot = -1;  // the new key's slot where this CTA writes it
   if constexpr (kWarps == 1 && !kReadAhead) {
-    if (rope) rope_inputs<kD>(p, p.row_order[q_begin], t_begin, t_begin + per_split, kv_start, rope_in);
+    if (rope) {
+      const int row = p.row_order[q_begin];
+      rope_lane.load(static_cast<float>(p.rope.positions[row]), p.rope.inv_freq, p.rope.q_norm, p.rope.k_norm);
+      const int key = p.q_pos[row] - kv_start;  // the new key's index in the group (pack_plan's rule)
+      if (key >= t_begin && key < t_begin + per_split) rope_slot = p.rope.slot_mapping[row];
+    }
   }
 
   pdl_wait();  // launch.cuh: q (or qkv) and this layer's new K/V are written by the previous kernels
@@ -447,13 +404,13 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
       }
     }
   } else if constexpr (kWarps == 1 && !kReadAhead) {
-    const int key_tile = rope_in.slot < 0 ? num_tiles : (p.q_pos[row_id[0]] - kv_start - t_begin) / kTile;
+    const int key_tile = rope_slot < 0 ? num_tiles : (p.q_pos[row_id[0]] - kv_start - t_begin) / kTile;
     if (num_tiles > 0 && key_tile > 0) {
       load_tile(0, 0);
       first_loaded = true;
     }
     static_assert(8 * kQRowPitch<kD> <= kTile * kStride, "q_s (8 heads) fits stage 1's K tile");
-    rope_q_and_kv<kD>(p, qa, row_id[0], kvh, rope_in, k_s + kTile * kStride);
+    rope_q_and_kv<kD>(p, qa, row_id[0], kvh, rope_lane, rope_slot, k_s + kTile * kStride);
   }
 
   // Tiles not started before the wait start now. (Groups of cp.async: wait<1> below waits for
@@ -711,7 +668,8 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
     return cudaErrorInvalidValue;
   }
   if (p.rope.qkv != nullptr &&
-      (p.warps != 1 || p.read_ahead || p.rope.k_out == nullptr || p.rope.v_out == nullptr)) {
+      (p.warps != 1 || p.read_ahead || p.rope.bias != nullptr || p.rope.k_cache == nullptr ||
+       p.rope.v_cache == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (p.direct_out != nullptr &&

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/cuda/kernels.h"
 #include "sched/cascade_plan.h"
 
 namespace cascade::cuda {
@@ -34,23 +35,6 @@ struct LevelArrays {
   const std::int32_t* kv_len = nullptr;       // [groups]
   const std::int32_t* kv_start_pos = nullptr; // [groups]
   const std::int32_t* counts = nullptr;       // [3]: num_items, num_splits, tokens_per_split
-};
-
-// q/k RMSNorm + RoPE and the step's K/V writes taken into a one-warp level of single-row groups
-// (LevelPack::qk_rope), in place of qk_norm_rope_kernel: every CTA forms its rows' q from the qkv
-// projection's output, and the CTA whose split holds a row's new key (its q position) first
-// writes that key's K and V into the pages at slot_mapping[row], then reads its tiles. The bits
-// are qk_norm_rope's (device_utils.cuh); no projection bias.
-struct LevelQkRope {
-  const __nv_bfloat16* qkv = nullptr;      // [rows, (num_heads + 2 num_kv_heads) * head_dim]; set: on
-  const __nv_bfloat16* q_norm = nullptr;   // [head_dim]
-  const __nv_bfloat16* k_norm = nullptr;   // [head_dim]
-  const float* inv_freq = nullptr;         // [head_dim / 2]
-  const std::int32_t* positions = nullptr; // [rows], by row id
-  const std::int32_t* slot_mapping = nullptr;  // [rows]; < 0: no K/V write
-  __nv_bfloat16* k_out = nullptr;          // the layer's pools (k_cache / v_cache, writable)
-  __nv_bfloat16* v_out = nullptr;
-  float eps = 1e-6f;
 };
 
 struct AttentionLevelParams {
@@ -87,9 +71,13 @@ struct AttentionLevelParams {
   // four-warp levels, more than one split or a misaligned pointer, and cannot check the rest.
   __nv_bfloat16* direct_out = nullptr;
   // One-warp levels whose groups each hold one row whose q position is the group's last key
-  // (decode; LevelPack::qk_rope), not read ahead: set (rope.qkv), q comes from here instead of
-  // `q`. The launcher refuses it (cudaErrorInvalidValue) for four-warp or read-ahead levels.
-  LevelQkRope rope;
+  // (decode; LevelPack::qk_rope), not read ahead: set (rope.qkv), the level does
+  // qk_norm_rope_kernel's work itself, with its bits: every CTA forms its rows' q from rope.qkv
+  // instead of reading `q`, and the CTA whose split holds a row's new key first writes that key's
+  // K and V into rope.k_cache / v_cache at slot_mapping[row]. Of the rest of QkNormRopeParams only
+  // q_norm, k_norm, inv_freq, positions and eps are read. The launcher refuses it
+  // (cudaErrorInvalidValue) for four-warp or read-ahead levels, a qkv bias or missing pools.
+  QkNormRopeParams rope;
 };
 
 /// \brief True when four-warp levels (more than 16 stacked rows per group: shared cascade levels,

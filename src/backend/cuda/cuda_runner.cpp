@@ -748,17 +748,7 @@ class CudaRunner final : public ModelRunner {
         // was allocated (reserve_step), bf16 results of earlier kernels since; rows are
         // independent from o_proj to the logits, and padding rows' logits are never read.
         if (lv.direct_out) ap.direct_out = xb_.get();
-        if (lv.qk_rope) {
-          ap.rope.qkv = qp.qkv;
-          ap.rope.q_norm = qp.q_norm;
-          ap.rope.k_norm = qp.k_norm;
-          ap.rope.inv_freq = qp.inv_freq;
-          ap.rope.positions = qp.positions;
-          ap.rope.slot_mapping = qp.slot_mapping;
-          ap.rope.k_out = kc;
-          ap.rope.v_out = vc;
-          ap.rope.eps = eps;
-        }
+        if (lv.qk_rope) ap.rope = qp;  // the level does qk_norm_rope's work (LevelPack::qk_rope)
         level_err = cuda::launch_attention_level(ap, level_fork_.next_stream());
       }
       const cudaError_t joined = level_fork_.end();

@@ -28,27 +28,6 @@ struct MaxOp {
 // down GEMV's input, the gated skinny GEMM), so that they agree bit for bit.
 __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
-// The arithmetic of q/k RMSNorm + rotary embedding per head, written out with explicit roundings
-// so that the two kernels that form it (qk_norm_rope_kernel, and one-warp attention levels that
-// take it in, AttentionLevelParams::rope) give the same bits: the sum of squares of the dims a
-// lane holds is accumulated in order (fused multiply-adds from 0), then added across the warp in
-// warp_reduce's order; each value is scaled, rounded to bf16, weighted and rounded again; dims d
-// and d + head_dim / 2 rotate together.
-__device__ __forceinline__ float sq_acc(float ss, float v) { return __fmaf_rn(v, v, ss); }
-// ss / head_dim + eps as one rounding: head_dim is 64 or 128, so ss * (1 / head_dim) is exact
-// and this is the division's bits, without the division.
-__device__ __forceinline__ float head_inv_rms(float ss, int head_dim, float eps) {
-  return rsqrtf(__fmaf_rn(ss, 1.0f / static_cast<float>(head_dim), eps));
-}
-__device__ __forceinline__ float head_norm_weight(float v, float inv, float w) {
-  const float n = __bfloat162float(__float2bfloat16_rn(__fmul_rn(v, inv)));
-  return __bfloat162float(__float2bfloat16_rn(__fmul_rn(w, n)));
-}
-__device__ __forceinline__ void rope_rotate(float a, float b, float c, float s, float& oa, float& ob) {
-  oa = __fmaf_rn(a, c, -__fmul_rn(b, s));
-  ob = __fmaf_rn(b, c, __fmul_rn(a, s));
-}
-
 // Whether a pointer is 16-byte aligned (the vector loads and stores of the kernels need it).
 __host__ __device__ inline bool aligned16(const void* p) {
   return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
@@ -69,6 +48,56 @@ __device__ inline T warp_reduce(T v, Op op) {
 }
 
 __device__ inline float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
+
+// q/k RMSNorm + rotary embedding (rotate-half) of one head of kD dims, a lane of the warp holding
+// dims lane + 32 j. The one arithmetic of qk_norm_rope_kernel and of the attention levels that
+// take it in (AttentionLevelParams::rope), with explicit roundings so that both give the same
+// bits. RopeLane: what a lane needs of the step's constants (rotary cos/sin of its dims below
+// kD / 2 at one position, and its dims' q_norm / k_norm weights).
+template <int kD>
+struct RopeLane {
+  float cs[kD / 64], sn[kD / 64], wq[kD / 32], wk[kD / 32];
+  __device__ void load(float pos, const float* inv_freq, const __nv_bfloat16* q_norm, const __nv_bfloat16* k_norm) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < kD / 64; ++j) {
+      const float angle = pos * inv_freq[lane + 32 * j];
+      cs[j] = cosf(angle);
+      sn[j] = sinf(angle);
+    }
+#pragma unroll
+    for (int j = 0; j < kD / 32; ++j) {
+      wq[j] = __bfloat162float(q_norm[lane + 32 * j]);
+      wk[j] = __bfloat162float(k_norm[lane + 32 * j]);
+    }
+  }
+};
+
+// v in place, with weights w: the sum of squares of the lane's dims in order (fused
+// multiply-adds from 0), added across the warp in warp_reduce's order; rsqrt(sum * (1 / kD) +
+// eps) in one rounding (kD is a power of two, so these are the division's bits); each value
+// scaled, rounded to bf16, weighted and rounded again; dims d and d + kD / 2 rotated together.
+// Every lane of the warp calls it (warp_sum).
+template <int kD>
+__device__ __forceinline__ void norm_rope_head(float (&v)[kD / 32], const float (&w)[kD / 32], float eps,
+                                               const RopeLane<kD>& rl) {
+  constexpr int kPer = kD / 32;
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) ss = __fmaf_rn(v[j], v[j], ss);
+  const float inv = rsqrtf(__fmaf_rn(warp_sum(ss), 1.0f / static_cast<float>(kD), eps));
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const float n = __bfloat162float(__float2bfloat16_rn(__fmul_rn(v[j], inv)));
+    v[j] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(w[j], n)));
+  }
+#pragma unroll
+  for (int j = 0; j < kPer / 2; ++j) {
+    const float a = v[j], b = v[j + kPer / 2];
+    v[j] = __fmaf_rn(a, rl.cs[j], -__fmul_rn(b, rl.sn[j]));
+    v[j + kPer / 2] = __fmaf_rn(b, rl.cs[j], __fmul_rn(a, rl.sn[j]));
+  }
+}
 
 // `red` is shared scratch of 32 elements.
 template <typename T, typename Op>

@@ -137,7 +137,6 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNo
 template <int kD>
 __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) {
   constexpr int kPer = kD / 32;
-  constexpr int kHalf = kD / 2;
   const int r = blockIdx.x;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -147,19 +146,8 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
   // (uploaded with the plan), this lane's rotary cos/sin (the same for every head) and norm
   // weights. Only the projection's output comes from the previous kernel.
   const int slot = p.slot_mapping[r];
-  const float pos = static_cast<float>(p.positions[r]);
-  float cs[kPer / 2], sn[kPer / 2], wq[kPer], wk[kPer];
-#pragma unroll
-  for (int j = 0; j < kPer / 2; ++j) {
-    const float angle = pos * p.inv_freq[lane + 32 * j];  // lane + 32 * j < kHalf
-    cs[j] = cosf(angle);
-    sn[j] = sinf(angle);
-  }
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) {
-    wq[j] = __bfloat162float(p.q_norm[lane + 32 * j]);
-    wk[j] = __bfloat162float(p.k_norm[lane + 32 * j]);
-  }
+  RopeLane<kD> rl;
+  rl.load(static_cast<float>(p.positions[r]), p.inv_freq, p.q_norm, p.k_norm);
   pdl_wait_and_release(p.early_release);  // launch.cuh: the qkv rows are written by the previous kernel
   const bf16* row = p.qkv + static_cast<std::int64_t>(r) * total_heads * kD;
   for (int h = warp; h < total_heads; h += nwarps) {
@@ -179,19 +167,10 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
       continue;
     }
     const bool is_q = h < p.num_heads;
-    // device_utils.cuh's order and roundings (the one-warp attention levels that take this in
-    // repeat them: AttentionLevelParams::rope).
-    float ss = 0.0f;
+    float w[kPer];
 #pragma unroll
-    for (int j = 0; j < kPer; ++j) ss = sq_acc(ss, v[j]);
-    ss = warp_sum(ss);
-    const float inv = head_inv_rms(ss, kD, p.eps);
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) v[j] = head_norm_weight(v[j], inv, is_q ? wq[j] : wk[j]);
-    // Rotate-half: dims d and d + kHalf pair up; both live in this lane (j and j + kPer/2).
-    float o[kPer];
-#pragma unroll
-    for (int j = 0; j < kPer / 2; ++j) rope_rotate(v[j], v[j + kPer / 2], cs[j], sn[j], o[j], o[j + kPer / 2]);
+    for (int j = 0; j < kPer; ++j) w[j] = is_q ? rl.wq[j] : rl.wk[j];
+    norm_rope_head<kD>(v, w, p.eps, rl);  // device_utils.cuh (the attention levels' rope form too)
     bf16* dst;
     if (is_q) {
       dst = p.q_out + (static_cast<std::int64_t>(r) * p.num_heads + h) * kD;
@@ -200,9 +179,8 @@ __global__ void __launch_bounds__(1024) qk_norm_rope_kernel(QkNormRopeParams p) 
       dst = p.k_cache + (static_cast<std::int64_t>(slot) * p.num_kv_heads + (h - p.num_heads)) * kD;
     }
 #pragma unroll
-    for (int j = 0; j < kPer; ++j) dst[lane + 32 * j] = __float2bfloat16_rn(o[j]);
+    for (int j = 0; j < kPer; ++j) dst[lane + 32 * j] = __float2bfloat16_rn(v[j]);
   }
-  (void)kHalf;
 }
 
 __global__ void silu_mul_kernel(SiluMulParams p) {
