@@ -82,10 +82,16 @@ class EngineLoop {
   void cancel(const std::vector<std::uint64_t>& ids);
 
   // Runs `fn` on the engine thread between steps and returns its result; exceptions propagate.
+  // The stats are published before the result is handed over, so whatever `fn` changed (pages freed
+  // by DELETE /v1/chunks) is in every snapshot taken after call() returns.
   template <typename F>
   auto call(F fn) -> decltype(fn(std::declval<Engine&>())) {
     using R = decltype(fn(std::declval<Engine&>()));
     auto task = std::make_shared<std::packaged_task<R()>>([this, fn = std::move(fn)]() mutable {
+      struct PublishOnExit {  // runs after the result is made, before packaged_task stores it
+        EngineLoop* loop;
+        ~PublishOnExit() { loop->publish(); }
+      } publish_on_exit{this};
       return fn(*engine_);
     });
     std::future<R> result = task->get_future();

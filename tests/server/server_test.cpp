@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "cascade/llm.h"
+#include "engine/engine.h"
+#include "server/engine_loop.h"
 #include "server/http.h"
 #include "tokenizer/chat_format.h"
 #include "tokenizer/tokenizer.h"
@@ -629,6 +631,23 @@ TEST(Server, MetricsAreInPrometheusFormat) {
   EXPECT_EQ(srv.metric("cascade_time_per_output_token_seconds_count"), 2);
   EXPECT_NE(t.find("cascade_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1"), std::string::npos);
   EXPECT_GT(srv.metric("cascade_kv_pages_free"), 0);
+}
+
+// What a call to the engine thread changed is in the published stats by the time the call returns:
+// a client that reads /metrics after an answer (DELETE /v1/chunks, then pages used) never sees the
+// state from before it. Each registration here counts one chunk miss.
+TEST(EngineLoop, ACallsEffectIsPublishedBeforeItReturns) {
+  EngineLoop loop(test_config(), 4, nullptr);
+  loop.start();
+  const int vocab = loop.vocab_size();
+  for (int i = 0; i < 3000; ++i) {
+    loop.call([i, vocab](Engine& e) {
+      return e.register_chunk(ChunkKind::kContext, {i % vocab, i / vocab}, {});
+    });
+    ASSERT_EQ(loop.snapshot().stats.chunk_misses, static_cast<std::uint64_t>(i + 1)) << "after call " << i;
+  }
+  loop.call([](Engine& e) { return e.clear_chunks(std::nullopt); });
+  EXPECT_EQ(loop.snapshot().stats.pages_used, 0);
 }
 
 }  // namespace
