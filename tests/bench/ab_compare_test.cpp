@@ -5,10 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "bench/bench_json.h"
 #include "common/run_command.h"
 
 namespace {
@@ -22,22 +22,13 @@ cascade::test::CommandResult compare(const std::string& args) {
   return cascade::test::run_command("python3 " + (kSource / "bench/ab_compare.py").string() + " " + args + " 2>&1");
 }
 
-json load(const fs::path& p) {
-  std::ifstream in(p);
-  return json::parse(in);
-}
+json load(const fs::path& p) { return cascade::test::load_json(p); }
 
 std::string write_temp(const json& j, const std::string& name) {
-  const fs::path p = cascade::test::process_temp_file("cascade_ab", name);
-  std::ofstream(p) << j.dump();
-  return p.string();
+  return cascade::test::write_temp_json(j, "cascade_ab", name).string();
 }
 
 bool has(const std::string& out, const std::string& line) { return out.find(line) != std::string::npos; }
-
-void require_python() {
-  if (std::system("command -v python3 >/dev/null 2>&1") != 0) GTEST_SKIP() << "python3 not found";
-}
 
 // The fixture's decode and attention runs with every time multiplied by `f`.
 json scaled_decode(double f) {
@@ -55,7 +46,7 @@ json scaled_attention(double f) {
 }
 
 TEST(AbCompare, RangesAndRatiosOfTheMedians) {
-  require_python();
+  CASCADE_REQUIRE_PYTHON();
   const std::string d_old = (kSource / "tests/fixtures/bench/decode_h100.json").string();
   const std::string a_old = (kSource / "tests/fixtures/bench/attention_h100.json").string();
   // New: two rounds at 0.9 and 0.8 of old (median 0.85); old: the fixture and a copy at 1.1
@@ -78,7 +69,7 @@ TEST(AbCompare, RangesAndRatiosOfTheMedians) {
 }
 
 TEST(AbCompare, WarnsAcrossDevicesAndRefusesBadInput) {
-  require_python();
+  CASCADE_REQUIRE_PYTHON();
   json other = scaled_decode(1.0);
   other["device"] = "NVIDIA H200";
   const std::string o = write_temp(other, "other.json");

@@ -5,10 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "bench/bench_json.h"
 #include "common/run_command.h"
 
 namespace {
@@ -26,25 +26,16 @@ Report run(const fs::path& decode, const fs::path& attention, bool strict) {
                                     " 2>&1");
 }
 
-json load(const fs::path& p) {
-  std::ifstream in(p);
-  return json::parse(in);
-}
+json load(const fs::path& p) { return cascade::test::load_json(p); }
 
 fs::path write_temp(const json& j, const std::string& name) {
-  const fs::path p = cascade::test::process_temp_file("cascade_targets", name);
-  std::ofstream(p) << j.dump();
-  return p;
+  return cascade::test::write_temp_json(j, "cascade_targets", name);
 }
 
 bool has_line(const std::string& out, const std::string& line) { return out.find(line) != std::string::npos; }
 
-void require_python() {
-  if (std::system("command -v python3 >/dev/null 2>&1") != 0) GTEST_SKIP() << "python3 not found";
-}
-
 TEST(CudaTargets, JudgesTheH100Run) {
-  require_python();
+  CASCADE_REQUIRE_PYTHON();
   const fs::path d = kSource / "tests/fixtures/bench/decode_h100.json";
   const fs::path a = kSource / "tests/fixtures/bench/attention_h100.json";
   const Report r = run(d, a, false);
@@ -62,7 +53,7 @@ TEST(CudaTargets, JudgesTheH100Run) {
 }
 
 TEST(CudaTargets, StrictPassesOnlyWhenEveryTargetIsMet) {
-  require_python();
+  CASCADE_REQUIRE_PYTHON();
   json d = load(kSource / "tests/fixtures/bench/decode_h100.json");
   json a = load(kSource / "tests/fixtures/bench/attention_h100.json");
   for (auto& r : d["results"]) {

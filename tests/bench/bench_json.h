@@ -1,0 +1,37 @@
+// Helpers of the tests of bench/*.py: JSON fixtures in and out, and a skip without python3.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/run_command.h"
+
+namespace cascade::test {
+
+inline nlohmann::json load_json(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+
+// Writes `j` to a temporary file of this test process (process_temp_file(prefix, name)).
+inline std::filesystem::path write_temp_json(const nlohmann::json& j, const std::string& prefix,
+                                             const std::string& name) {
+  const std::filesystem::path p = process_temp_file(prefix, name);
+  std::ofstream(p) << j.dump();
+  return p;
+}
+
+}  // namespace cascade::test
+
+// A macro, so that GTEST_SKIP leaves the test body itself.
+#define CASCADE_REQUIRE_PYTHON()                                       \
+  do {                                                                 \
+    if (std::system("command -v python3 >/dev/null 2>&1") != 0) {      \
+      GTEST_SKIP() << "python3 not found";                             \
+    }                                                                  \
+  } while (0)
