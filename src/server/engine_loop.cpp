@@ -146,9 +146,15 @@ void EngineLoop::finish_active(std::uint64_t id, ChoiceEvent event) {
     event.completion_tokens = static_cast<int>(out->token_ids.size());
     if (metrics_) metrics_->add_prompt_tokens(event.prompt_tokens);
   }
-  it->second.channel->push(std::move(event));
+  std::shared_ptr<Channel> channel = std::move(it->second.channel);
   active_.erase(it);
-  release(1);
+  release(1);  // before the answer: its client may come straight back
+  finals_.emplace_back(std::move(channel), std::move(event));
+}
+
+void EngineLoop::flush_finals() {
+  for (auto& [channel, event] : finals_) channel->push(std::move(event));
+  finals_.clear();
 }
 
 void EngineLoop::dispatch(const std::vector<StepUpdate>& updates) {
@@ -223,6 +229,7 @@ void EngineLoop::run() {
       }
     }
     publish();
+    flush_finals();
   }
   // Stopping: closures still queued would wait forever on their futures; run them so they finish.
   std::deque<std::function<void()>> rest;
@@ -233,6 +240,7 @@ void EngineLoop::run() {
   for (auto& task : rest) task();
   fail_all("the server is shutting down");
   publish();
+  flush_finals();
 }
 
 }  // namespace cascade

@@ -139,6 +139,10 @@ class EngineLoop {
 
   // Engine-thread only.
   std::unordered_map<std::uint64_t, Active> active_;
+  // Final events of this loop turn, pushed after publish() so that a client holding its answer
+  // never sees a snapshot from before the step that finished it.
+  std::vector<std::pair<std::shared_ptr<Channel>, ChoiceEvent>> finals_;
+  void flush_finals();
 };
 
 }  // namespace cascade

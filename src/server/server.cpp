@@ -79,6 +79,7 @@ struct StreamState {
   bool head_sent = false;
   bool done = false;
   std::chrono::steady_clock::time_point last_write;
+  std::shared_ptr<void> call_slot;  // the HTTP-thread slot; let go once the answer is complete
 
   // Non-streamed calls: applies the events that arrive within one poll interval.
   void absorb_events();
@@ -162,7 +163,13 @@ int Server::start() {
     port_ = options_.port;
   }
   loop_->start();
-  listener_ = std::thread([this] { http_->listen_after_bind(); });
+  auto listener_done = std::make_shared<std::atomic<bool>>(false);
+  listener_ = std::thread([this, listener_done] {
+    http_->listen_after_bind();
+    *listener_done = true;
+  });
+  // httplib's stop() does nothing until listen has begun: wait for it, so that stop() always works.
+  while (!http_->is_running() && !*listener_done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   started_ = true;
   CASCADE_LOG_INFO("server: model={} listening on {}:{}", model_name_, options_.host, port_);
   return port_;
@@ -295,6 +302,7 @@ void Server::install_routes() {
     state->unfinished = n;
     state->engine_ids = loop_->submit(call.requests, state->channel);  // throws: 400/404 ...
     state->call = std::move(call);
+    state->call_slot = call_slot;
 
     if (!state->call.stream) {
       // Short calls: wait here and answer with the right status.
@@ -317,7 +325,7 @@ void Server::install_routes() {
       const std::string model = model_name_;
       res.set_chunked_content_provider(
           "application/json",
-          [state, model, call_slot, keep_alive](std::size_t, httplib::DataSink& sink) {
+          [state, model, keep_alive](std::size_t, httplib::DataSink& sink) {
             state->absorb_events();
             if (state->unfinished == 0) {
               const ChoiceResult* failed = state->first_failure();
@@ -326,6 +334,7 @@ void Server::install_routes() {
                       ? dump_json(api_error_json(engine_failure(failed->error)))
                       : dump_json(completion_response(state->call, state->id, state->created, model, state->results));
               state->done = true;  // nothing is left to cancel, whether or not the client reads it
+              state->call_slot.reset();
               if (!sink.write(body.data(), body.size())) return false;
               sink.done();
               return true;
@@ -337,6 +346,7 @@ void Server::install_routes() {
             return sink.is_writable();
           },
           [state, loop](bool) {
+            state->call_slot.reset();
             if (!state->done) loop->cancel(state->engine_ids);
           });
       return;
@@ -348,7 +358,7 @@ void Server::install_routes() {
     const std::string model = model_name_;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [state, model, call_slot, keep_alive = std::chrono::milliseconds(options_.keep_alive_ms)](
+        [state, model, keep_alive = std::chrono::milliseconds(options_.keep_alive_ms)](
             std::size_t, httplib::DataSink& sink) {
           auto write = [&](const std::string& s) {
             state->last_write = std::chrono::steady_clock::now();
@@ -373,6 +383,7 @@ void Server::install_routes() {
             if (!event(stream_chunk(state->call, state->id, state->created, model, ev))) return false;
           }
           if (state->unfinished == 0) {
+            state->call_slot.reset();
             if (state->call.include_usage &&
                 !event(stream_usage_chunk(state->call, state->id, state->created, model, state->results))) {
               return false;
@@ -390,6 +401,7 @@ void Server::install_routes() {
         },
         [state, loop](bool) {
           // Runs when the response ends, however it ends: a client gone mid-stream leaves work behind.
+          state->call_slot.reset();
           if (!state->done) loop->cancel(state->engine_ids);
         });
   };
