@@ -427,33 +427,16 @@ TEST(CudaAttention, FlatDecodeFormsQkRopeItself) {
         slots[r] = lv.page_ids[last] * model.page_size + lv.page_lens[last] - 1;
       }
       // Positions and slots by row id, as the runner passes them.
-      auto d_qkv = upload(to_bf16(random_vec(f.rng, static_cast<std::size_t>(plan.num_rows) * (H + 2 * KVH) * D, -3.0f, 3.0f)));
-      auto d_qn = upload(to_bf16(random_vec(f.rng, D, 0.5f, 1.5f)));
-      auto d_kn = upload(to_bf16(random_vec(f.rng, D, 0.5f, 1.5f)));
-      std::vector<float> inv_freq(D / 2);
-      for (int i = 0; i < D / 2; ++i) inv_freq[i] = static_cast<float>(std::pow(1e6, -2.0 * i / D));
-      auto d_freq = upload(inv_freq);
-      auto d_pos = upload(plan.q_pos);
-      auto d_slots = upload(slots);
+      const auto qkv = random_vec(f.rng, static_cast<std::size_t>(plan.num_rows) * (H + 2 * KVH) * D, -3.0f, 3.0f);
+      const auto qn = random_vec(f.rng, D, 0.5f, 1.5f), kn = random_vec(f.rng, D, 0.5f, 1.5f);
+      RopeConfig rotary;
+      rotary.theta = 1e6;
+      const QkNormRopeInputs in(qkv, qn, kn, rotary, plan.q_pos, slots, H, KVH, D);
       // Reference path: qk_norm_rope_kernel into q and pools, then the level reading q.
       auto d_k = upload(to_bf16(f.kpool)), d_v = upload(to_bf16(f.vpool));
       DeviceBuffer<bf16> d_q(static_cast<std::size_t>(plan.num_rows) * H * D);
       poison(d_q);
-      QkNormRopeParams qp;
-      qp.qkv = d_qkv.get();
-      qp.q_norm = d_qn.get();
-      qp.k_norm = d_kn.get();
-      qp.inv_freq = d_freq.get();
-      qp.positions = d_pos.get();
-      qp.slot_mapping = d_slots.get();
-      qp.q_out = d_q.get();
-      qp.k_cache = d_k.get();
-      qp.v_cache = d_v.get();
-      qp.eps = 1e-6f;
-      qp.rows = plan.num_rows;
-      qp.num_heads = H;
-      qp.num_kv_heads = KVH;
-      qp.head_dim = D;
+      const QkNormRopeParams qp = in.params(d_q.get(), d_k.get(), d_v.get());
       ASSERT_EQ(launch_qk_norm_rope_kv_write(qp, nullptr), cudaSuccess);
       const auto q = from_bf16(download(d_q, d_q.size()));
       const auto kpool = from_bf16(download(d_k, d_k.size())), vpool = from_bf16(download(d_v, d_v.size()));

@@ -13,10 +13,12 @@
 #include <random>
 #include <vector>
 
+#include "backend/cpu/ops.h"
 #include "backend/cuda/ab_switch.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_runner.h"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/kernels.h"
 
 #define SKIP_WITHOUT_GPU()                                                     \
   do {                                                                         \
@@ -144,5 +146,46 @@ inline double run_vs_cublaslt(Gemm& gemm, std::mt19937_64& rng, int M, int N, in
   const auto va = download(a, a.size()), vb = download(b, b.size());
   return max_rel_error(va, std::vector<double>(vb.begin(), vb.end()));
 }
+
+// qk_norm_rope_kernel's inputs on the device: bf16 qkv rows [rows, (heads + 2 kv_heads) * d] and
+// q/k norm weights, the CPU backend's rotary inv_freq (cpu::rope_inv_freq of `rope`), positions and
+// KV slots by row. params() points a QkNormRopeParams at them and at the given outputs.
+struct QkNormRopeInputs {
+  DeviceBuffer<bf16> qkv, q_norm, k_norm;
+  DeviceBuffer<float> inv_freq;
+  DeviceBuffer<std::int32_t> positions, slots;
+  int rows = 0, heads = 0, kv_heads = 0, head_dim = 0;
+
+  QkNormRopeInputs(const std::vector<float>& qkv_rows, const std::vector<float>& qn, const std::vector<float>& kn,
+                   const RopeConfig& rope, const std::vector<std::int32_t>& pos,
+                   const std::vector<std::int32_t>& slot, int h, int kvh, int d)
+      : qkv(upload(to_bf16(qkv_rows))), q_norm(upload(to_bf16(qn))), k_norm(upload(to_bf16(kn))),
+        inv_freq(upload(inv_freq_f32(rope, d))), positions(upload(pos)), slots(upload(slot)),
+        rows(static_cast<int>(pos.size())), heads(h), kv_heads(kvh), head_dim(d) {}
+
+  QkNormRopeParams params(bf16* q_out, bf16* k_cache, bf16* v_cache) const {
+    QkNormRopeParams p;
+    p.qkv = qkv.get();
+    p.q_norm = q_norm.get();
+    p.k_norm = k_norm.get();
+    p.inv_freq = inv_freq.get();
+    p.positions = positions.get();
+    p.slot_mapping = slots.get();
+    p.q_out = q_out;
+    p.k_cache = k_cache;
+    p.v_cache = v_cache;
+    p.rows = rows;
+    p.num_heads = heads;
+    p.num_kv_heads = kv_heads;
+    p.head_dim = head_dim;
+    return p;
+  }
+
+  static std::vector<float> inv_freq_f32(const RopeConfig& rope, int d) {
+    std::vector<double> inv(d / 2);
+    cpu::rope_inv_freq(rope, d, inv.data());
+    return {inv.begin(), inv.end()};
+  }
+};
 
 }  // namespace cascade::cuda::test

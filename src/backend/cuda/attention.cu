@@ -13,9 +13,9 @@ namespace {
 // tiles): 35 KB lets 6 CTAs share an SM instead of 3, so twice the warps hide the latency of this
 // issue-bound kernel. One-warp CTAs of at most kShortTileMaxTokens keys (pack_plan's short_tiles:
 // the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160 registers
-// (head_dim 128; at most 168 keep it) let 12 CTAs share an SM instead of 6, which pays where a CTA has only a few
-// tiles to hide its latency behind; over longer ranges the small tile's per-tile work costs more
-// (v11).
+// (head_dim 128; at most 168 keep it) let 12 CTAs share an SM instead of 6, which pays where a
+// CTA has only a few tiles to hide its latency behind; over longer ranges the small tile's
+// per-tile work costs more (v11).
 // attention_plan.cpp cuts splits at multiples of 64, a multiple of every tile.
 template <int kWarps, bool kShort>
 inline constexpr int kTileFor = kWarps == 1 ? (kShort ? 16 : 32) : 64;
