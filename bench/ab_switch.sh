@@ -3,10 +3,10 @@
 # bench/NOTES_cuda.md), run on the GPU machine:
 #   BIN=DIR bench/ab_switch.sh NAME=VALUE [decode bench arguments, e.g. --batches 16,64 --ctx 512]
 # e.g. BIN=.devbin bench/ab_switch.sh CASCADE_ATTENTION_MERGE_KERNEL=1 --batches 16,32,64,96
-# Runs DIR's cuda_decode_bench (graphs only, with the given arguments) and, unless ATTENTION=0,
-# cuda_attention_bench, ROUNDS times (default 2), each round the binary as it is ("new") and then
-# with NAME=VALUE set ("old"); the JSON goes to $OUT (or ./out) and bench/ab_compare.py prints the
-# table of new against old.
+# Runs DIR's cuda_decode_bench (graphs only, with the given arguments) unless DECODE=0 and
+# cuda_attention_bench unless ATTENTION=0, ROUNDS times (default 2), each round the binary as it
+# is ("new") and then with NAME=VALUE set ("old"); the JSON goes to $OUT (or ./out) and
+# bench/ab_compare.py prints the table of new against old.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $# -lt 1 || "$1" != *=* ]]; then
@@ -27,9 +27,11 @@ for r in $(seq 1 "$ROUNDS"); do
   for side in new old; do
     env_cmd=(env)
     [[ "$side" == old ]] && env_cmd=(env "$SWITCH")
-    "${env_cmd[@]}" "$BIN/cuda_decode_bench" "$OUT_DIR/decode_${side}_$r.json" --no-eager "$@" \
-      >"$OUT_DIR/decode_${side}_$r.log" 2>&1 || { tail -5 "$OUT_DIR/decode_${side}_$r.log"; exit 1; }
-    [[ "$side" == new ]] && new+=("$OUT_DIR/decode_${side}_$r.json") || old+=("$OUT_DIR/decode_${side}_$r.json")
+    if [[ "${DECODE:-1}" != 0 ]]; then
+      "${env_cmd[@]}" "$BIN/cuda_decode_bench" "$OUT_DIR/decode_${side}_$r.json" --no-eager "$@" \
+        >"$OUT_DIR/decode_${side}_$r.log" 2>&1 || { tail -5 "$OUT_DIR/decode_${side}_$r.log"; exit 1; }
+      [[ "$side" == new ]] && new+=("$OUT_DIR/decode_${side}_$r.json") || old+=("$OUT_DIR/decode_${side}_$r.json")
+    fi
     if [[ "${ATTENTION:-1}" != 0 ]]; then
       "${env_cmd[@]}" "$BIN/cuda_attention_bench" "$OUT_DIR/attention_${side}_$r.json" \
         >"$OUT_DIR/attention_${side}_$r.log" 2>&1 || { tail -5 "$OUT_DIR/attention_${side}_$r.log"; exit 1; }
