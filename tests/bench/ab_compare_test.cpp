@@ -15,6 +15,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using cascade::test::contains;
+using cascade::test::load_json;
 
 const fs::path kSource = CASCADE_SOURCE_DIR;
 
@@ -22,22 +24,19 @@ cascade::test::CommandResult compare(const std::string& args) {
   return cascade::test::run_command("python3 " + (kSource / "bench/ab_compare.py").string() + " " + args + " 2>&1");
 }
 
-json load(const fs::path& p) { return cascade::test::load_json(p); }
 
 std::string write_temp(const json& j, const std::string& name) {
   return cascade::test::write_temp_json(j, "cascade_ab", name).string();
 }
 
-bool has(const std::string& out, const std::string& line) { return out.find(line) != std::string::npos; }
-
 // The fixture's decode and attention runs with every time multiplied by `f`.
 json scaled_decode(double f) {
-  json d = load(kSource / "tests/fixtures/bench/decode_h100.json");
+  json d = load_json(kSource / "tests/fixtures/bench/decode_h100.json");
   for (auto& r : d["results"]) r["step_us"] = r["step_us"].get<double>() * f;
   return d;
 }
 json scaled_attention(double f) {
-  json a = load(kSource / "tests/fixtures/bench/attention_h100.json");
+  json a = load_json(kSource / "tests/fixtures/bench/attention_h100.json");
   for (auto& s : a["shapes"]) {
     s["flat_us"] = s["flat_us"].get<double>() * f;
     s["cascade_us"] = s["cascade_us"].get<double>() * f;
@@ -59,13 +58,13 @@ TEST(AbCompare, RangesAndRatiosOfTheMedians) {
                          a_old + " " + a3);
   ASSERT_EQ(r.status, 0) << r.out;
   // Batch 64 with graphs: 2935.0 us in the fixture.
-  EXPECT_TRUE(has(r.out, "| 512 | 64 | 2348.0-2641.5 | 2935.0-3228.5 | 0.810 |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| 512 | 64 | 2348.0-2641.5 | 2935.0-3228.5 | 0.810 |")) << r.out;
   // 4096/128/64: flat 267.55, cascade 60.93 us.
-  EXPECT_TRUE(has(r.out, "| 4096/128/64 | flat | 214.0-240.8 | 267.6-294.3 | 0.810 |")) << r.out;
-  EXPECT_TRUE(has(r.out, "| 4096/128/64 | cascade | 48.7-54.8 | 60.9-67.0 | 0.810 |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| 4096/128/64 | flat | 214.0-240.8 | 267.6-294.3 | 0.810 |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| 4096/128/64 | cascade | 48.7-54.8 | 60.9-67.0 | 0.810 |")) << r.out;
   // The eager rows (batch 64 eager: 3196.9 us) are not compared.
-  EXPECT_FALSE(has(r.out, "3196.9")) << r.out;
-  EXPECT_FALSE(has(r.out, "WARNING")) << r.out;
+  EXPECT_FALSE(contains(r.out, "3196.9")) << r.out;
+  EXPECT_FALSE(contains(r.out, "WARNING")) << r.out;
 }
 
 TEST(AbCompare, WarnsAcrossDevicesAndRefusesBadInput) {
@@ -76,8 +75,8 @@ TEST(AbCompare, WarnsAcrossDevicesAndRefusesBadInput) {
   const std::string d = (kSource / "tests/fixtures/bench/decode_h100.json").string();
   const auto r = compare("--new " + o + " --old " + d);
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_TRUE(has(r.out, "WARNING: the runs come from different devices")) << r.out;
-  EXPECT_TRUE(has(r.out, "| 512 | 64 | 2935.0 | 2935.0 | 1.000 |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "WARNING: the runs come from different devices")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| 512 | 64 | 2935.0 | 2935.0 | 1.000 |")) << r.out;
   EXPECT_EQ(compare("--new " + d).status, 2);                          // no old side
   EXPECT_EQ(compare("--new " + d + " --old /nonexistent.json").status, 2);
   const std::string bogus = write_temp(json{{"device", "x"}}, "bogus.json");

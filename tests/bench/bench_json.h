@@ -1,4 +1,5 @@
-// Helpers of the tests of bench/*.py: JSON fixtures in and out, and a skip without python3.
+// Helpers of the tests of bench/*.py: JSON fixtures in and out, output lookups, and a skip without
+// python3.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -25,6 +26,9 @@ inline std::filesystem::path write_temp_json(const nlohmann::json& j, const std:
   std::ofstream(p) << j.dump();
   return p;
 }
+
+// Whether a script's output holds `text` (a table row, a warning).
+inline bool contains(const std::string& out, const std::string& text) { return out.find(text) != std::string::npos; }
 
 }  // namespace cascade::test
 

@@ -15,6 +15,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using cascade::test::contains;
+using cascade::test::load_json;
 
 const fs::path kSource = CASCADE_SOURCE_DIR;
 
@@ -26,13 +28,10 @@ Report run(const fs::path& decode, const fs::path& attention, bool strict) {
                                     " 2>&1");
 }
 
-json load(const fs::path& p) { return cascade::test::load_json(p); }
 
 fs::path write_temp(const json& j, const std::string& name) {
   return cascade::test::write_temp_json(j, "cascade_targets", name);
 }
-
-bool has_line(const std::string& out, const std::string& line) { return out.find(line) != std::string::npos; }
 
 TEST(CudaTargets, JudgesTheH100Run) {
   CASCADE_REQUIRE_PYTHON();
@@ -40,22 +39,22 @@ TEST(CudaTargets, JudgesTheH100Run) {
   const fs::path a = kSource / "tests/fixtures/bench/attention_h100.json";
   const Report r = run(d, a, false);
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_TRUE(has_line(r.out, "| 1 | 1184.2 | 418.9 | 2.83 | 844 |")) << r.out;
-  EXPECT_TRUE(has_line(r.out, "| 16384/128/256 | 3952.4 | 307.4 | 67.8 | 4.53 | 0.08 |")) << r.out;
-  EXPECT_TRUE(has_line(r.out, "| decode within 1.5x of the floor at batch >= 64 | NOT MET | worst 1.77x at batch 64 |"))
+  EXPECT_TRUE(contains(r.out, "| 1 | 1184.2 | 418.9 | 2.83 | 844 |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| 16384/128/256 | 3952.4 | 307.4 | 67.8 | 4.53 | 0.08 |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| decode within 1.5x of the floor at batch >= 64 | NOT MET | worst 1.77x at batch 64 |"))
       << r.out;
-  EXPECT_TRUE(has_line(r.out, "| >= 1000 tokens/s at batch 1 | NOT MET | 844 tokens/s |")) << r.out;
-  EXPECT_TRUE(has_line(r.out, "| cascade within 1.25x of the shared-read floor | NOT MET | worst 4.53x at 16384/128/256 |"))
+  EXPECT_TRUE(contains(r.out, "| >= 1000 tokens/s at batch 1 | NOT MET | 844 tokens/s |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| cascade within 1.25x of the shared-read floor | NOT MET | worst 4.53x at 16384/128/256 |"))
       << r.out;
-  EXPECT_TRUE(has_line(r.out, "| cascade at most 5% slower than flat with nothing shared | met | worst 1.01x at 0/128/64 |"))
+  EXPECT_TRUE(contains(r.out, "| cascade at most 5% slower than flat with nothing shared | met | worst 1.01x at 0/128/64 |"))
       << r.out;
   EXPECT_EQ(run(d, a, true).status, 1);
 }
 
 TEST(CudaTargets, StrictPassesOnlyWhenEveryTargetIsMet) {
   CASCADE_REQUIRE_PYTHON();
-  json d = load(kSource / "tests/fixtures/bench/decode_h100.json");
-  json a = load(kSource / "tests/fixtures/bench/attention_h100.json");
+  json d = load_json(kSource / "tests/fixtures/bench/decode_h100.json");
+  json a = load_json(kSource / "tests/fixtures/bench/attention_h100.json");
   for (auto& r : d["results"]) {
     if (r["batch"].get<int>() >= 64) r["step_over_floor"] = 1.45;
     if (r["batch"].get<int>() == 1) r["tokens_per_s"] = 1200;
@@ -74,19 +73,19 @@ TEST(CudaTargets, StrictPassesOnlyWhenEveryTargetIsMet) {
   const fs::path dp = write_temp(d, "decode.json"), ap = write_temp(a, "attention.json");
   Report r = run(dp, ap, true);
   EXPECT_EQ(r.status, 0) << r.out;
-  EXPECT_FALSE(has_line(r.out, "NOT MET")) << r.out;
+  EXPECT_FALSE(contains(r.out, "NOT MET")) << r.out;
   // One shape 1% over the flat-decode allowance, or failed output checks, and --strict fails.
   a["shapes"][0]["cascade_over_flat"] = 1.06;
   write_temp(a, "attention.json");
   r = run(dp, ap, true);
   EXPECT_EQ(r.status, 1) << r.out;
-  EXPECT_TRUE(has_line(r.out, "with nothing shared | NOT MET | worst 1.06x at 0/128/64 |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "with nothing shared | NOT MET | worst 1.06x at 0/128/64 |")) << r.out;
   a["shapes"][0]["cascade_over_flat"] = 1.0;
   a["checks_passed"] = false;
   write_temp(a, "attention.json");
   r = run(dp, ap, true);
   EXPECT_EQ(r.status, 1) << r.out;
-  EXPECT_TRUE(has_line(r.out, "output checks FAILED")) << r.out;
+  EXPECT_TRUE(contains(r.out, "output checks FAILED")) << r.out;
   fs::remove(dp);
   fs::remove(ap);
 }
