@@ -3,7 +3,7 @@
 // A plan handle owns the packed plan on the device (cuda::pack_plan, uploaded once) and the fp32
 // state slices. cascade_attn_run then does exactly what CudaRunner::forward does per layer: one
 // launch_attention_level per level, then launch_merge_states into the bf16 output (or, for a
-// lone one-split level, LevelPack::direct_out, the level writes the output itself). The KV pools
+// lone one-warp level, LevelPack::direct_out, the level writes the output itself). The KV pools
 // are one layer's K and V in the src/cache/kv_layout.h layout, [num_pages, page_size, kv_heads,
 // head_dim], which is also FlashInfer's paged "NHD" layout, so both libraries can read the same
 // buffers. Errors are returned as codes; cascade_attn_last_error() says what went wrong.
@@ -37,7 +37,7 @@ int fail_cuda(const char* what, cudaError_t e) {
 
 struct PlanHandle {
   cascade::cuda::PlanPack pack;
-  bool direct_out = false;  // resolve_direct_out: a lone one-split level writes out itself
+  bool direct_out = false;  // resolve_direct_out: a lone one-warp level writes out itself
   std::int32_t* d_plan = nullptr;
   float* d_o = nullptr;
   float* d_lse = nullptr;
@@ -152,16 +152,17 @@ int cascade_attn_plan_info(void* handle, int* num_levels, int* num_slices, int* 
 
 // Runs every level and the merge on `stream` (a cudaStream_t; 0 = legacy default stream); levels
 // after the first run beside it on the plan's side stream (LevelFork), joined before the merge. A
-// lone one-split level writes out itself instead (LevelPack::direct_out; out 4-byte aligned).
+// lone one-warp level writes out itself instead (LevelPack::direct_out; out 8-byte aligned).
 // q: bf16 [rows, num_heads, head_dim]; k, v: bf16 pools [pages, page_size, kv_heads, head_dim];
 // out: bf16 [rows, num_heads * head_dim]. Asynchronous; returns the first launch error.
 int cascade_attn_run(void* handle, const void* q, const void* k, const void* v, void* out, void* stream) {
   auto* h = static_cast<PlanHandle*>(handle);
   if (h == nullptr) return fail("cascade_attn_run: null handle");
   auto s = static_cast<cudaStream_t>(stream);
-  // A lone one-split level writes its rows into out itself (no merge kernel), as in the engine,
-  // where out is 4-byte aligned (pointers come from Python; the merge takes any alignment).
-  const bool direct_out = h->direct_out && reinterpret_cast<std::uintptr_t>(out) % 4 == 0;
+  // A lone one-warp level writes its rows into out itself (no merge kernel), as in the engine,
+  // where out is 8-byte aligned (pointers come from Python; the merge takes any alignment; the
+  // launcher wants 4 bytes for one split, 8 for head_dim 128 merged in the CTA).
+  const bool direct_out = h->direct_out && reinterpret_cast<std::uintptr_t>(out) % 8 == 0;
   if (const cudaError_t e = h->fork.begin(cascade::cuda::busy_levels(h->pack.levels), s); e != cudaSuccess) {
     return fail_cuda("cascade_attn_run: fork", e);
   }

@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
       CK(cudaMalloc(&op.d_plan, op.pack.data.size() * 4));
       CK(cudaMemcpy(op.d_plan, op.pack.data.data(), op.pack.data.size() * 4, cudaMemcpyHostToDevice));
       const int slices = std::max(1, op.pack.num_slices);
-      // A lone one-split level writes its rows itself (no states, fill or merge), as in the engine.
+      // A lone one-warp level writes its rows itself (no states, fill or merge), as in the engine.
       const bool direct_out = cascade::cuda::resolve_direct_out(&op.pack);
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
       if (!direct_out) {

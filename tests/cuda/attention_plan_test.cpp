@@ -66,8 +66,9 @@ std::vector<std::int32_t> slice(const PlanPack& pk, int offset, std::size_t n) {
 }
 
 // read_ahead: packed with written slots.
-void check_pack(const CascadePlan& plan, const PlanPack& pk, int gqa, int num_sms, int max_slices,
+void check_pack(const CascadePlan& plan, const PlanPack& pk, int heads, int kv_heads, int num_sms, int max_slices,
                 bool read_ahead = false) {
+  const int gqa = heads / kv_heads;
   EXPECT_EQ(slice(pk, pk.row_order, plan.row_order.size()), plan.row_order);
   EXPECT_EQ(slice(pk, pk.q_pos, plan.q_pos.size()), plan.q_pos);
   ASSERT_EQ(pk.levels.size(), plan.levels.size());
@@ -117,11 +118,19 @@ void check_pack(const CascadePlan& plan, const PlanPack& pk, int gqa, int num_sm
     const int keys_per_cta = std::min(lp.tokens_per_split, max_len);
     EXPECT_EQ(lp.short_tiles, lp.warps == 1 && !read_ahead && max_len > 0 && keys_per_cta <= kShortTileMaxTokens)
         << "level " << l << ": " << keys_per_cta << " keys per CTA";
-    // Direct output only for a lone one-warp level of one split.
+    // Direct output only for a lone one-warp level of one split, or of short-tile splits that
+    // the warps of at least one CTA per SM run and merge.
     if (lp.direct_out) {
       EXPECT_EQ(busy_levels(pk.levels), 1);
       EXPECT_EQ(lp.warps, 1);
-      EXPECT_EQ(lp.num_splits, 1);
+      if (lp.num_splits > 1) {
+        EXPECT_TRUE(lp.short_tiles);
+        EXPECT_LE(lp.num_splits, kMaxCtaSplits);
+        EXPECT_GE(lp.num_items * kv_heads, num_sms);
+        const long long ctas = static_cast<long long>(lp.num_items) * kv_heads, per_sm = 12 / lp.num_splits;
+        EXPECT_LE((ctas + per_sm * num_sms - 1) / (per_sm * num_sms),
+                  (ctas * lp.num_splits + 12LL * num_sms - 1) / (12LL * num_sms));
+      }
     }
     EXPECT_EQ(lp.slice_base, slices);
     slices += lp.num_splits;
@@ -143,7 +152,7 @@ TEST(CudaPlanPack, RandomPlansPackFaithfully) {
         PlanPack pk;
         const char* why = "";
         ASSERT_TRUE(pack_plan(plan, heads, kv_heads, num_sms, max_slices, &pk, &why)) << why;
-        check_pack(plan, pk, heads / kv_heads, num_sms, max_slices);
+        check_pack(plan, pk, heads, kv_heads, num_sms, max_slices);
         if (num_sms == 0) {
           for (const LevelPack& lp : pk.levels) EXPECT_EQ(lp.num_splits, 1);
         }
@@ -217,7 +226,7 @@ TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
     const char* why = "";
     const int num_sms = 132, kv_heads = 8;
     ASSERT_TRUE(pack_plan(plan, 16, kv_heads, num_sms, 64, &pk, &why)) << why;
-    check_pack(plan, pk, 2, num_sms, 64);
+    check_pack(plan, pk, 16, kv_heads, num_sms, 64);
     const int ctas = seqs * kv_heads;
     if (ctas >= 12 * num_sms) {
       EXPECT_EQ(pk.levels[0].num_splits, 1) << seqs << " sequences";
@@ -259,21 +268,35 @@ TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {
 }
 
 // A level may write the output rows itself (direct_out: no states, fill or merge kernel) only
-// where it is the plan's one level with work, runs one-warp CTAs, has one split (each row one
-// state) and covers every row with keys.
-TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevelOfOneSplit) {
+// where it is the plan's one level with work, runs one-warp CTAs, covers every row with keys and
+// has one split (each row one state) or 2..kMaxCtaSplits short-tile splits (<= 192 keys each)
+// over at least one CTA per SM and no more waves (12 / splits CTAs per SM) than the one-warp CTAs
+// would take (12 per SM), which the CTA's warps run and merge.
+TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevel) {
   struct Case {
     int seqs, tokens, want_splits;
     bool want;
   };
-  // 64 x 513: 3 splits; 1 x 512: 8 splits of 64; 200 x 513 (1600 CTAs fill the chip): 1.
-  for (const Case c : {Case{64, 513, 3, false}, Case{1, 512, 8, false}, Case{200, 513, 1, true}}) {
+  for (const Case c : {
+           Case{64, 513, 3, true},     // 512 CTAs of 3 splits of 192 keys: merged in the CTA
+           Case{17, 200, 4, true},     // 136 CTAs (>= 132 SMs), 4 splits of 64
+           Case{16, 200, 4, false},    // 128 CTAs: fewer than the SMs
+           Case{17, 512, 8, false},    // 136 CTAs of 8 splits: one fits per SM, two waves
+           Case{20, 300, 5, true},     // 160 CTAs of 5 splits: two per SM, one wave
+           Case{36, 513, 5, false},    // 288 CTAs of 5 splits: two waves, 1440 one-warp CTAs one
+           Case{96, 513, 3, true},     // 768 CTAs of 3 splits: two waves, as 2304 one-warp CTAs
+           Case{1, 512, 8, false},     // 8 CTAs of 8 splits of 64
+           Case{100, 1024, 2, false},  // 2 splits of 512 keys: not short tiles
+           Case{200, 513, 1, true},    // 1600 CTAs fill the chip: one split
+       }) {
     const CascadePlan plan = flat_plan(c.seqs, c.tokens);
     PlanPack pk;
     const char* why = "";
     ASSERT_TRUE(pack_plan(plan, 16, 8, 132, 64, &pk, &why)) << why;
     EXPECT_EQ(pk.levels[0].num_splits, c.want_splits) << c.seqs << " x " << c.tokens;
     EXPECT_EQ(pk.levels[0].direct_out, c.want) << c.seqs << " x " << c.tokens;
+    EXPECT_TRUE(!pk.levels[0].direct_out || pk.levels[0].num_splits == 1 ||
+                (pk.levels[0].short_tiles && pk.levels[0].num_splits <= kMaxCtaSplits));
   }
   const char* why = "";
   // Without SMs to fill, a lone one-warp level is not split: direct, and resolve_direct_out

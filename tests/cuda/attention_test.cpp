@@ -99,6 +99,9 @@ struct RunOptions {
   bool* wrote_directly = nullptr;
 };
 
+// Runs of a level of several splits that merged them in its CTAs (direct_out with splits > 1).
+int cta_merges = 0;
+
 // Runs every level on the GPU and merges; returns the merged fp32 output [rows, heads, head_dim].
 std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const std::vector<float>& q,
                                  const std::vector<float>& kpool, const std::vector<float>& vpool,
@@ -151,9 +154,11 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     p.warps = lp.warps;
     p.no_wgmma = opt.no_wgmma;
     p.short_tiles = opt.short_tiles < 0 ? lp.short_tiles : lp.warps == 1 && opt.short_tiles == 1;
-    if (opt.direct_out && lp.direct_out) {
+    // A level of several splits writes directly only as the CTA merge (short tiles, not read ahead).
+    if (opt.direct_out && lp.direct_out && (lp.num_splits == 1 || (p.short_tiles && !p.read_ahead))) {
       p.direct_out = outb.get();
       direct = true;
+      cta_merges += lp.num_splits > 1 ? 1 : 0;
     }
     if (opt.rope != nullptr && lp.warps == 1 && !p.read_ahead) {
       p.rope = *opt.rope;
@@ -303,21 +308,25 @@ struct Fixture {
     }
     return check_direct_out(plan, q, ref, what);
   }
-  // A lone one-warp level of one split (LevelPack::direct_out) writes its rows itself: the bf16
-  // rows the states + merge kernel write, bit for bit, in every one-warp form (16- and 32-token
-  // tiles, read ahead), and within tolerance of float64. Returns how many runs wrote directly.
+  // A lone one-warp level (LevelPack::direct_out) writes its rows itself: the bf16 rows the
+  // states + merge kernel write, bit for bit, and within tolerance of float64; of one split in
+  // every one-warp form (16- and 32-token tiles, read ahead), of several (8 SMs to fill: splits
+  // merged in the CTA) in the 16-token form. Returns how many runs wrote directly.
   int check_direct_out(const CascadePlan& plan, const std::vector<float>& q, const std::vector<double>& ref,
                        const char* what) {
     int direct = 0;
     const std::vector<std::int32_t> none;
-    for (const int sms : {0, 132}) {
+    for (const int sms : {0, 8, 132}) {
       PlanPack pack;
       const char* why = "";
       if (!pack_plan(plan, m.heads, m.kv_heads, sms, 64, &pack, &why) ||
           std::none_of(pack.levels.begin(), pack.levels.end(), [](const LevelPack& lp) { return lp.direct_out; })) {
         continue;  // not a lone one-warp level of one split here
       }
+      const bool split = std::any_of(pack.levels.begin(), pack.levels.end(),
+                                     [](const LevelPack& lp) { return lp.direct_out && lp.num_splits > 1; });
       for (int form = 0; form < 3; ++form) {
+        if (split && form != 1) continue;
         RunOptions base;
         if (form < 2) base.short_tiles = form;
         if (form == 2) base.written = &none;
@@ -332,8 +341,11 @@ struct Fixture {
         const auto out = gpu_attention(m, plan, q, kpool, vpool, sms, b);
         EXPECT_TRUE(wrote) << what << ": the pack marks a level direct_out, the run did not write directly";
         ++direct;
-        EXPECT_EQ(bits(got), bits(want)) << what << " (direct output, form " << form << ", sms " << sms
-                                         << ") H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
+        // (Merged in the CTA: the warp merge kernel's bits; the block kernel, an A/B switch, sums otherwise.)
+        if (!split || !ab_switch_on("CASCADE_MERGE_BLOCK_PER_HEAD")) {
+          EXPECT_EQ(bits(got), bits(want)) << what << " (direct output, form " << form << ", sms " << sms
+                                           << ") H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
+        }
         EXPECT_LT(rel_error(out, ref), 1e-2) << what << " (direct output, form " << form << ")";
       }
     }
@@ -374,6 +386,7 @@ TEST(CudaAttention, LongSharedPrefixAtLargePositions) {
 
 TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {
   SKIP_WITHOUT_GPU();
+  const int merges_before = cta_merges;
   for (const Model& model : kModels) {
     Fixture f(model, 11);
     PageAlloc alloc(model.num_pages, f.rng);
@@ -391,6 +404,7 @@ TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {
     // Without SMs to fill (sms 0) the lone level has one split and writes its rows directly.
     EXPECT_GT(f.check(plan, "flat decode"), 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
   }
+  EXPECT_GT(cta_merges, merges_before) << "no flat decode level merged its splits in the CTA";
 }
 
 // A flat decode level that takes q/k RMSNorm, RoPE and the K/V writes in (LevelPack::qk_rope)
@@ -452,7 +466,7 @@ TEST(CudaAttention, FlatDecodeFormsQkRopeItself) {
       const std::vector<float> qnan(q.size(), NAN);
       const QkNormRopeParams rope = qp;  // the same inputs; gpu_attention points it at its pools
       const auto kbits = bits(to_bf16(kpool)), vbits = bits(to_bf16(vpool));
-      for (const int sms : {0, 132}) {
+      for (const int sms : {0, 8, 132}) {  // 8: several splits merged in the CTA where short
         PlanPack pack;
         const char* why = "";
         ASSERT_TRUE(pack_plan(plan, H, KVH, sms, 64, &pack, &why)) << why;
@@ -540,7 +554,11 @@ TEST(CudaAttention, FewRowsPerGroupInOneWarpLevel) {
       for (int i = 0; i < news[g]; ++i) plan.q_pos[rows[i]] = prefixes[g] + i;
       add_group(plan.levels[0], plan.row_order, rows, {prefixes[g], news[g]}, 0, alloc, model.page_size);
     }
+    // 5 groups of at most 216 keys: with 8 SMs to fill, short splits merged in the CTA (a warp
+    // per split), up to 16 stacked rows per CTA.
+    const int merges_before = cta_merges;
     EXPECT_GT(f.check(plan, "few rows per group"), 0) << "H=" << model.heads << " KVH=" << model.kv_heads;
+    EXPECT_GT(cta_merges, merges_before) << "H=" << model.heads << " KVH=" << model.kv_heads;
   }
 }
 

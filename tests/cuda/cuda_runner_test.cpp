@@ -147,6 +147,40 @@ StepBatch flat_step(const std::vector<Seq>& seqs, const std::vector<int>& from, 
   return b;
 }
 
+// Sequences s of start[s] + steps + 1 random tokens, sequence s in pages s * pages_each onwards.
+std::vector<Seq> random_seqs(const std::vector<int>& start, int steps, int page_size, int pages_each, int vocab,
+                             std::mt19937_64& rng) {
+  std::vector<Seq> seqs(start.size());
+  for (std::size_t s = 0; s < start.size(); ++s) {
+    for (int t = 0; t < start[s] + steps + 1; ++t) seqs[s].tokens.push_back(static_cast<int>(rng() % vocab));
+    for (int p = 0; p * page_size < start[s] + steps + 1; ++p) seqs[s].pages.push_back(static_cast<int>(s) * pages_each + p);
+  }
+  return seqs;
+}
+
+// The logits of a decode step over the first nb sequences (each's last row) against the CPU
+// forward of its first len[s] tokens.
+void expect_logits_match_cpu(const ModelConfig& c, const Qwen3Weights& w, const std::vector<float>& logits,
+                             const std::vector<Seq>& seqs, const std::vector<int>& len, int nb,
+                             const std::string& what) {
+  for (int s = 0; s < nb; ++s) {
+    std::vector<int> toks(seqs[s].tokens.begin(), seqs[s].tokens.begin() + len[s]);
+    const auto ref = cpu_forward(c, w, toks);
+    std::vector<float> got(logits.begin() + s * c.vocab_size, logits.begin() + (s + 1) * c.vocab_size);
+    std::vector<float> want(ref.end() - c.vocab_size, ref.end());
+    EXPECT_LT(rel_error(got, want), 3e-2) << "seq " << s << what;
+  }
+}
+
+// One decode row for each of the first nb sequences, at position len[s].
+StepBatch decode_step(const std::vector<Seq>& seqs, const std::vector<int>& len, int nb, int page_size,
+                      CascadePlan& plan) {
+  std::vector<Seq> sub(seqs.begin(), seqs.begin() + nb);
+  std::vector<int> from(len.begin(), len.begin() + nb), to(from);
+  for (int& t : to) ++t;
+  return flat_step(sub, from, to, page_size, plan);
+}
+
 TEST(CudaRunner, LogitsMatchCpuForwardOverPrefillAndDecode) {
   SKIP_WITHOUT_GPU();
   for (int head_dim : {64, 128}) {
@@ -243,6 +277,133 @@ TEST(CudaRunner, AutoDeviceFallsBackToTheCpuForUnsupportedModels) {
 namespace cascade::cuda::test {
 namespace {
 
+// Four runners of one model (small_config(head_dim), bf16-rounded random weights), with plans
+// split for 2 SMs: `graph` as built (CUDA graphs), `eager` (the same padded launches without
+// graphs), `unpadded` (the unbucketed eager path) and `kernel` (every level on states + the merge
+// kernel: CudaRunnerOptions::direct_out false); and eight sequences of 60-226 tokens (plus
+// `steps` more) in pages of 16, prefilled in all four. A step runs in all four; the logits of
+// graph must equal eager's and kernel's bit for bit (kernel's within bf16 rounding where
+// CASCADE_MERGE_BLOCK_PER_HEAD=1 makes the merge kernel sum otherwise) and unpadded's within bf16
+// rounding.
+struct MergeAbRunners {
+  static constexpr int kPageSize = 16;
+  ModelConfig c;
+  Qwen3Weights w;
+  std::unique_ptr<ModelRunner> graph, eager, unpadded, kernel;
+  std::vector<int> len = {60, 130, 75, 200, 90, 226, 64, 150};
+  std::vector<Seq> seqs;
+  CascadePlan plan;
+  MergeAbRunners(int head_dim, std::uint64_t weight_seed, std::uint64_t seq_seed, int steps)
+      : c(small_config(head_dim, true)), w(random_qwen3_weights(c, weight_seed)) {
+    round_all(w);
+    const int num_pages = 256;
+    CudaRunnerOptions o;
+    o.num_sms = 2;
+    graph = make_cuda_runner(c, w, num_pages, kPageSize, o);
+    CudaRunnerOptions e = o, u = o, k = o;
+    e.cuda_graphs = false;
+    u.max_graph_rows = 0;
+    k.direct_out = false;
+    eager = make_cuda_runner(c, w, num_pages, kPageSize, e);
+    unpadded = make_cuda_runner(c, w, num_pages, kPageSize, u);
+    kernel = make_cuda_runner(c, w, num_pages, kPageSize, k);
+    std::mt19937_64 rng(seq_seed);
+    seqs = random_seqs(len, steps, kPageSize, 20, c.vocab_size, rng);
+    forward(flat_step(seqs, std::vector<int>(seqs.size(), 0), len, kPageSize, plan));
+  }
+  // The plan of a decode step over the first nb sequences (in `plan`).
+  StepBatch decode(int nb) { return decode_step(seqs, len, nb, kPageSize, plan); }
+  // After a step over the first nb sequences.
+  void advance(int nb) {
+    for (int s = 0; s < nb; ++s) ++len[s];
+  }
+  // The last step's logits against the CPU forward.
+  void expect_last_matches_cpu(int nb) {
+    expect_logits_match_cpu(c, w, graph->copy_logits(), seqs, len, nb, " (head_dim " + std::to_string(c.head_dim) + ")");
+  }
+  void forward(const StepBatch& b) {
+    for (auto* r : {graph.get(), eager.get(), unpadded.get(), kernel.get()}) r->forward(b);
+  }
+  // forward(b), then the comparisons; `what` names the step in failures.
+  void step(const StepBatch& b, int vocab, const std::string& what) {
+    forward(b);
+    const auto lg = graph->copy_logits(), le = eager->copy_logits(), lu = unpadded->copy_logits(),
+               lk = kernel->copy_logits();
+    ASSERT_EQ(lg.size(), b.logit_rows.size() * static_cast<std::size_t>(vocab)) << what;
+    ASSERT_EQ(std::memcmp(lg.data(), le.data(), lg.size() * 4), 0) << "graph != padded eager, " << what;
+    if (!ab_switch_on("CASCADE_MERGE_BLOCK_PER_HEAD")) {
+      ASSERT_EQ(std::memcmp(lg.data(), lk.data(), lg.size() * 4), 0) << "!= states + merge kernel, " << what;
+    } else {
+      EXPECT_LT(rel_error(lg, lk), 1e-2) << what;
+    }
+    EXPECT_LT(rel_error(lg, lu), 1e-2) << "unpadded eager, " << what;
+  }
+};
+
+// Split decode levels merged in their CTAs (LevelPack::direct_out of several splits): with plans
+// split for 2 SMs, batches of 3-8 over 60-250 keys take 2-3 short splits, which the warps of
+// one CTA per (sequence, KV head) run and merge; batches of 2 (read ahead, 32-token tiles) keep
+// states and the merge kernel, so graphs switch between the two (one graph per split count).
+// MergeAbRunners compares, and the last step's logits match the CPU forward.
+TEST(CudaRunner, SplitDecodeMergedInTheCtaMatchesTheMergeKernel) {
+  SKIP_WITHOUT_GPU();
+  for (const int head_dim : {64, 128}) {
+    const int steps = 24;
+    MergeAbRunners r(head_dim, 91 + head_dim, 31 + head_dim, steps);
+    const ModelConfig& c = r.c;
+    const int sizes[] = {3, 8, 5, 2, 7, 6};
+    int last_nb = 0, merged_steps = 0;
+    for (int i = 0; i < steps; ++i) {
+      const int nb = sizes[i % 6];
+      StepBatch step = r.decode(nb);
+      cuda::PlanPack pack;
+      const char* why = "";
+      // Packed as the runner packs it (written slots where it may read ahead: batches of 1-2).
+      ASSERT_TRUE(cuda::pack_plan(r.plan, c.num_attention_heads, c.num_key_value_heads, 2, 64, &pack, &why,
+                                  nb <= kGemvMaxM ? &step.slot_mapping : nullptr, MergeAbRunners::kPageSize))
+          << why;
+      const bool split_direct = pack.levels[0].direct_out && pack.levels[0].num_splits > 1;
+      merged_steps += split_direct ? 1 : 0;
+      EXPECT_EQ(split_direct, nb > 2) << "step " << i << ": batch " << nb;
+      r.step(step, c.vocab_size, "step " + std::to_string(i) + " (head_dim " + std::to_string(head_dim) + ")");
+      if (HasFatalFailure()) return;
+      r.advance(nb);
+      last_nb = nb;
+    }
+    r.expect_last_matches_cpu(last_nb);
+    // Batches of 3-8 merged in the CTA unless CASCADE_ATTENTION_MERGE_KERNEL=1, never in the
+    // runner told to keep the merge kernel.
+    const CudaGraphStats sg = cuda_graph_stats(*r.graph);
+    EXPECT_EQ(merged_steps, steps / 6 * 5);
+    EXPECT_EQ(sg.direct_out, attention_direct_out_enabled() ? merged_steps : 0);
+    EXPECT_EQ(cuda_graph_stats(*r.eager).direct_out, sg.direct_out);
+    EXPECT_EQ(cuda_graph_stats(*r.unpadded).direct_out, sg.direct_out);
+    EXPECT_EQ(cuda_graph_stats(*r.kernel).direct_out, 0);
+    EXPECT_EQ(sg.replays, steps);
+  }
+}
+
+// Each sequence's first page as one level and the rest of its keys as a second (a two-level
+// plan, rebuilt from the flat plan of decode_step).
+void split_first_page(CascadePlan& plan, int nb, int page_size) {
+  const CascadeLevel all = plan.levels[0];
+  CascadeLevel l0, l1;
+  l0.q_indptr = l1.q_indptr = all.q_indptr;
+  l0.page_indptr = l1.page_indptr = {0};
+  for (int s = 0; s < nb; ++s) {
+    for (int k = all.page_indptr[s]; k < all.page_indptr[s + 1]; ++k) {
+      CascadeLevel& dst = k == all.page_indptr[s] ? l0 : l1;
+      dst.page_ids.push_back(all.page_ids[k]);
+      dst.page_lens.push_back(all.page_lens[k]);
+    }
+    l0.page_indptr.push_back(static_cast<int>(l0.page_ids.size()));
+    l1.page_indptr.push_back(static_cast<int>(l1.page_ids.size()));
+    l0.kv_start_pos.push_back(0);
+    l1.kv_start_pos.push_back(page_size);
+  }
+  plan.levels = {l0, l1};
+}
+
 // Decode steps through the bucketed path: CUDA-graph replays must equal the same padded launches
 // run eagerly bit for bit, match the unpadded eager path within bf16 rounding, and match the CPU
 // forward; batch sizes move between buckets, plans alternate between one and two levels, and small
@@ -269,45 +430,19 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
   auto u = make_cuda_runner(c, w, num_pages, page_size, unpadded);
   auto n = make_cuda_runner(c, w, num_pages, page_size, plain);
   std::mt19937_64 rng(9);
-  const int S = 5, steps = 40;
-  const int start[S] = {10, 17, 33, 5, 40};
-  std::vector<Seq> seqs(S);
-  for (int s = 0; s < S; ++s) {
-    for (int t = 0; t < start[s] + steps + 1; ++t) seqs[s].tokens.push_back(static_cast<int>(rng() % c.vocab_size));
-    for (int p = 0; p * page_size < start[s] + steps + 1; ++p) seqs[s].pages.push_back(s * 80 + p);
-  }
-  std::vector<int> len(start, start + S);
+  const int steps = 40;
+  std::vector<int> len = {10, 17, 33, 5, 40};
+  const std::vector<Seq> seqs = random_seqs(len, steps, page_size, 80, c.vocab_size, rng);
   CascadePlan plan;
-  StepBatch prefill = flat_step(seqs, std::vector<int>(S, 0), len, page_size, plan);
+  StepBatch prefill = flat_step(seqs, std::vector<int>(seqs.size(), 0), len, page_size, plan);
   for (auto* r : {g.get(), e.get(), u.get(), n.get()}) r->forward(prefill);
   const int sizes[] = {3, 4, 1, 5, 2};
   int last_nb = 0, roped_steps = 0;
   for (int i = 0; i < steps; ++i) {
     const int nb = sizes[i % 5];
     if (i % 2 == 0 && nb > kGemvMaxM) ++roped_steps;
-    std::vector<Seq> sub(seqs.begin(), seqs.begin() + nb);
-    std::vector<int> from(len.begin(), len.begin() + nb), to(from);
-    for (int& t : to) ++t;
-    StepBatch step = flat_step(sub, from, to, page_size, plan);
-    if (i % 2 == 1) {
-      // Two levels: each sequence's first page alone, then the rest from position page_size.
-      CascadeLevel all = plan.levels[0];
-      CascadeLevel l0, l1;
-      l0.q_indptr = l1.q_indptr = all.q_indptr;
-      l0.page_indptr = l1.page_indptr = {0};
-      for (int s = 0; s < nb; ++s) {
-        for (int k = all.page_indptr[s]; k < all.page_indptr[s + 1]; ++k) {
-          CascadeLevel& dst = k == all.page_indptr[s] ? l0 : l1;
-          dst.page_ids.push_back(all.page_ids[k]);
-          dst.page_lens.push_back(all.page_lens[k]);
-        }
-        l0.page_indptr.push_back(static_cast<int>(l0.page_ids.size()));
-        l1.page_indptr.push_back(static_cast<int>(l1.page_ids.size()));
-        l0.kv_start_pos.push_back(0);
-        l1.kv_start_pos.push_back(page_size);
-      }
-      plan.levels = {l0, l1};
-    }
+    StepBatch step = decode_step(seqs, len, nb, page_size, plan);
+    if (i % 2 == 1) split_first_page(plan, nb, page_size);  // two levels
     for (auto* r : {g.get(), e.get(), u.get(), n.get()}) r->forward(step);
     const auto lg = g->copy_logits(), le = e->copy_logits(), lu = u->copy_logits(), ln = n->copy_logits();
     ASSERT_EQ(lg.size(), static_cast<std::size_t>(nb) * c.vocab_size);
@@ -321,14 +456,7 @@ TEST(CudaRunner, GraphDecodeMatchesEagerAndCpu) {
     last_nb = nb;
   }
   // The last step's logits against the CPU forward of each sequence.
-  const auto lg = g->copy_logits();
-  for (int s = 0; s < last_nb; ++s) {
-    std::vector<int> toks(seqs[s].tokens.begin(), seqs[s].tokens.begin() + len[s]);
-    const auto ref = cpu_forward(c, w, toks);
-    std::vector<float> got(lg.begin() + s * c.vocab_size, lg.begin() + (s + 1) * c.vocab_size);
-    std::vector<float> want(ref.end() - c.vocab_size, ref.end());
-    EXPECT_LT(rel_error(got, want), 3e-2) << "seq " << s;
-  }
+  expect_logits_match_cpu(c, w, g->copy_logits(), seqs, len, last_nb, "");
   const CudaGraphStats sg = cuda_graph_stats(*g), se = cuda_graph_stats(*e), su = cuda_graph_stats(*u);
   std::printf("  graphs: %ld captures, %ld replays; eager runner: %ld padded steps\n", sg.captures,
               sg.replays, se.padded_eager);
@@ -425,10 +553,7 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
     std::vector<int> len = {20, 27};
     for (int i = 0; i < 6; ++i) {
       const int nb = 1 + i % 2;
-      std::vector<Seq> sub(seqs.begin(), seqs.begin() + nb);
-      std::vector<int> from(len.begin(), len.begin() + nb), to(from);
-      for (int& t : to) ++t;
-      const StepBatch step = flat_step(sub, from, to, page_size, plan);
+      const StepBatch step = decode_step(seqs, len, nb, page_size, plan);
       std::vector<RowSampling> greedy(nb), mixed(nb);
       for (int k = 0; k < nb; ++k) {
         mixed[k].temperature = k == 0 ? 0.8f : 0.0f;

@@ -1,4 +1,5 @@
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_utils.cuh"
@@ -22,6 +23,12 @@ inline constexpr int kTileFor = kWarps == 1 ? (kShort ? 16 : 32) : 64;
 // Stages of K/V tiles in shared memory. (For the wgmma form, 8-warp CTAs of 128 rows with four
 // stages, one CTA per SM, were 3-6% slower at batch 256 than this with three CTAs per SM, v9.)
 constexpr int kTileStages = 2;
+// Shared memory of a CTA (for kCtaMerge, of each of its warps): the stages of K and V tiles and
+// their slots (+ slack to align the tiles to 1024 for kWg).
+template <int kD, int kWarps, bool kWg, bool kShort>
+inline constexpr int kLevelSmem =
+    kTileStages * (2 * kTileFor<kWarps, kShort> * (kWg ? kD : kD + 8) * 2 + kTileFor<kWarps, kShort> * 4) +
+    (kWg ? 1024 : 0);
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -119,7 +126,7 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
         } \
         cursor = next < 0 ? page_end : next; \
       } \
-      __syncthreads(); \
+      tile_sync(); \
       __nv_bfloat16* ks = k_s + stage * kTile * kStride; \
       __nv_bfloat16* vs = v_s + stage * kTile * kStride; \
       /* A thread keeps one 16-byte column chunk and every (kThreads / kChunks)-th row, so its */ \
@@ -131,7 +138,8 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
       constexpr int kRowStep = kThreads / kChunks; \
       static_assert(kTile % kRowStep == 0 && (!kWg || kRowStep % 8 == 0), "rows per pass"); \
       constexpr int kElemStep = kWg ? kRowStep * 64 : kRowStep * kStride; \
-      const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8; \
+      const unsigned team_tid = kCtaMerge ? threadIdx.x & 31u : threadIdx.x; \
+      const int r0 = team_tid / kChunks, col = (team_tid % kChunks) * 8; \
       const int e0 = tile_elem<kD, kTile, kWg>(r0, col); \
       const __nv_bfloat16* kbase = p.k_cache + kvh * kD + col; \
       const __nv_bfloat16* vbase = p.v_cache + kvh * kD + col; \
@@ -237,11 +245,17 @@ __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, uns
 // kWg (four-warp CTAs on sm_90a, attention_wgmma_available()): the same CTA work, with the two
 // products as warpgroup MMAs: S = Q Kᵀ with Q's fragments from registers and K from the swizzled
 // tile, O += P V with P from registers and V read transposed (MN-major) from its tile.
-template <int kD, int kWarps, bool kReadAhead, bool kWg = false, bool kShort = false>
-__global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
+// kCtaMerge (a lone short-tile one-warp level of 2..kMaxCtaSplits splits writing its rows itself,
+// LevelPack::direct_out): the CTA's warps are the splits of one (group, KV head), each the
+// one-warp kernel over its own shared memory with warp-local barriers; at the end they put their
+// states in shared memory and merge them with merge_states_warp_kernel's arithmetic, so the step
+// needs no state slices, fill or merge kernel.
+template <int kD, int kWarps, bool kReadAhead, bool kWg = false, bool kShort = false, bool kCtaMerge = false>
+__global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, kWarps == 4 ? 3 : 1)
     attention_level_kernel(AttentionLevelParams p) {
   static_assert(!kWg || (kWarps == 4 && !kReadAhead), "the wgmma form is a four-warp kernel");
   static_assert(!kShort || (kWarps == 1 && !kReadAhead), "short tiles are a one-warp form");
+  static_assert(!kCtaMerge || kShort, "the CTA merge is a short-tile one-warp form");
   // Shared-memory row (bf16): padded for conflict-free fragment loads, or swizzled (tile_elem).
   constexpr int kStride = kWg ? kD : kD + 8;
   constexpr int kThreads = kWarps * 32;
@@ -255,6 +269,17 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
 #endif
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem_base = smem_raw;
+  // kCtaMerge: warp w is split w, with the w-th slice of shared memory; the tile loader's thread
+  // index and barriers are then the warp's own.
+  [[maybe_unused]] const int split_warp = kCtaMerge ? static_cast<int>(threadIdx.x >> 5) : 0;
+  const auto tile_sync = [] {
+    if constexpr (kCtaMerge) {
+      __syncwarp();
+    } else {
+      __syncthreads();
+    }
+  };
+  if constexpr (kCtaMerge) smem_base += split_warp * kLevelSmem<kD, kWarps, kWg, kShort>;
   if constexpr (kWg) {  // the swizzle pattern follows address bits 4-9: align the tiles to 1024
     const unsigned raw = static_cast<unsigned>(__cvta_generic_to_shared(smem_raw));
     smem_base += ((raw + 1023u) & ~1023u) - raw;
@@ -269,7 +294,8 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   // kernel forms them from) and are read only after it.
   const LevelArrays& L = p.level;
   const int num_items = L.counts[0], num_splits = L.counts[1], per_split = L.counts[2];
-  if (static_cast<int>(blockIdx.x) >= num_items || static_cast<int>(blockIdx.z) >= num_splits) {
+  // (kCtaMerge: warps past num_splits stay, over an empty range, for the CTA's barrier.)
+  if (static_cast<int>(blockIdx.x) >= num_items || (!kCtaMerge && static_cast<int>(blockIdx.z) >= num_splits)) {
     pdl_wait();  // launch.cuh: wait before any early return
     pdl_release();
     return;
@@ -277,7 +303,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   const int group = L.items[2 * blockIdx.x];
   const int m_base = L.items[2 * blockIdx.x + 1];
   const int kvh = blockIdx.y;
-  const int split = blockIdx.z;
+  const int split = kCtaMerge ? split_warp : static_cast<int>(blockIdx.z);
   const int gqa = p.num_heads / p.num_kv_heads;
   const int q_begin = L.q_indptr[group];
   const int m_count = (L.q_indptr[group + 1] - q_begin) * gqa;
@@ -285,7 +311,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   const int kv_start = L.kv_start_pos[group];
   const int page_begin = L.page_indptr[group], page_end = L.page_indptr[group + 1];
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, warp = kCtaMerge ? 0 : static_cast<int>(threadIdx.x >> 5);
   const int g = lane >> 2, tig = lane & 3;
 
   // This thread's two stacked rows (g and g + 8 of its warp's 16).
@@ -445,7 +471,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
       }
       cp_async_commit();
       cp_async_wait<1>();
-      __syncthreads();
+      tile_sync();
     }
 
     const __nv_bfloat16* ks = k_s + stage * kTile * kStride;
@@ -582,7 +608,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
         }
       }
     }
-    if constexpr (!kWg) __syncthreads();  // this stage is refilled by the next iteration's load
+    if constexpr (!kWg) tile_sync();  // this stage is refilled by the next iteration's load
   }
   cp_async_wait<0>();
 
@@ -591,6 +617,53 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   for (int h = 0; h < 2; ++h) {
     l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
     l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  if constexpr (kCtaMerge) {
+    // This warp's state (o / l and its lse, as the state path below writes them) into its own
+    // slice of shared memory, whose tiles are done (every cp.async waited for, the last barrier
+    // passed; the __syncwarp orders the q staging reads of a warp that loaded no tile). Rows
+    // kStatePitch floats apart: each half-warp's float2 stores hit 32 different banks.
+    constexpr int kStatePitch = kD + 8;
+    constexpr int kSlice = kLevelSmem<kD, kWarps, kWg, kShort>;
+    static_assert((16 * kStatePitch + 16) * 4 <= kSlice && kSlice % 16 == 0, "a state fits a warp's slice");
+    float* st_o = reinterpret_cast<float*>(smem_base);  // [16][kStatePitch]
+    float* st_lse = st_o + 16 * kStatePitch;            // [16]
+    __syncwarp();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (!valid[h]) continue;
+      const int lm = g + 8 * h;
+      const bool empty = !(l_run[h] > 0.0f);
+      const float inv = empty ? 0.0f : 1.0f / l_run[h];
+#pragma unroll
+      for (int n = 0; n < kD / 8; ++n) {
+        float2 v;
+        v.x = acc[n][2 * h] * inv;
+        v.y = acc[n][2 * h + 1] * inv;
+        *reinterpret_cast<float2*>(st_o + lm * kStatePitch + n * 8 + tig * 2) = v;
+      }
+      if (tig == 0) st_lse[lm] = empty ? -INFINITY : (m_run[h] + log2f(l_run[h])) * kLn2;
+    }
+    __syncthreads();
+    // Warp w merges rows w, w + W, ... of the CTA's states with merge_states_warp_kernel's merge
+    // (device_utils.cuh's merge_states_warp; states in warp order), so its bits.
+    constexpr int kVec = kD / 32;
+    using Vec = std::conditional_t<kVec == 4, float4, float2>;
+    const int num_warps = static_cast<int>(blockDim.x >> 5);
+    const int m_rows = min(16, m_count - m_base);
+    const auto state = [&](int s) { return reinterpret_cast<const float*>(smem_raw + s * kSlice); };
+    for (int lm = split_warp; lm < m_rows; lm += num_warps) {
+      const int m = m_base + lm;
+      const std::int64_t rh = static_cast<std::int64_t>(p.row_order[q_begin + m / gqa]) * p.num_heads + kvh * gqa + m % gqa;
+      float o[kVec];
+      float mx;
+      const float den = merge_states_warp<kVec>(
+          num_warps, lane, [&](int s) { return state(s)[16 * kStatePitch + lm]; },
+          [&](int s) { return reinterpret_cast<const Vec*>(state(s) + lm * kStatePitch)[lane]; }, o, mx);
+      const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+      store_scaled_bf16<kVec>(p.direct_out + rh * kD + lane * kVec, o, inv);
+    }
+    return;
   }
   const int slice = p.slice_base + split;
   const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.num_heads;
@@ -626,22 +699,23 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 4 ? 3 : 1)
   }
 }
 
-template <int kD, int kWarps, bool kReadAhead = false, bool kWg = false, bool kShort = false>
+template <int kD, int kWarps, bool kReadAhead = false, bool kWg = false, bool kShort = false, bool kCtaMerge = false>
 cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
-  constexpr int kStride = kWg ? kD : kD + 8;
-  constexpr int kTile = kTileFor<kWarps, kShort>;
-  constexpr int kStages = kTileStages;
-  // The stages of K and V tiles and their slots (+ slack to align the tiles to 1024 for kWg).
-  constexpr int kSmem = kStages * (2 * kTile * kStride * 2 + kTile * 4) + (kWg ? 1024 : 0);
+  constexpr int kSmem = kLevelSmem<kD, kWarps, kWg, kShort>;
+  constexpr auto kernel = attention_level_kernel<kD, kWarps, kReadAhead, kWg, kShort, kCtaMerge>;
   static bool configured = false;  // the attribute is per function; set once per process
   if (!configured) {
-    const cudaError_t err = cudaFuncSetAttribute(attention_level_kernel<kD, kWarps, kReadAhead, kWg, kShort>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 kCtaMerge ? kMaxCtaSplits * kSmem : kSmem);
     if (err != cudaSuccess) return err;
     configured = true;
   }
+  if constexpr (kCtaMerge) {  // a CTA per (item, KV head), a warp per split
+    const dim3 grid(p.grid_items, p.num_kv_heads, 1);
+    return launch_pdl<kernel>(grid, dim3(32 * p.grid_splits), p.grid_splits * kSmem, stream, p);
+  }
   const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
-  return launch_pdl<attention_level_kernel<kD, kWarps, kReadAhead, kWg, kShort>>(grid, dim3(kWarps * 32), kSmem, stream, p);
+  return launch_pdl<kernel>(grid, dim3(kWarps * 32), kSmem, stream, p);
 }
 
 }  // namespace
@@ -672,19 +746,24 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
        p.rope.v_cache == nullptr)) {
     return cudaErrorInvalidValue;
   }
+  const bool cta_merge = p.direct_out != nullptr && p.grid_splits > 1;
   if (p.direct_out != nullptr &&
-      (p.warps != 1 || p.grid_splits != 1 || reinterpret_cast<std::uintptr_t>(p.direct_out) % 4 != 0)) {
+      (p.warps != 1 || reinterpret_cast<std::uintptr_t>(p.direct_out) % 4 != 0 ||
+       (cta_merge && (!p.short_tiles || p.read_ahead || p.grid_splits > kMaxCtaSplits ||
+                      reinterpret_cast<std::uintptr_t>(p.direct_out) % (p.head_dim == 128 ? 8 : 4) != 0)))) {
     return cudaErrorInvalidValue;
   }
   const bool wg = p.warps == 4 && !p.no_wgmma && attention_wgmma_available();
   if (p.head_dim == 128) {
     if (p.warps == 4) return wg ? launch_typed<128, 4, false, true>(p, stream) : launch_typed<128, 4>(p, stream);
     if (p.read_ahead) return launch_typed<128, 1, true>(p, stream);
+    if (cta_merge) return launch_typed<128, 1, false, false, true, true>(p, stream);
     return p.short_tiles ? launch_typed<128, 1, false, false, true>(p, stream) : launch_typed<128, 1>(p, stream);
   }
   if (p.head_dim == 64) {
     if (p.warps == 4) return wg ? launch_typed<64, 4, false, true>(p, stream) : launch_typed<64, 4>(p, stream);
     if (p.read_ahead) return launch_typed<64, 1, true>(p, stream);
+    if (cta_merge) return launch_typed<64, 1, false, false, true, true>(p, stream);
     return p.short_tiles ? launch_typed<64, 1, false, false, true>(p, stream) : launch_typed<64, 1>(p, stream);
   }
   return cudaErrorInvalidValue;

@@ -7,7 +7,8 @@
 // products and fp32 accumulation. Decode-like
 // levels (<= 16 stacked rows per group) use one-warp CTAs and split the KV range across CTAs
 // (split-K); the partial states are merged with the other levels' states by merge_states, except
-// where a plan's only level has one split and writes its output rows itself (direct_out).
+// where a plan's only level writes its output rows itself (direct_out): of one split, or of a few
+// short splits that the warps of one CTA run and merge in shared memory.
 // On sm_90a the four-warp CTAs do the same work with warpgroup MMAs (wgmma: Q and P from
 // registers, K and V from 128-byte-swizzled tiles), attention_wgmma_available().
 // One-warp CTAs over at most kShortTileMaxTokens keys stage 16-token tiles instead (short_tiles).
@@ -64,11 +65,15 @@ struct AttentionLevelParams {
   bool no_wgmma = false;
   // One-warp levels (not read ahead): 16-token KV tiles, for CTAs of few keys (LevelPack).
   bool short_tiles = false;
-  // A plan's only level, one-warp, one split (grid_splits 1; LevelPack::direct_out): set, the
-  // level writes its rows straight into direct_out [rows, num_heads * head_dim] as bf16 (the
-  // bits the states + launch_merge_states would give) and writes no states; rows it does not
-  // cover are not written. 4-byte aligned; the launcher refuses it (cudaErrorInvalidValue) for
-  // four-warp levels, more than one split or a misaligned pointer, and cannot check the rest.
+  // A plan's only level, one-warp, of one split or of 2..kMaxCtaSplits short-tile splits
+  // (LevelPack::direct_out): set, the level writes its rows straight into direct_out
+  // [rows, num_heads * head_dim] as bf16 (the bits the states + launch_merge_states would give)
+  // and writes no states; rows it does not cover are not written. With several splits a CTA per
+  // (item, KV head) runs them as its warps and merges them in shared memory (grid_splits is then
+  // the warp count: exact, spare warps cost a CTA's share of an SM). 4-byte aligned (8 for head_dim 128 split);
+  // the launcher refuses it (cudaErrorInvalidValue) for four-warp levels, a misaligned pointer,
+  // or several splits that are not short tiles, are read ahead or number more than
+  // kMaxCtaSplits, and cannot check the rest.
   __nv_bfloat16* direct_out = nullptr;
   // One-warp levels whose groups each hold one row whose q position is the group's last key
   // (decode; LevelPack::qk_rope), not read ahead: set (rope.qkv), the level does
@@ -108,10 +113,13 @@ struct LevelPack {
   // One-warp level whose CTAs cover at most kShortTileMaxTokens keys, packed without written
   // slots (so not read ahead): AttentionLevelParams's short_tiles.
   bool short_tiles = false;
-  // The plan's only level with items, one-warp, one split, every group with keys and every row
-  // in a group: each row has one state, so the level may write the output rows itself
-  // (AttentionLevelParams::direct_out) and the step needs no fill and no merge kernel. pack_plan
-  // marks it whatever the A/B switch; resolve_direct_out applies the switch.
+  // The plan's only level with items, one-warp, every group with keys and every row in a group,
+  // of one split (each row has one state) or of 2..kMaxCtaSplits short-tile splits over at least
+  // one CTA per SM and no more waves than their one-warp CTAs (a CTA's warps then run the splits
+  // and merge them, kCtaMerge in attention.cu):
+  // the level may write the output rows itself (AttentionLevelParams::direct_out) and the step
+  // needs no fill and no merge kernel. pack_plan marks it whatever the A/B switch;
+  // resolve_direct_out applies the switch.
   bool direct_out = false;
   // The plan's only level with items, one-warp, packed without written slots (not read ahead),
   // every group one row (every row in a group) whose q position is the group's last key: a
@@ -125,6 +133,9 @@ struct LevelPack {
   bool qk_rope = false;
 };
 inline constexpr int kShortTileMaxTokens = 192;
+// The most splits a lone direct_out level runs as the warps of one CTA (8 x 17.5 KB of shared
+// memory at head_dim 128).
+inline constexpr int kMaxCtaSplits = 8;
 struct PlanPack {
   std::vector<std::int32_t> data;
   int row_order = 0, q_pos = 0;

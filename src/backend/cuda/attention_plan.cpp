@@ -8,6 +8,9 @@
 namespace cascade::cuda {
 namespace {
 constexpr int kTile = 64;  // split granularity: a multiple of attention.cu's tiles (16, 32 and 64)
+// One-warp CTAs of 16-token tiles resident per SM (17.5 KB of shared memory and 160 registers a
+// thread at head_dim 128): the split target; a merged CTA of s splits fits 12 / s times.
+constexpr int kOneWarpCtasPerSm = 12;
 
 int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) {
   const int off = static_cast<int>(data.size());
@@ -136,7 +139,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     const int ctas = lp.num_items * num_kv_heads;
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
     if (lp.warps == 1) {
-      const int target = 12 * num_sms;
+      const int target = kOneWarpCtasPerSm * num_sms;
       if (num_sms > 0 && ctas > 0 && ctas < target) {
         splits = std::min((target + ctas - 1) / ctas, (max_len + kTile - 1) / kTile);
         splits = std::max(1, std::min(splits, slice_budget));
@@ -175,8 +178,16 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // read-ahead form keeps 32-token tiles), so that the flag names the form that runs.
     lp.short_tiles = lp.warps == 1 && written_slots == nullptr && max_len > 0 &&
                      std::min(per_split, max_len) <= kShortTileMaxTokens;
-    // Provisional: cleared below unless this is the plan's only busy level.
-    lp.direct_out = all_keyed && lp.warps == 1 && splits == 1;
+    // Provisional: cleared below unless this is the plan's only busy level. Several splits merge
+    // inside their CTA where the CTAs (one per item and KV head) fill every SM and take no more
+    // waves than the separate one-warp CTAs: fewer CTAs would put a small batch's whole KV read
+    // on a few SMs, and e.g. 136 CTAs of 8 splits (one fits per SM) would take two waves where
+    // their 1088 one-warp CTAs take one.
+    const auto waves = [&](long long n, long long per_sm) { return (n + per_sm * num_sms - 1) / (per_sm * num_sms); };
+    const bool cta_merge = lp.short_tiles && splits <= kMaxCtaSplits && num_sms > 0 && ctas >= num_sms &&
+                           waves(ctas, kOneWarpCtasPerSm / splits) <=
+                               waves(static_cast<long long>(ctas) * splits, kOneWarpCtasPerSm);
+    lp.direct_out = all_keyed && lp.warps == 1 && (splits == 1 || cta_merge);
     // Not where the caller may read keys ahead (batches of 1-2): their read-ahead form keeps
     // qk_norm_rope, which releases its successor early (v13: taken in, batch 1 was 8% slower).
     lp.qk_rope = all_keyed && lp.warps == 1 && decode_rows && written_slots == nullptr;

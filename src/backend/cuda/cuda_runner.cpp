@@ -110,12 +110,16 @@ class CudaRunner final : public ModelRunner {
     // Only small batches read ahead (enqueue: after the qkv GEMV, 1-2 rows); at batch 256 the
     // search cost ~0.1 ms of host time per step for nothing, so larger ones skip it.
     const bool small = n <= cuda::kGemvMaxM;
-    if (!cuda::pack_plan(plan, config_.num_attention_heads, config_.num_key_value_heads, num_sms_,
+    const int plan_sms = options_.num_sms > 0 ? options_.num_sms : num_sms_;
+    if (!cuda::pack_plan(plan, config_.num_attention_heads, config_.num_key_value_heads, plan_sms,
                          kMaxStateSlices, &pack, &why, small ? &batch.slot_mapping : nullptr,
                          layout_.page_size)) {
       throw_error(ErrorCode::kInvalidArgument, "cuda runner: invalid cascade plan: {}", why);
     }
     const int R = static_cast<int>(batch.logit_rows.size());
+    if (!options_.direct_out) {
+      for (cuda::LevelPack& lp : pack.levels) lp.direct_out = false;
+    }
     if (cuda::resolve_direct_out(&pack)) ++stats_.direct_out;
     // q/k RMSNorm + RoPE inside a lone decode level where that measured faster (qk_rope_pays),
     // or wherever it can (options_.qk_rope, for tests); never with a qkv bias, and only where
@@ -123,7 +127,7 @@ class CudaRunner final : public ModelRunner {
     const bool take_rope =
         !config_.attention_bias &&
         (options_.qk_rope > 0 ||
-         (options_.qk_rope < 0 && cuda::qk_rope_pays(pack, config_.num_key_value_heads, num_sms_))) &&
+         (options_.qk_rope < 0 && cuda::qk_rope_pays(pack, config_.num_key_value_heads, plan_sms))) &&
         cuda::qk_rope_slots_match(plan, pack, batch.slot_mapping, layout_.page_size);
     if (cuda::resolve_qk_rope(&pack, take_rope)) ++stats_.qk_rope;
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
@@ -396,7 +400,8 @@ class CudaRunner final : public ModelRunner {
     for (std::size_t l = 0; l < need.size(); ++l) {
       const LevelCaps &c = lay.levels[l], &q = need[l];
       if (c.warps != q.warps || c.short_tiles != q.short_tiles || c.direct_out != q.direct_out ||
-          c.qk_rope != q.qk_rope || q.items > c.items || q.groups > c.groups || q.pages > c.pages || q.splits > c.splits) {
+          c.qk_rope != q.qk_rope || q.items > c.items || q.groups > c.groups || q.pages > c.pages ||
+          (c.direct_out ? q.splits != c.splits : q.splits > c.splits)) {
         return false;
       }
     }
@@ -416,8 +421,10 @@ class CudaRunner final : public ModelRunner {
       c.pages = pow2_at_least(std::max(16, c.pages + c.pages / 2));
       slices += c.splits;
     }
-    // Spare slices go to the levels in order, doubling their splits while they fit.
+    // Spare slices go to the levels in order, doubling their splits while they fit; not to a
+    // level writing its rows itself: its splits are a CTA's warps, spare ones would hold SM room.
     for (LevelCaps& c : lay.levels) {
+      if (c.direct_out) continue;
       const int want = std::min(2 * c.splits, pow2_at_least(c.splits));
       if (slices - c.splits + want <= kMaxStateSlices) {
         slices += want - c.splits;
@@ -487,8 +494,9 @@ class CudaRunner final : public ModelRunner {
         for (std::size_t l = 0; l < need.size(); ++l) {
           if (e.layout.levels[l].warps != need[l].warps || e.layout.levels[l].short_tiles != need[l].short_tiles ||
               e.layout.levels[l].direct_out != need[l].direct_out ||
-              e.layout.levels[l].qk_rope != need[l].qk_rope) {
-            return false;
+              e.layout.levels[l].qk_rope != need[l].qk_rope ||
+              (need[l].direct_out && e.layout.levels[l].splits != need[l].splits)) {
+            return false;  // (a direct level's split count, 1..kMaxCtaSplits, keeps a graph of its own)
           }
         }
         return true;

@@ -36,6 +36,10 @@ struct CudaRunnerOptions {
   // Decode steps whose lone level may form q/k RMSNorm + RoPE itself (LevelPack::qk_rope): -1
   // where cuda::qk_rope_pays, 1 wherever it may (tests), 0 never.
   int qk_rope = -1;
+  // Tests: the SM count the attention plans are split for (0: the device's; a few split small
+  // batches), and false to keep every level on states + the merge kernel (no LevelPack::direct_out).
+  int num_sms = 0;
+  bool direct_out = true;
 };
 
 // Counters of the decode path, for tests and benchmarks.

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace cascade::cuda {
 
@@ -48,6 +49,72 @@ __device__ inline T warp_reduce(T v, Op op) {
 }
 
 __device__ inline float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
+
+// acc[k] * inv as kVec (2 or 4) bf16 values at out (4- or 8-byte aligned): a merged row's dims.
+template <int kVec>
+__device__ __forceinline__ void store_scaled_bf16(__nv_bfloat16* out, const float (&acc)[kVec], float inv) {
+  if constexpr (kVec == 4) {
+    uint2 packed;
+    packed.x = pack_bf16x2(acc[0] * inv, acc[1] * inv);
+    packed.y = pack_bf16x2(acc[2] * inv, acc[3] * inv);
+    *reinterpret_cast<uint2*>(out) = packed;
+  } else {
+    *reinterpret_cast<unsigned*>(out) = pack_bf16x2(acc[0] * inv, acc[1] * inv);
+  }
+}
+
+// The merge of `ns` attention states (o, lse) of one (row, head) by one warp, kVec = head_dim / 32
+// dims per lane: merge_states_warp_kernel's arithmetic, which a level merging its states in its
+// CTA (attention.cu, kCtaMerge) shares so that the two agree bit for bit. lse_of(s) is state s's
+// lse (natural log, -inf: empty) and o_of(s) this lane's Vec of its o. Each lane loads its dims of
+// kStatesInFlight states at a time (the first round before the lse, so in flight together with
+// them); the warp takes the maximum lse and the weights expf(lse - max), lane s % 32 weighing state
+// s and summing its weights over rounds of 32 states, and adds the states in order with the weight
+// of each taken from its lane. An empty state (weight 0) is skipped, so its o may be anything
+// (NaN included). `lane` is the thread's lane. Leaves the weighted sum in acc and the lse maximum in m; returns the sum of
+// the weights (0: every state empty). Every lane of the warp calls it.
+inline constexpr int kStatesInFlight = 16;
+template <int kVec, typename LseOf, typename OOf>
+__device__ __forceinline__ float merge_states_warp(int ns, int lane, const LseOf& lse_of, const OOf& o_of,
+                                                   float (&acc)[kVec], float& m) {
+  using Vec = std::conditional_t<kVec == 4, float4, float2>;
+  Vec v[kStatesInFlight];
+  auto load_round = [&](int s_first) {  // states s_first .. s_first + kStatesInFlight - 1
+#pragma unroll
+    for (int i = 0; i < kStatesInFlight; ++i) {
+      const int s = s_first + i;
+      v[i] = s < ns ? o_of(s) : Vec{};
+    }
+  };
+  load_round(0);  // independent of the weights: in flight with the lse loads below
+  float mx = -INFINITY;
+  for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, lse_of(s));
+  mx = warp_reduce(mx, MaxOp{});
+  float den_part = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) acc[k] = 0.0f;
+  if (mx > -INFINITY) {
+    for (int s0 = 0; s0 < ns; s0 += 32) {
+      const float l = s0 + lane < ns ? lse_of(s0 + lane) : -INFINITY;
+      const float w = l > -INFINITY ? expf(l - mx) : 0.0f;
+      den_part += w;
+      for (int i0 = 0; i0 < 32 && s0 + i0 < ns; i0 += kStatesInFlight) {
+        if (s0 + i0 > 0) load_round(s0 + i0);
+#pragma unroll
+        for (int i = 0; i < kStatesInFlight; ++i) {
+          const float wi = __shfl_sync(0xffffffffu, w, i0 + i);
+          if (wi > 0.0f) {  // 0 for states past ns too
+            const float* f = reinterpret_cast<const float*>(&v[i]);
+#pragma unroll
+            for (int k = 0; k < kVec; ++k) acc[k] += wi * f[k];
+          }
+        }
+      }
+    }
+  }
+  m = mx;
+  return warp_sum(den_part);
+}
 
 // q/k RMSNorm + rotary embedding (rotate-half) of one head of kD dims, a lane of the warp holding
 // dims lane + 32 j. The one arithmetic of qk_norm_rope_kernel and of the attention levels that

@@ -244,14 +244,10 @@ __global__ void merge_states_kernel(MergeStatesParams p) {
   if (p.out_lse != nullptr && d == 0) p.out_lse[rh] = m > -INFINITY ? m + logf(den) : -INFINITY;
 }
 
-// head_dim 64 and 128: one warp per (row, head), kVec = head_dim / 32 dims per lane. Each lane
-// loads its dims of the first kStatesInFlight states together with the states' lse (a state per
-// lane); the warp then takes the maximum and the weights, and adds the states with the weight of
-// each taken from its lane (more states: further rounds of loads). One block per (row, head)
-// with a thread per dim spent most of its time on CTA turnover at 256 rows x 16 heads (v11).
-// An empty state (lse -inf, weight 0) is skipped, so its o may be anything (NaN included).
-constexpr int kStatesInFlight = 16;
-
+// head_dim 64 and 128: one warp per (row, head), kVec = head_dim / 32 dims per lane, with
+// device_utils.cuh's merge_states_warp (states loaded 16 at a time together with their lse, the
+// weights from the lanes). One block per (row, head) with a thread per dim spent most of its time
+// on CTA turnover at 256 rows x 16 heads (v11).
 template <int kVec>
 __global__ void __launch_bounds__(32) merge_states_warp_kernel(MergeStatesParams p) {
   using Vec = std::conditional_t<kVec == 4, float4, float2>;
@@ -260,52 +256,14 @@ __global__ void __launch_bounds__(32) merge_states_warp_kernel(MergeStatesParams
   const int lane = threadIdx.x;
   const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.heads;
   const int ns = p.num_states_dev != nullptr ? *p.num_states_dev : p.num_states;
-  Vec v[kStatesInFlight];
-  auto load_round = [&](int s_first) {  // states s_first .. s_first + kStatesInFlight - 1
-#pragma unroll
-    for (int i = 0; i < kStatesInFlight; ++i) {
-      const int s = s_first + i;
-      v[i] = s < ns ? reinterpret_cast<const Vec*>(p.o + (s * plane + rh) * p.head_dim)[lane] : Vec{};
-    }
-  };
-  load_round(0);  // independent of the weights: in flight with the lse loads below
-  float m = -INFINITY;
-  for (int s = lane; s < ns; s += 32) m = fmaxf(m, p.lse[s * plane + rh]);
-  m = warp_reduce(m, MaxOp{});
-  float den_part = 0.0f;
-  float acc[kVec] = {};
-  if (m > -INFINITY) {
-    for (int s0 = 0; s0 < ns; s0 += 32) {
-      const float l = s0 + lane < ns ? p.lse[(s0 + lane) * plane + rh] : -INFINITY;
-      const float w = l > -INFINITY ? expf(l - m) : 0.0f;
-      den_part += w;
-      for (int i0 = 0; i0 < 32 && s0 + i0 < ns; i0 += kStatesInFlight) {
-        if (s0 + i0 > 0) load_round(s0 + i0);
-#pragma unroll
-        for (int i = 0; i < kStatesInFlight; ++i) {
-          const float wi = __shfl_sync(0xffffffffu, w, i0 + i);
-          if (wi > 0.0f) {  // 0 for states past ns too
-            const float* f = reinterpret_cast<const float*>(&v[i]);
-#pragma unroll
-            for (int k = 0; k < kVec; ++k) acc[k] += wi * f[k];
-          }
-        }
-      }
-    }
-  }
-  const float den = warp_sum(den_part);
+  float acc[kVec];
+  float m;
+  const float den = merge_states_warp<kVec>(
+      ns, lane, [&](int s) { return p.lse[s * plane + rh]; },
+      [&](int s) { return reinterpret_cast<const Vec*>(p.o + (s * plane + rh) * p.head_dim)[lane]; }, acc, m);
   const float inv = den > 0.0f ? 1.0f / den : 0.0f;
   const std::int64_t at = rh * p.head_dim + lane * kVec;
-  if (p.out != nullptr) {
-    if constexpr (kVec == 4) {
-      uint2 packed;
-      packed.x = pack_bf16x2(acc[0] * inv, acc[1] * inv);
-      packed.y = pack_bf16x2(acc[2] * inv, acc[3] * inv);
-      *reinterpret_cast<uint2*>(p.out + at) = packed;
-    } else {
-      *reinterpret_cast<unsigned*>(p.out + at) = pack_bf16x2(acc[0] * inv, acc[1] * inv);
-    }
-  }
+  if (p.out != nullptr) store_scaled_bf16<kVec>(p.out + at, acc, inv);
   if (p.out_o != nullptr) {
     Vec r;
     float* f = reinterpret_cast<float*>(&r);
