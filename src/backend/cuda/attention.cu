@@ -618,11 +618,25 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
     l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
   }
+  // The state of this thread's stacked row h: o / l at o_row (this thread's dims of it) and, by
+  // one thread of the row, its lse (natural log; -inf where empty) at *lse_out.
+  const auto store_state = [&](int h, float* o_row, float* lse_out) {
+    const bool empty = !(l_run[h] > 0.0f);
+    const float inv = empty ? 0.0f : 1.0f / l_run[h];
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      float2 v;
+      v.x = acc[n][2 * h] * inv;
+      v.y = acc[n][2 * h + 1] * inv;
+      *reinterpret_cast<float2*>(o_row + n * 8 + tig * 2) = v;
+    }
+    if (tig == 0) *lse_out = empty ? -INFINITY : (m_run[h] + log2f(l_run[h])) * kLn2;
+  };
   if constexpr (kCtaMerge) {
-    // This warp's state (o / l and its lse, as the state path below writes them) into its own
-    // slice of shared memory, whose tiles are done (every cp.async waited for, the last barrier
-    // passed; the __syncwarp orders the q staging reads of a warp that loaded no tile). Rows
-    // kStatePitch floats apart: each half-warp's float2 stores hit 32 different banks.
+    // This warp's state (store_state, as the state path below) into its own slice of shared
+    // memory, whose tiles are done (every cp.async waited for, the last barrier passed; the
+    // __syncwarp orders the q staging reads of a warp that loaded no tile). Rows kStatePitch
+    // floats apart: each half-warp's float2 stores hit 32 different banks.
     constexpr int kStatePitch = kD + 8;
     constexpr int kSlice = kLevelSmem<kD, kWarps, kWg, kShort>;
     static_assert((16 * kStatePitch + 16) * 4 <= kSlice && kSlice % 16 == 0, "a state fits a warp's slice");
@@ -631,18 +645,8 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     __syncwarp();
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      if (!valid[h]) continue;
       const int lm = g + 8 * h;
-      const bool empty = !(l_run[h] > 0.0f);
-      const float inv = empty ? 0.0f : 1.0f / l_run[h];
-#pragma unroll
-      for (int n = 0; n < kD / 8; ++n) {
-        float2 v;
-        v.x = acc[n][2 * h] * inv;
-        v.y = acc[n][2 * h + 1] * inv;
-        *reinterpret_cast<float2*>(st_o + lm * kStatePitch + n * 8 + tig * 2) = v;
-      }
-      if (tig == 0) st_lse[lm] = empty ? -INFINITY : (m_run[h] + log2f(l_run[h])) * kLn2;
+      if (valid[h]) store_state(h, st_o + lm * kStatePitch, st_lse + lm);
     }
     __syncthreads();
     // Warp w merges rows w, w + W, ... of the CTA's states with merge_states_warp_kernel's merge
@@ -671,10 +675,10 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   for (int h = 0; h < 2; ++h) {
     if (!valid[h]) continue;
     const std::int64_t rh = static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h];
-    const bool empty = !(l_run[h] > 0.0f);
-    const float inv = empty ? 0.0f : 1.0f / l_run[h];
     if constexpr (kWarps == 1) {
       if (p.direct_out != nullptr) {
+        const bool empty = !(l_run[h] > 0.0f);
+        const float inv = empty ? 0.0f : 1.0f / l_run[h];
         // The only state of the row: merge_states weighs it by 1 and adds it to +0 (so -0 becomes
         // +0), or writes 0 where it is empty (an l of 0 or NaN), then rounds to bf16; this writes
         // the same bits.
@@ -687,15 +691,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
         continue;
       }
     }
-    float* o = p.o + (slice * plane + rh) * kD;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      float2 v;
-      v.x = acc[n][2 * h] * inv;
-      v.y = acc[n][2 * h + 1] * inv;
-      *reinterpret_cast<float2*>(o + n * 8 + tig * 2) = v;
-    }
-    if (tig == 0) p.lse[slice * plane + rh] = empty ? -INFINITY : (m_run[h] + log2f(l_run[h])) * kLn2;
+    store_state(h, p.o + (slice * plane + rh) * kD, p.lse + slice * plane + rh);
   }
 }
 
