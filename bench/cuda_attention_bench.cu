@@ -9,7 +9,9 @@
 //
 // Usage: cuda_attention_bench OUT.json [--quick | --shape P/U/B]
 // Each timed run is one replay of a CUDA graph holding fill + level kernels + merge, with L2
-// flushed (a 256 MB memset) before it; the median of the runs is reported. The levels run side by
+// flushed before it (l2_flush.cuh: a 256 MB read; CASCADE_BENCH_FLUSH=memset for the older
+// 256 MB memset, which made the timed kernels write dirty lines back); the median of the runs is
+// reported. The levels run side by
 // side as in the engine (LevelFork; CASCADE_ATTENTION_NO_FORK=1 runs them one after another).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -26,6 +28,7 @@
 #include "backend/cuda/attention.h"
 #include "backend/cuda/kernels.h"
 #include "cuda_bench_util.h"
+#include "l2_flush.cuh"
 
 namespace {
 
@@ -90,7 +93,8 @@ int main(int argc, char** argv) {
   const double bw = cascade::bench::copy_bandwidth();
   const std::size_t flush_bytes = 256u << 20;
   void* flush = nullptr;
-  CK(cudaMalloc(&flush, flush_bytes));
+  CK(cudaMalloc(&flush, flush_bytes + 16));
+  CK(cudaMemset(flush, 0, flush_bytes + 16));
 
   std::vector<Shape> shapes;
   for (int b : {64, 256}) {
@@ -124,10 +128,11 @@ int main(int argc, char** argv) {
   // Probed here, outside the graph captures below.
   const bool wgmma = cascade::cuda::attention_wgmma_available();
   std::printf("device: %s, %d SMs; copy bandwidth %.0f GB/s (1 GiB D2D, read+write); four-warp "
-              "levels on %s\n",
-              prop.name, num_sms, bw / 1e9, wgmma ? "wgmma" : "mma.sync");
+              "levels on %s; L2 flush: %s\n",
+              prop.name, num_sms, bw / 1e9, wgmma ? "wgmma" : "mma.sync", cascade::bench::flush_name());
   std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_bandwidth_GBps\": " +
-                     std::to_string(bw / 1e9) + ",\n  \"four_warp_levels\": \"" +
+                     std::to_string(bw / 1e9) + ",\n  \"l2_flush\": \"" + cascade::bench::flush_name() +
+                     "\",\n  \"four_warp_levels\": \"" +
                      (wgmma ? "wgmma" : "mma.sync") + "\",\n  \"shapes\": [\n";
   std::printf("%-22s %9s %9s %9s %9s %8s %8s %9s %9s\n", "shape (P/U/B)", "flat us", "casc us",
               "floor us", "flatflr", "casc/flr", "casc/flt", "err c-f", "err ref");
@@ -321,7 +326,7 @@ int main(int argc, char** argv) {
       const int runs = runs_override > 0 ? runs_override : quick ? 20 : 60;
       const int warm = runs_override > 0 ? 0 : 5;
       for (int i = 0; i < runs + warm; ++i) {
-        CK(cudaMemsetAsync(flush, i & 0xFF, flush_bytes, st));
+        CK(cascade::bench::flush_l2(flush, flush_bytes, i, st));
         CK(cudaEventRecord(e0, st));
         CK(cudaGraphLaunch(op.exec, st));
         CK(cudaEventRecord(e1, st));
