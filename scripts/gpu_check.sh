@@ -75,7 +75,9 @@ echo
 echo "| step  | status |"
 echo "|-------|--------|"
 echo "| build | $build_status |"
-echo "| tests | $test_status ($(grep -c '^\[       OK \]' "$OUT_DIR/test_cuda.log" 2>/dev/null || echo 0) passed, $(grep -c '^\[  FAILED  \] [A-Z]' "$OUT_DIR/test_cuda.log" 2>/dev/null | head -1) failed, $(grep -c '^\[  SKIPPED \] [A-Z]' "$OUT_DIR/test_cuda.log" 2>/dev/null | head -1) skipped) |"
+# gtest names a failed or skipped test twice (where it ran and in the closing list): count names.
+count_tests() { grep -oE "^\[ *$1 *\] [A-Za-z][A-Za-z0-9_/.]*" "$OUT_DIR/test_cuda.log" 2>/dev/null | awk '{print $NF}' | sort -u | wc -l; }
+echo "| tests | $test_status ($(count_tests OK) passed, $(count_tests FAILED) failed, $(count_tests SKIPPED) skipped) |"
 echo "| compute-sanitizer (CLI, cascade on) | $sanitizer_status |"
 echo "| benchmarks | $bench_status |"
 if [[ "$bench_status" == ok ]]; then

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/attention.h"
@@ -232,6 +233,58 @@ TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
       EXPECT_EQ(pk.levels[0].num_splits, 1) << seqs << " sequences";
     } else {
       EXPECT_GT(pk.levels[0].num_splits, 1) << seqs << " sequences";
+    }
+  }
+}
+
+// A shared prefix of `prefix` keys over all `seqs` rows (one group) and a unique part of `unique`
+// keys per row (the attention bench's cascade plan; unique 0: that level has no keys).
+CascadePlan prefix_unique_plan(int seqs, int prefix, int unique) {
+  CascadePlan plan = one_group_plan(seqs, prefix);
+  plan.q_pos.assign(seqs, prefix + unique - 1);
+  const CascadePlan own = flat_plan(seqs, std::max(unique, 1));
+  CascadeLevel lv = own.levels[0];
+  for (std::int32_t& id : lv.page_ids) id += 100000;  // pages apart from the prefix's
+  if (unique == 0) {
+    lv.page_ids.clear();
+    lv.page_lens.clear();
+    std::fill(lv.page_indptr.begin(), lv.page_indptr.end(), 0);
+  }
+  lv.kv_start_pos.assign(seqs, prefix);
+  plan.levels.push_back(lv);
+  plan.uses_shared_levels = true;
+  return plan;
+}
+
+// The shared (four-warp) level of a cascade runs beside its unique (one-warp) level, so its split
+// count weighs that level's work (v17): with none (no keys, or no unique level) it is the split
+// of the level alone, and more unique work beside it never gives it more splits, since its CTAs
+// would hold SMs the unique level needs. Both levels keep pack_plan's invariants.
+TEST(CudaPlanPack, SharedLevelSplitsWeighTheUniqueWorkBesideIt) {
+  const int num_sms = 132, kv_heads = 8;
+  for (const int seqs : {32, 64, 128, 256}) {
+    for (const int prefix : {1024, 4096, 16384}) {
+      PlanPack alone;
+      const char* why = "";
+      const CascadePlan shared_only = one_group_plan(seqs, prefix);
+      ASSERT_TRUE(pack_plan(shared_only, 16, kv_heads, num_sms, 64, &alone, &why)) << why;
+      ASSERT_EQ(alone.levels[0].warps, 4);
+      int last = alone.levels[0].num_splits;
+      for (const int unique : {0, 64, 128, 256, 512, 1024}) {
+        const CascadePlan plan = prefix_unique_plan(seqs, prefix, unique);
+        PlanPack pk;
+        ASSERT_TRUE(pack_plan(plan, 16, kv_heads, num_sms, 64, &pk, &why)) << why;
+        check_pack(plan, pk, 16, kv_heads, num_sms, 64);
+        const int splits = pk.levels[0].num_splits;
+        const std::string at = std::to_string(prefix) + "/" + std::to_string(unique) + "/" + std::to_string(seqs);
+        if (unique == 0) {
+          EXPECT_EQ(splits, alone.levels[0].num_splits) << at;
+          EXPECT_EQ(pk.levels[0].tokens_per_split, alone.levels[0].tokens_per_split) << at;
+        }
+        EXPECT_LE(splits, last) << at << ": more splits beside more unique work";
+        last = splits;
+      }
+      EXPECT_LT(last, alone.levels[0].num_splits) << prefix << "/1024/" << seqs << ": the unique level took no room";
     }
   }
 }

@@ -11,6 +11,49 @@ constexpr int kTile = 64;  // split granularity: a multiple of attention.cu's ti
 // One-warp CTAs of 16-token tiles resident per SM (17.5 KB of shared memory and 160 registers a
 // thread at head_dim 128): the split target; a merged CTA of s splits fits 12 / s times.
 constexpr int kOneWarpCtasPerSm = 12;
+// Four-warp CTAs resident per SM (the kernel's launch bounds); each holds the registers and
+// shared memory of kOneWarpCtasPerSm / 3 = 4 one-warp CTAs.
+constexpr int kFourWarpCtasPerSm = 3;
+
+// The split model of a four-warp level that runs beside one-warp levels (a cascade's shared
+// level beside its unique one, on LevelFork's second stream): an H100 fit (bench/NOTES_cuda.md
+// v17) of the time in us to
+//   max(shared level, one-warp work)
+//   shared level  = waves x (64-key tiles per CTA + kBesideFixedTiles) x kBesideTileUs,
+//   one-warp work = kBesideUniqueUs (alone) slowed by the share of the SMs' one-warp slots that
+//                   the shared CTAs hold while they run (kOneWarpCtasPerSm / kFourWarpCtasPerSm
+//                   each), at full speed after them;
+//   kBesideUniqueUs = kBesideFixedUs + keys x KV heads x 512 bytes (K + V of head_dim 128)
+//                     / kBesideBytesPerUs.
+// Levels alone keep the model below (waves x (tiles + 2)).
+constexpr double kBesideTileUs = 4.0;
+constexpr double kBesideFixedTiles = 6.0;
+constexpr double kBesideFixedUs = 8.6;
+constexpr double kBesideBytesPerUs = 2.9e6;
+
+// Keys x KV heads that a plan's one-warp levels (groups of at most 16 stacked rows) read, each
+// row tile of a group its own pass over the group's keys; 0 for a malformed level (which
+// pack_plan then refuses).
+long long one_warp_key_heads(const CascadePlan& plan, int gqa, int num_kv_heads) {
+  long long total = 0;
+  for (const CascadeLevel& lv : plan.levels) {
+    const int groups = lv.num_groups();
+    if (groups <= 0 || static_cast<int>(lv.page_indptr.size()) != groups + 1) continue;
+    long long keys = 0;
+    int max_m = 0;
+    for (int g = 0; g < groups; ++g) {
+      const int m = (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa;
+      const int lo = lv.page_indptr[g], hi = lv.page_indptr[g + 1];
+      if (m < 0 || lo < 0 || hi < lo || hi > static_cast<int>(lv.page_lens.size())) return 0;
+      long long len = 0;
+      for (int i = lo; i < hi; ++i) len += std::max(0, lv.page_lens[i]);
+      max_m = std::max(max_m, m);
+      keys += len * ((m + 15) / 16);
+    }
+    if (max_m <= 16) total += keys;
+  }
+  return total * num_kv_heads;
+}
 
 int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) {
   const int off = static_cast<int>(data.size());
@@ -61,6 +104,12 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   pk.row_order = append(pk.data, plan.row_order);
   pk.q_pos = append(pk.data, plan.q_pos);
   int used_slices = 0;
+  // The one-warp work a four-warp level runs beside (levels side by side: LevelFork), in us.
+  // CASCADE_ATTENTION_SPLIT_ALONE=1 splits such a level as if alone (the rule before v17, A/B).
+  static const bool split_alone = ab_switch_on("CASCADE_ATTENTION_SPLIT_ALONE");
+  static const bool no_fork = ab_switch_on("CASCADE_ATTENTION_NO_FORK");
+  const long long beside_keys = split_alone || no_fork ? 0 : one_warp_key_heads(plan, gqa, num_kv_heads);
+  const double beside_us = beside_keys > 0 ? kBesideFixedUs + static_cast<double>(beside_keys) * 512.0 / kBesideBytesPerUs : 0.0;
   for (int l = 0; l < num_levels; ++l) {
     const CascadeLevel& lv = plan.levels[l];
     const int groups = lv.num_groups();
@@ -134,7 +183,9 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // targets measured worse somewhere (v11). Four-warp CTAs (3 per SM, see the kernel's launch bounds; these are the shared
     // levels of big batches, compute-bound): take the split count that minimises the modelled
     // makespan, waves x (64-token tiles + 2) per CTA, so that e.g. 64 CTAs over a 16k prefix get
-    // 6 splits (384 CTAs, one wave of 396 slots) rather than a second, mostly idle wave.
+    // 6 splits (384 CTAs, one wave of 396 slots) rather than a second, mostly idle wave; beside
+    // one-warp levels, the model of kBesideTileUs above (v17: e.g. 3 splits there with unique
+    // parts of 512 keys for 256 sequences, whose one-warp CTAs then run beside the shared ones).
     int splits = 1;
     const int ctas = lp.num_items * num_kv_heads;
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
@@ -145,17 +196,29 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
         splits = std::max(1, std::min(splits, slice_budget));
       }
     } else {
-      const int slots = 3 * num_sms;
+      const int slots = kFourWarpCtasPerSm * num_sms;
       if (num_sms > 0 && ctas > 0 && ctas < slots && max_len > 0) {
         const int cap = std::max(1, std::min((max_len + 2 * kTile - 1) / (2 * kTile), slice_budget));
-        long long best_cost = -1;
+        double best_cost = -1;
         for (int s = 1; s <= cap; ++s) {
           const int tiles = ((max_len + s - 1) / s + kTile - 1) / kTile;  // per split, rounded
           const int real = (max_len + tiles * kTile - 1) / (tiles * kTile);
-          const long long waves = (static_cast<long long>(ctas) * real + slots - 1) / slots;
-          // + 2 tiles per CTA for its fixed costs (start-up, first loads, its state written
-          // and merged): 37 splits of 7 tiles lost to 6 of 43 over a 16k prefix (v9).
-          const long long cost = waves * (tiles + 2);
+          const long long n = static_cast<long long>(ctas) * real;
+          const long long waves = (n + slots - 1) / slots;
+          double cost;
+          if (beside_us <= 0.0) {
+            // + 2 tiles per CTA for its fixed costs (start-up, first loads, its state written
+            // and merged): 37 splits of 7 tiles lost to 6 of 43 over a 16k prefix (v9).
+            cost = static_cast<double>(waves * (tiles + 2));
+          } else {
+            // Beside one-warp levels (the model above): fewer, longer CTAs leave them SMs.
+            const double shared = static_cast<double>(waves) * (tiles + kBesideFixedTiles) * kBesideTileUs;
+            const double held = std::min<double>(kFourWarpCtasPerSm, static_cast<double>(n) / num_sms) *
+                                (kOneWarpCtasPerSm / kFourWarpCtasPerSm);
+            const double left = std::max(0.0, kOneWarpCtasPerSm - held) / kOneWarpCtasPerSm;
+            const double unique = beside_us <= shared * left ? beside_us / left : shared + (beside_us - shared * left);
+            cost = std::max(shared, unique);
+          }
           if (best_cost < 0 || cost < best_cost) {
             best_cost = cost;
             splits = real;
