@@ -1,7 +1,7 @@
 // The CUDA backend's A/B switches: environment variables (CASCADE_NO_PDL, CASCADE_GEMM_NO_GEMV,
 // CASCADE_GEMV_NO_NORM, CASCADE_GEMM_NO_SKINNY, CASCADE_GEMM_NO_FUSE, CASCADE_ATTENTION_NO_WGMMA,
 // CASCADE_ATTENTION_NO_FORK, CASCADE_MERGE_BLOCK_PER_HEAD, CASCADE_ATTENTION_MERGE_KERNEL,
-// CASCADE_PDL_NO_EARLY_RELEASE; the README
+// CASCADE_ATTENTION_NO_ROPE_FUSE, CASCADE_ATTENTION_SPLIT_ALONE, CASCADE_PDL_NO_EARLY_RELEASE; the README
 // lists them) that turn one path off for timing
 // comparisons. Host code only; each reader caches the answer once per process.
 #pragma once
