@@ -16,7 +16,8 @@
 
 namespace cascade::bench {
 
-__global__ void l2_flush_read_kernel(const uint4* p, std::size_t n, unsigned* sink) {
+// static: a copy per including file, so that two files of one binary may include this.
+static __global__ void l2_flush_read_kernel(const uint4* p, std::size_t n, unsigned* sink) {
   unsigned acc = 0;
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <string>
@@ -258,9 +260,14 @@ CascadePlan prefix_unique_plan(int seqs, int prefix, int unique) {
 
 // The shared (four-warp) level of a cascade runs beside its unique (one-warp) level, so its split
 // count weighs that level's work (v17): with none (no keys, or no unique level) it is the split
-// of the level alone, and more unique work beside it never gives it more splits, since its CTAs
-// would hold SMs the unique level needs. Both levels keep pack_plan's invariants.
+// of the level alone; on these shapes more unique work beside it never gives it more splits, since
+// its CTAs would hold SMs the unique level needs; and a four-warp level after the first busy one
+// (run after the unique level on LevelFork's second stream, not beside it) keeps the alone rule.
+// Every level keeps pack_plan's invariants. (The A/B switches change the rule: skipped under them.)
 TEST(CudaPlanPack, SharedLevelSplitsWeighTheUniqueWorkBesideIt) {
+  if (std::getenv("CASCADE_ATTENTION_SPLIT_ALONE") != nullptr || std::getenv("CASCADE_ATTENTION_NO_FORK") != nullptr) {
+    GTEST_SKIP() << "an A/B switch of the split rule is set";
+  }
   const int num_sms = 132, kv_heads = 8;
   for (const int seqs : {32, 64, 128, 256}) {
     for (const int prefix : {1024, 4096, 16384}) {
@@ -287,6 +294,26 @@ TEST(CudaPlanPack, SharedLevelSplitsWeighTheUniqueWorkBesideIt) {
       EXPECT_LT(last, alone.levels[0].num_splits) << prefix << "/1024/" << seqs << ": the unique level took no room";
     }
   }
+  // Three levels: the prefix over all 64 rows, a middle level of 4 groups of 16 rows (four-warp:
+  // 32 stacked rows a group) over 2048 keys each, and 512 unique keys per row.
+  CascadePlan three = prefix_unique_plan(64, 4096, 512);
+  CascadeLevel middle = flat_plan(4, 2048).levels[0];
+  for (int g = 0; g <= 4; ++g) middle.q_indptr[g] = 16 * g;
+  for (std::int32_t& id : middle.page_ids) id += 200000;
+  middle.kv_start_pos.assign(4, 4096);
+  three.levels.insert(three.levels.begin() + 1, middle);
+  for (std::int32_t& q : three.q_pos) q += 2048;
+  for (std::int32_t& k : three.levels[2].kv_start_pos) k += 2048;
+  PlanPack pk3, mid_alone;
+  const char* why = "";
+  ASSERT_TRUE(pack_plan(three, 16, kv_heads, num_sms, 64, &pk3, &why)) << why;
+  check_pack(three, pk3, 16, kv_heads, num_sms, 64);
+  ASSERT_EQ(pk3.levels[1].warps, 4);
+  CascadePlan middle_only = three;
+  middle_only.levels = {middle};
+  ASSERT_TRUE(pack_plan(middle_only, 16, kv_heads, num_sms, 64, &mid_alone, &why)) << why;
+  EXPECT_EQ(pk3.levels[1].num_splits, mid_alone.levels[0].num_splits);
+  EXPECT_EQ(pk3.levels[1].tokens_per_split, mid_alone.levels[0].tokens_per_split);
 }
 
 // 16-token tiles exactly for one-warp CTAs of at most 192 keys, and never where the caller may
@@ -498,6 +525,19 @@ TEST(CudaPlanPack, MalformedPlansAreRefusedWithAReason) {
   std::swap(p.levels[1].q_indptr[1], p.levels[1].q_indptr[2]);
   if (p.levels[1].q_indptr[1] > p.levels[1].q_indptr[2]) EXPECT_TRUE(refused(p));
   EXPECT_TRUE(refused(good, 2));  // three levels, two state slices
+  // Indices past their arrays in a group before the last (refused before any level is read).
+  p = good;
+  p.levels[1].q_indptr[1] = 100;
+  EXPECT_TRUE(refused(p));
+  p = good;
+  p.levels[1].page_indptr[1] = 1000;
+  EXPECT_TRUE(refused(p));
+  p = good;
+  p.levels[0].q_indptr = {INT32_MIN, INT32_MAX};
+  EXPECT_TRUE(refused(p));
+  p = good;
+  p.levels[2].page_lens[0] = INT32_MAX;  // the group's keys overflow
+  EXPECT_TRUE(refused(p));
 }
 
 // kv_fresh: per group, the start (within the group's keys) of its first page holding a slot the

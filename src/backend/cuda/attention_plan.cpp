@@ -20,39 +20,62 @@ constexpr int kFourWarpCtasPerSm = 3;
 // v17) of the time in us to
 //   max(shared level, one-warp work)
 //   shared level  = waves x (64-key tiles per CTA + kBesideFixedTiles) x kBesideTileUs,
-//   one-warp work = kBesideUniqueUs (alone) slowed by the share of the SMs' one-warp slots that
-//                   the shared CTAs hold while they run (kOneWarpCtasPerSm / kFourWarpCtasPerSm
-//                   each), at full speed after them;
-//   kBesideUniqueUs = kBesideFixedUs + keys x KV heads x 512 bytes (K + V of head_dim 128)
-//                     / kBesideBytesPerUs.
+//   one-warp work = its time alone (beside_us in pack_plan) slowed by the share of the SMs'
+//                   one-warp slots that the shared CTAs hold while they run (kOneWarpCtasPerSm /
+//                   kFourWarpCtasPerSm each), at full speed after them;
+//   beside_us     = kBesideFixedUs + keys x KV heads x 512 bytes (K + V at head_dim 128, the
+//                   fit's; other head dims keep the same shape of rule) / kBesideBytesPerUs.
 // Levels alone keep the model below (waves x (tiles + 2)).
 constexpr double kBesideTileUs = 4.0;
 constexpr double kBesideFixedTiles = 6.0;
 constexpr double kBesideFixedUs = 8.6;
 constexpr double kBesideBytesPerUs = 2.9e6;
 
-// Keys x KV heads that a plan's one-warp levels (groups of at most 16 stacked rows) read, each
-// row tile of a group its own pass over the group's keys; 0 for a malformed level (which
-// pack_plan then refuses).
-long long one_warp_key_heads(const CascadePlan& plan, int gqa, int num_kv_heads) {
-  long long total = 0;
-  for (const CascadeLevel& lv : plan.levels) {
-    const int groups = lv.num_groups();
-    if (groups <= 0 || static_cast<int>(lv.page_indptr.size()) != groups + 1) continue;
-    long long keys = 0;
-    int max_m = 0;
-    for (int g = 0; g < groups; ++g) {
-      const int m = (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa;
-      const int lo = lv.page_indptr[g], hi = lv.page_indptr[g + 1];
-      if (m < 0 || lo < 0 || hi < lo || hi > static_cast<int>(lv.page_lens.size())) return 0;
-      long long len = 0;
-      for (int i = lo; i < hi; ++i) len += std::max(0, lv.page_lens[i]);
-      max_m = std::max(max_m, m);
-      keys += len * ((m + 15) / 16);
-    }
-    if (max_m <= 16) total += keys;
+// Why a level's arrays cannot be packed, or nullptr: every index pack_plan and the kernels follow
+// stays inside its array, and no group's key count overflows. Checked for every level before any
+// level is used.
+const char* level_defect(const CascadeLevel& lv, int rows) {
+  const int groups = lv.num_groups();
+  if (groups <= 0) return nullptr;
+  if (static_cast<int>(lv.page_indptr.size()) != groups + 1 || static_cast<int>(lv.kv_start_pos.size()) != groups ||
+      lv.page_ids.size() != lv.page_lens.size() || lv.q_indptr.front() != 0 || lv.q_indptr.back() > rows ||
+      lv.page_indptr.front() != 0 || lv.page_indptr.back() != static_cast<int>(lv.page_ids.size())) {
+    return "a level's CSR arrays are inconsistent";
   }
-  return total * num_kv_heads;
+  for (int g = 0; g < groups; ++g) {
+    if (lv.q_indptr[g + 1] < lv.q_indptr[g] || lv.page_indptr[g + 1] < lv.page_indptr[g]) {
+      return "a level's indptr arrays decrease";
+    }
+  }
+  for (int g = 0; g < groups; ++g) {
+    long long keys = 0;
+    for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) {
+      if (lv.page_lens[i] <= 0) return "a page length is not positive";
+      keys += lv.page_lens[i];
+    }
+    if (keys > (1LL << 30)) return "a group holds more than 2^30 keys";
+  }
+  return nullptr;
+}
+
+// Where a level's work is in a step: whether it launches CTAs (a group with rows and keys), whether
+// they are one-warp CTAs (groups of at most 16 stacked rows), and the keys x KV heads they read
+// (each 16-row tile of a group its own pass over the group's keys). For a validated level.
+struct LevelWork {
+  bool busy = false, one_warp = true;
+  long long key_heads = 0;
+};
+LevelWork level_work(const CascadeLevel& lv, int gqa, int num_kv_heads) {
+  LevelWork w;
+  for (int g = 0; g < lv.num_groups(); ++g) {
+    const long long m = static_cast<long long>(lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa;
+    long long keys = 0;
+    for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) keys += lv.page_lens[i];
+    w.one_warp = w.one_warp && m <= 16;
+    w.busy = w.busy || (m > 0 && keys > 0);
+    w.key_heads += keys * ((m + 15) / 16) * num_kv_heads;
+  }
+  return w;
 }
 
 int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) {
@@ -103,26 +126,37 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   pk.levels.assign(num_levels, LevelPack{});
   pk.row_order = append(pk.data, plan.row_order);
   pk.q_pos = append(pk.data, plan.q_pos);
+  for (const CascadeLevel& lv : plan.levels) {
+    if (const char* defect = level_defect(lv, rows)) {
+      *why = defect;
+      return false;
+    }
+  }
   int used_slices = 0;
-  // The one-warp work a four-warp level runs beside (levels side by side: LevelFork), in us.
-  // CASCADE_ATTENTION_SPLIT_ALONE=1 splits such a level as if alone (the rule before v17, A/B).
+  // LevelFork runs the first busy level on the step's stream and the others, one after another,
+  // on a second stream beside it. Where that first level is four-warp, its split count weighs the
+  // one-warp levels' work beside it (the model above), in us at head_dim 128: the fit's shape.
+  // CASCADE_ATTENTION_SPLIT_ALONE=1 splits it as if alone (the rule before v17, A/B).
   static const bool split_alone = ab_switch_on("CASCADE_ATTENTION_SPLIT_ALONE");
   static const bool no_fork = ab_switch_on("CASCADE_ATTENTION_NO_FORK");
-  const long long beside_keys = split_alone || no_fork ? 0 : one_warp_key_heads(plan, gqa, num_kv_heads);
-  const double beside_us = beside_keys > 0 ? kBesideFixedUs + static_cast<double>(beside_keys) * 512.0 / kBesideBytesPerUs : 0.0;
+  int first_busy = -1;
+  long long beside_keys = 0;
+  for (int l = 0; l < num_levels; ++l) {
+    const LevelWork w = level_work(plan.levels[l], gqa, num_kv_heads);
+    if (!w.busy) continue;
+    if (first_busy < 0) {
+      first_busy = l;
+    } else if (w.one_warp) {
+      beside_keys += w.key_heads;
+    }
+  }
+  const double beside_us = split_alone || no_fork || beside_keys == 0
+                               ? 0.0
+                               : kBesideFixedUs + static_cast<double>(beside_keys) * 512.0 / kBesideBytesPerUs;
   for (int l = 0; l < num_levels; ++l) {
     const CascadeLevel& lv = plan.levels[l];
     const int groups = lv.num_groups();
     LevelPack& lp = pk.levels[l];
-    if (groups > 0 && (static_cast<int>(lv.page_indptr.size()) != groups + 1 ||
-                       static_cast<int>(lv.kv_start_pos.size()) != groups ||
-                       lv.page_ids.size() != lv.page_lens.size() ||
-                       lv.q_indptr.front() != 0 || lv.q_indptr.back() > rows ||
-                       lv.page_indptr.front() != 0 ||
-                       lv.page_indptr.back() != static_cast<int>(lv.page_ids.size()))) {
-      *why = "a level's CSR arrays are inconsistent";
-      return false;
-    }
     std::vector<std::int32_t> page_start(lv.page_ids.size()), kv_len(groups), kv_fresh(groups, 0);
     std::vector<std::int32_t> items;
     int max_m = 0, max_len = 0;
@@ -130,16 +164,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     bool all_keyed = groups > 0 && lv.q_indptr.back() == rows && row_order_is_permutation;
     bool decode_rows = true;  // every group one row whose q position is its last key (qk_rope)
     for (int g = 0; g < groups; ++g) {
-      if (lv.q_indptr[g + 1] < lv.q_indptr[g] || lv.page_indptr[g + 1] < lv.page_indptr[g]) {
-        *why = "a level's indptr arrays decrease";
-        return false;
-      }
       int t = 0;
       for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) {
-        if (lv.page_lens[i] <= 0) {
-          *why = "a page length is not positive";
-          return false;
-        }
         page_start[i] = t;
         t += lv.page_lens[i];
       }
@@ -206,7 +232,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
           const long long n = static_cast<long long>(ctas) * real;
           const long long waves = (n + slots - 1) / slots;
           double cost;
-          if (beside_us <= 0.0) {
+          const bool beside = l == first_busy && beside_us > 0.0;
+          if (!beside) {
             // + 2 tiles per CTA for its fixed costs (start-up, first loads, its state written
             // and merged): 37 splits of 7 tiles lost to 6 of 43 over a 16k prefix (v9).
             cost = static_cast<double>(waves * (tiles + 2));
@@ -219,7 +246,10 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
             const double unique = beside_us <= shared * left ? beside_us / left : shared + (beside_us - shared * left);
             cost = std::max(shared, unique);
           }
-          if (best_cost < 0 || cost < best_cost) {
+          // Beside one-warp levels, exact ties (e.g. 19 splits of 14 tiles and 20 of 13 at
+          // 16384/128/64, where cost = one-warp time + shared x held / 12) go to the more splits
+          // (s grows, so `real` never falls) whatever the rounding: the picks measured in v17.
+          if (best_cost < 0 || (beside ? cost <= best_cost * (1.0 + 1e-9) : cost < best_cost)) {
             best_cost = cost;
             splits = real;
           }
