@@ -193,13 +193,7 @@ int main(int argc, char** argv) {
               const dim3 grid(b, kKvHeads, p.splits);
               std::vector<double> t;
               for (int i = 0; i < 33; ++i) {
-                if (flush_mode == 0) {
-                  cascade::bench::l2_flush_read_kernel<<<1056, 512>>>(
-                      static_cast<const uint4*>(flush), flush_bytes / 16,
-                      reinterpret_cast<unsigned*>(static_cast<char*>(flush) + flush_bytes));
-                } else if (flush_mode == 1) {
-                  CK(cudaMemsetAsync(flush, 0, flush_bytes));
-                }
+                if (flush_mode < 2) CK(cascade::bench::flush_l2(flush, flush_bytes, 0, nullptr, flush_mode == 1));
                 CK(cudaEventRecord(e0));
                 if (stages == 2) {
                   probe_kernel<2><<<grid, 32>>>(p);
@@ -251,8 +245,7 @@ int main(int argc, char** argv) {
         const dim3 grid(b, kKvHeads, p.splits);
         std::vector<double> t;
         for (int i = 0; i < 33; ++i) {
-          cascade::bench::l2_flush_read_kernel<<<1056, 512>>>(static_cast<const uint4*>(flush), flush_bytes / 16,
-                                                              reinterpret_cast<unsigned*>(static_cast<char*>(flush) + flush_bytes));
+          CK(cascade::bench::flush_l2(flush, flush_bytes, 0, nullptr, false));
           CK(cudaEventRecord(e0));
           if (form == 0) probe_kernel<2, false, false><<<grid, 32>>>(p);
           if (form == 1) probe_kernel<2, true, false><<<grid, 32>>>(p);

@@ -36,9 +36,10 @@ inline bool flush_by_memset() {
 inline const char* flush_name() { return flush_by_memset() ? "memset 256 MB" : "read 256 MB"; }
 
 // `buf` holds `bytes` (a multiple of 16) followed by 4 spare bytes for the sink; it must be zeroed
-// once by the caller (and is then only read, unless the memset flush is asked for).
-inline cudaError_t flush_l2(void* buf, std::size_t bytes, int round, cudaStream_t st) {
-  if (flush_by_memset()) return cudaMemsetAsync(buf, round & 0xFF, bytes, st);
+// once by the caller (and is then only read, unless the memset flush is asked for). `memset`:
+// the older flush, by default where CASCADE_BENCH_FLUSH=memset.
+inline cudaError_t flush_l2(void* buf, std::size_t bytes, int round, cudaStream_t st, bool memset = flush_by_memset()) {
+  if (memset) return cudaMemsetAsync(buf, round & 0xFF, bytes, st);
   l2_flush_read_kernel<<<1056, 512, 0, st>>>(static_cast<const uint4*>(buf), bytes / 16,
                                              reinterpret_cast<unsigned*>(static_cast<char*>(buf) + bytes));
   return cudaGetLastError();

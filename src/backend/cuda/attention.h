@@ -197,9 +197,10 @@ class LevelFork {
 int busy_levels(const std::vector<LevelPack>& levels);
 
 /// \brief Settles a packed plan's direct output once, for its callers to follow: clears every
-/// LevelPack::direct_out where attention_direct_out_enabled() is false, and returns whether a
-/// level with items writes the output rows itself (then run no fill and no merge kernel).
-bool resolve_direct_out(PlanPack* pack);
+/// LevelPack::direct_out where the caller does not take it (`take` false: CudaRunnerOptions for
+/// tests) or attention_direct_out_enabled() is false, and returns whether a level with items
+/// writes the output rows itself (then run no fill and no merge kernel).
+bool resolve_direct_out(PlanPack* pack, bool take = true);
 
 /// \brief Whether taking q/k RMSNorm + RoPE into the pack's qk_rope level measured faster than
 /// qk_norm_rope_kernel (v13, H100, Qwen3-0.6B decode at contexts 512 and 2048): where its CTAs

@@ -31,11 +31,18 @@ constexpr double kBesideFixedTiles = 6.0;
 constexpr double kBesideFixedUs = 8.6;
 constexpr double kBesideBytesPerUs = 2.9e6;
 
-// Why a level's arrays cannot be packed, or nullptr: every index pack_plan and the kernels follow
-// stays inside its array, and no group's key count overflows. Checked for every level before any
-// level is used.
-const char* level_defect(const CascadeLevel& lv, int rows) {
+// A level's keys: each page's first token within its group and each group's key count.
+struct LevelKeys {
+  std::vector<std::int32_t> page_start, kv_len;
+};
+
+// Why a level's arrays cannot be packed, or nullptr, with its keys counted in the same pass:
+// every index pack_plan and the kernels follow stays inside its array, and no group's key count
+// overflows. Run over every level before any level is used.
+const char* scan_level(const CascadeLevel& lv, int rows, LevelKeys* keys) {
   const int groups = lv.num_groups();
+  keys->page_start.assign(lv.page_ids.size(), 0);
+  keys->kv_len.assign(static_cast<std::size_t>(std::max(groups, 0)), 0);
   if (groups <= 0) return nullptr;
   if (static_cast<int>(lv.page_indptr.size()) != groups + 1 || static_cast<int>(lv.kv_start_pos.size()) != groups ||
       lv.page_ids.size() != lv.page_lens.size() || lv.q_indptr.front() != 0 || lv.q_indptr.back() > rows ||
@@ -48,29 +55,30 @@ const char* level_defect(const CascadeLevel& lv, int rows) {
     }
   }
   for (int g = 0; g < groups; ++g) {
-    long long keys = 0;
+    long long t = 0;
     for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) {
       if (lv.page_lens[i] <= 0) return "a page length is not positive";
-      keys += lv.page_lens[i];
+      if (t + lv.page_lens[i] > (1LL << 30)) return "a group holds more than 2^30 keys";
+      keys->page_start[i] = static_cast<std::int32_t>(t);
+      t += lv.page_lens[i];
     }
-    if (keys > (1LL << 30)) return "a group holds more than 2^30 keys";
+    keys->kv_len[g] = static_cast<std::int32_t>(t);
   }
   return nullptr;
 }
 
 // Where a level's work is in a step: whether it launches CTAs (a group with rows and keys), whether
 // they are one-warp CTAs (groups of at most 16 stacked rows), and the keys x KV heads they read
-// (each 16-row tile of a group its own pass over the group's keys). For a validated level.
+// (each 16-row tile of a group its own pass over the group's keys). For a scanned level.
 struct LevelWork {
   bool busy = false, one_warp = true;
   long long key_heads = 0;
 };
-LevelWork level_work(const CascadeLevel& lv, int gqa, int num_kv_heads) {
+LevelWork level_work(const CascadeLevel& lv, const LevelKeys& lk, int gqa, int num_kv_heads) {
   LevelWork w;
   for (int g = 0; g < lv.num_groups(); ++g) {
     const long long m = static_cast<long long>(lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa;
-    long long keys = 0;
-    for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) keys += lv.page_lens[i];
+    const long long keys = lk.kv_len[g];
     w.one_warp = w.one_warp && m <= 16;
     w.busy = w.busy || (m > 0 && keys > 0);
     w.key_heads += keys * ((m + 15) / 16) * num_kv_heads;
@@ -126,8 +134,9 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   pk.levels.assign(num_levels, LevelPack{});
   pk.row_order = append(pk.data, plan.row_order);
   pk.q_pos = append(pk.data, plan.q_pos);
-  for (const CascadeLevel& lv : plan.levels) {
-    if (const char* defect = level_defect(lv, rows)) {
+  std::vector<LevelKeys> level_keys(static_cast<std::size_t>(num_levels));
+  for (int l = 0; l < num_levels; ++l) {
+    if (const char* defect = scan_level(plan.levels[l], rows, &level_keys[l])) {
       *why = defect;
       return false;
     }
@@ -142,7 +151,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   int first_busy = -1;
   long long beside_keys = 0;
   for (int l = 0; l < num_levels; ++l) {
-    const LevelWork w = level_work(plan.levels[l], gqa, num_kv_heads);
+    const LevelWork w = level_work(plan.levels[l], level_keys[l], gqa, num_kv_heads);
     if (!w.busy) continue;
     if (first_busy < 0) {
       first_busy = l;
@@ -157,19 +166,16 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     const CascadeLevel& lv = plan.levels[l];
     const int groups = lv.num_groups();
     LevelPack& lp = pk.levels[l];
-    std::vector<std::int32_t> page_start(lv.page_ids.size()), kv_len(groups), kv_fresh(groups, 0);
+    const std::vector<std::int32_t>& page_start = level_keys[l].page_start;
+    const std::vector<std::int32_t>& kv_len = level_keys[l].kv_len;
+    std::vector<std::int32_t> kv_fresh(groups, 0);
     std::vector<std::int32_t> items;
     int max_m = 0, max_len = 0;
     // Every row in a group with keys (and row_order a permutation, so none twice).
     bool all_keyed = groups > 0 && lv.q_indptr.back() == rows && row_order_is_permutation;
     bool decode_rows = true;  // every group one row whose q position is its last key (qk_rope)
     for (int g = 0; g < groups; ++g) {
-      int t = 0;
-      for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1]; ++i) {
-        page_start[i] = t;
-        t += lv.page_lens[i];
-      }
-      kv_len[g] = t;
+      const int t = kv_len[g];
       all_keyed = all_keyed && t > 0;
       if (written_slots != nullptr) {
         kv_fresh[g] = t;
@@ -214,6 +220,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // parts of 512 keys for 256 sequences, whose one-warp CTAs then run beside the shared ones).
     int splits = 1;
     const int ctas = lp.num_items * num_kv_heads;
+    const auto waves = [&](long long n, long long per_sm) { return (n + per_sm * num_sms - 1) / (per_sm * num_sms); };
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
     if (lp.warps == 1) {
       const int target = kOneWarpCtasPerSm * num_sms;
@@ -226,20 +233,20 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       if (num_sms > 0 && ctas > 0 && ctas < slots && max_len > 0) {
         const int cap = std::max(1, std::min((max_len + 2 * kTile - 1) / (2 * kTile), slice_budget));
         double best_cost = -1;
+        const bool beside = l == first_busy && beside_us > 0.0;
         for (int s = 1; s <= cap; ++s) {
           const int tiles = ((max_len + s - 1) / s + kTile - 1) / kTile;  // per split, rounded
           const int real = (max_len + tiles * kTile - 1) / (tiles * kTile);
           const long long n = static_cast<long long>(ctas) * real;
-          const long long waves = (n + slots - 1) / slots;
+          const long long w = waves(n, kFourWarpCtasPerSm);
           double cost;
-          const bool beside = l == first_busy && beside_us > 0.0;
           if (!beside) {
             // + 2 tiles per CTA for its fixed costs (start-up, first loads, its state written
             // and merged): 37 splits of 7 tiles lost to 6 of 43 over a 16k prefix (v9).
-            cost = static_cast<double>(waves * (tiles + 2));
+            cost = static_cast<double>(w * (tiles + 2));
           } else {
             // Beside one-warp levels (the model above): fewer, longer CTAs leave them SMs.
-            const double shared = static_cast<double>(waves) * (tiles + kBesideFixedTiles) * kBesideTileUs;
+            const double shared = static_cast<double>(w) * (tiles + kBesideFixedTiles) * kBesideTileUs;
             const double held = std::min<double>(kFourWarpCtasPerSm, static_cast<double>(n) / num_sms) *
                                 (kOneWarpCtasPerSm / kFourWarpCtasPerSm);
             const double left = std::max(0.0, kOneWarpCtasPerSm - held) / kOneWarpCtasPerSm;
@@ -276,7 +283,6 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // waves than the separate one-warp CTAs: fewer CTAs would put a small batch's whole KV read
     // on a few SMs, and e.g. 136 CTAs of 8 splits (one fits per SM) would take two waves where
     // their 1088 one-warp CTAs take one.
-    const auto waves = [&](long long n, long long per_sm) { return (n + per_sm * num_sms - 1) / (per_sm * num_sms); };
     const bool cta_merge = lp.short_tiles && splits <= kMaxCtaSplits && num_sms > 0 && ctas >= num_sms &&
                            waves(ctas, kOneWarpCtasPerSm / splits) <=
                                waves(static_cast<long long>(ctas) * splits, kOneWarpCtasPerSm);
@@ -361,10 +367,10 @@ int busy_levels(const std::vector<LevelPack>& levels) {
       std::count_if(levels.begin(), levels.end(), [](const LevelPack& lp) { return lp.num_items > 0; }));
 }
 
-bool resolve_direct_out(PlanPack* pack) {
+bool resolve_direct_out(PlanPack* pack, bool take) {
   bool direct = false;
   for (LevelPack& lp : pack->levels) {
-    lp.direct_out = lp.direct_out && attention_direct_out_enabled();
+    lp.direct_out = lp.direct_out && take && attention_direct_out_enabled();
     direct = direct || (lp.direct_out && lp.num_items > 0);
   }
   return direct;

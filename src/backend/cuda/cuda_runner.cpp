@@ -117,10 +117,7 @@ class CudaRunner final : public ModelRunner {
       throw_error(ErrorCode::kInvalidArgument, "cuda runner: invalid cascade plan: {}", why);
     }
     const int R = static_cast<int>(batch.logit_rows.size());
-    if (!options_.direct_out) {
-      for (cuda::LevelPack& lp : pack.levels) lp.direct_out = false;
-    }
-    if (cuda::resolve_direct_out(&pack)) ++stats_.direct_out;
+    if (cuda::resolve_direct_out(&pack, options_.direct_out)) ++stats_.direct_out;
     // q/k RMSNorm + RoPE inside a lone decode level where that measured faster (qk_rope_pays),
     // or wherever it can (options_.qk_rope, for tests); never with a qkv bias, and only where
     // each row writes its group's last key (the level writes it just before reading it).
