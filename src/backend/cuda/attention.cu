@@ -24,11 +24,11 @@ inline constexpr int kTileFor = kWarps == 1 ? (kShort ? 16 : 32) : 64;
 // stages, one CTA per SM, were 3-6% slower at batch 256 than this with three CTAs per SM, v9.)
 constexpr int kTileStages = 2;
 // Shared memory of a CTA (for kCtaMerge, of each of its warps): the stages of K and V tiles and
-// their slots (+ slack to align the tiles to 1024 for kWg).
+// their slots (+ slack to align the tiles to 1024 for kWg's descriptors, 256 for the swizzle
+// the others form on shared addresses).
 template <int kD, int kWarps, bool kWg, bool kShort>
 inline constexpr int kLevelSmem =
-    kTileStages * (2 * kTileFor<kWarps, kShort> * (kWg ? kD : kD + 8) * 2 + kTileFor<kWarps, kShort> * 4) +
-    (kWg ? 1024 : 0);
+    kTileStages * (2 * kTileFor<kWarps, kShort> * kD * 2 + kTileFor<kWarps, kShort> * 4) + (kWg ? 1024 : 256);
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -40,30 +40,33 @@ __device__ inline void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ inline void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+// ldmatrix at a shared-memory address (the tiles' swizzled offsets are formed on the address).
+__device__ inline void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
 
-__device__ inline void ldmatrix_x4_trans(unsigned (&r)[4], const void* smem) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+__device__ inline void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
 
-// Element (token r, column col) of a staged K or V tile: padded rows for the mma.sync kernels;
-// for the wgmma kernel (kWg) the 128-byte swizzle of wgmma.cuh, the tile cut into 64-column
-// halves of kTile rows of 128 bytes each (K is then K-major for S = Q Kᵀ and V MN-major for
-// O = P V).
+// Element (token r, column col) of a staged K or V tile. For the mma.sync kernels, rows of kD
+// elements with 16-byte chunk c of row r at chunk c ^ (r & 7): the eight rows an ldmatrix reads
+// at one column then hit eight different bank groups, and a row of global memory lands in one
+// unbroken row of shared memory (rows padded to kD + 8 made each cp.async ask L2 for ~1.5x the
+// sectors it needed; v18). For the wgmma kernel (kWg) the 128-byte swizzle of wgmma.cuh, the
+// tile cut into 64-column halves of kTile rows of 128 bytes each (K is then K-major for
+// S = Q Kᵀ and V MN-major for O = P V).
 template <int kD, int kTile, bool kWg>
 __device__ __forceinline__ int tile_elem(int r, int col) {
   if constexpr (kWg) {
     return (col >> 6) * (kTile * 64) + r * 64 + ((((col & 63) >> 3) ^ (r & 7)) << 3);
   } else {
-    return r * (kD + 8) + col;
+    static_assert(kD % 64 == 0, "the swizzle permutes chunks within 128-byte groups");
+    return r * kD + ((((col >> 3) ^ (r & 7))) << 3) + (col & 7);
   }
 }
 
@@ -135,12 +138,18 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
       /* a row costs one shared load of its slot and one multiply-add. (A loop over flat chunk */ \
       /* indices spent ~19 integer instructions per cp.async on 64-bit index math: half of */ \
       /* the one-warp kernel's instructions, v11.) */ \
+      /* (mma.sync tiles: row r0 + i * kRowStep has swizzle phase (r0 & 7) ^ ((i * kRowStep) & 7), */ \
+      /* as r0 < kRowStep or kRowStep % 8 == 0 (powers of 2), so the step's phase is an XOR */ \
+      /* with an immediate.) */ \
       constexpr int kRowStep = kThreads / kChunks; \
       static_assert(kTile % kRowStep == 0 && (!kWg || kRowStep % 8 == 0), "rows per pass"); \
       constexpr int kElemStep = kWg ? kRowStep * 64 : kRowStep * kStride; \
       const unsigned team_tid = kCtaMerge ? threadIdx.x & 31u : threadIdx.x; \
       const int r0 = team_tid / kChunks, col = (team_tid % kChunks) * 8; \
       const int e0 = tile_elem<kD, kTile, kWg>(r0, col); \
+      const auto elem = [&](int i) { \
+        return kWg ? e0 + i * kElemStep : (e0 ^ (((i * kRowStep) & 7) << 3)) + i * kElemStep; \
+      }; \
       const __nv_bfloat16* kbase = p.k_cache + kvh * kD + col; \
       const __nv_bfloat16* vbase = p.v_cache + kvh * kD + col; \
       const std::int64_t slot_stride = static_cast<std::int64_t>(p.num_kv_heads) * kD; \
@@ -148,8 +157,8 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
       for (int i = 0; i < kTile / kRowStep; ++i) { \
         const int slot = slots[r0 + i * kRowStep]; \
         const std::int64_t off = static_cast<std::int64_t>(slot < 0 ? 0 : slot) * slot_stride; \
-        cp_async16(ks + e0 + i * kElemStep, kbase + off, slot >= 0); \
-        cp_async16(vs + e0 + i * kElemStep, vbase + off, slot >= 0); \
+        cp_async16(ks + elem(i), kbase + off, slot >= 0); \
+        cp_async16(vs + elem(i), vbase + off, slot >= 0); \
       } \
     }
 
@@ -256,8 +265,8 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   static_assert(!kWg || (kWarps == 4 && !kReadAhead), "the wgmma form is a four-warp kernel");
   static_assert(!kShort || (kWarps == 1 && !kReadAhead), "short tiles are a one-warp form");
   static_assert(!kCtaMerge || kShort, "the CTA merge is a short-tile one-warp form");
-  // Shared-memory row (bf16): padded for conflict-free fragment loads, or swizzled (tile_elem).
-  constexpr int kStride = kWg ? kD : kD + 8;
+  // Shared-memory row (bf16), swizzled for conflict-free fragment loads (tile_elem).
+  constexpr int kStride = kD;
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunks = kD / 8;  // 16-byte chunks per KV row
   constexpr int kTile = kTileFor<kWarps, kShort>;
@@ -268,7 +277,8 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   }
 #endif
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned char* smem_base = smem_raw;
+  // kCtaMerge: warp w's slice of shared memory (its tiles, then its state at the end).
+  unsigned char* const slice_base = smem_raw + (kCtaMerge ? static_cast<int>(threadIdx.x >> 5) * kLevelSmem<kD, kWarps, kWg, kShort> : 0);
   // kCtaMerge: warp w is split w, with the w-th slice of shared memory; the tile loader's thread
   // index and barriers are then the warp's own.
   [[maybe_unused]] const int split_warp = kCtaMerge ? static_cast<int>(threadIdx.x >> 5) : 0;
@@ -279,10 +289,12 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       __syncthreads();
     }
   };
-  if constexpr (kCtaMerge) smem_base += split_warp * kLevelSmem<kD, kWarps, kWg, kShort>;
-  if constexpr (kWg) {  // the swizzle pattern follows address bits 4-9: align the tiles to 1024
-    const unsigned raw = static_cast<unsigned>(__cvta_generic_to_shared(smem_raw));
-    smem_base += ((raw + 1023u) & ~1023u) - raw;
+  // The swizzle patterns follow address bits 4-9 (kWg) or 4-7: align the tiles to 1024 or 256.
+  constexpr unsigned kAlign = kWg ? 1024u : 256u;
+  unsigned char* smem_base = slice_base;
+  {
+    const unsigned raw = static_cast<unsigned>(__cvta_generic_to_shared(slice_base));
+    smem_base += ((raw + kAlign - 1u) & ~(kAlign - 1u)) - raw;
   }
   __nv_bfloat16* k_s = reinterpret_cast<__nv_bfloat16*>(smem_base);  // [kStages][kTile][kStride]
   __nv_bfloat16* v_s = k_s + kStages * kTile * kStride;
@@ -455,6 +467,11 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     if (num_tiles > 0 && !first_loaded) load_tile(0, 0);
     cp_async_commit();
   }
+  // This lane's ldmatrix offsets in a K and a V tile (bytes; tile_elem's swizzle): K row lane & 7
+  // at chunk (lane >> 3) ^ (lane & 7); V row (lane & 7) + ((lane >> 3) & 1) * 8 at chunk
+  // (lane >> 4) ^ (lane & 7). The k- and d-steps XOR them with immediates.
+  [[maybe_unused]] const unsigned k_lane = (lane & 7) * kD * 2 + (((lane >> 3) ^ (lane & 7)) << 4);
+  [[maybe_unused]] const unsigned v_lane = ((lane & 7) + ((lane >> 3) & 1) * 8) * kD * 2 + (((lane >> 4) ^ (lane & 7)) << 4);
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int stage = tile % kStages;
     if constexpr (kWg) {
@@ -476,6 +493,8 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
 
     const __nv_bfloat16* ks = k_s + stage * kTile * kStride;
     const __nv_bfloat16* vs = v_s + stage * kTile * kStride;
+    [[maybe_unused]] const unsigned k_tile = static_cast<unsigned>(__cvta_generic_to_shared(ks));
+    [[maybe_unused]] const unsigned v_tile = static_cast<unsigned>(__cvta_generic_to_shared(vs));
     const int t0 = t_begin + tile * kTile;
 
     // S = Q K^T for 16 rows x kTile tokens: kTile / 8 n-tiles of 8 tokens.
@@ -510,11 +529,12 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
 #pragma unroll
       for (int j = 0; j < kTile / 8; ++j) {
         s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-        const __nv_bfloat16* krow = ks + (j * 8 + (lane & 7)) * kStride + (lane >> 3) * 8;
 #pragma unroll
         for (int kk = 0; kk < kD / 16; kk += 2) {
           unsigned b[4];
-          ldmatrix_x4(b, krow + kk * 16);
+          // Logical chunk kk * 2 + q of row j * 8 + i (i = lane & 7, q = lane >> 3) sits at chunk
+          // (q ^ i) ^ 2kk: k_lane's offset XOR kk * 32 bytes, rows j * 8 further.
+          ldmatrix_x4(b, ((k_tile + k_lane) ^ static_cast<unsigned>(kk * 32)) + j * 8 * kD * 2);
           mma_bf16(s[j], qa[kk], b[0], b[1]);
           mma_bf16(s[j], qa[kk + 1], b[2], b[3]);
         }
@@ -597,12 +617,12 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       for (int kj = 0; kj < kTile / 16; ++kj) {
         unsigned pa[4];
         p_fragment(s, kj, pa);
-        const int vrow = kj * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-        const int vcol = (lane >> 4) * 8;
 #pragma unroll
         for (int dn = 0; dn < kD / 16; ++dn) {
           unsigned b[4];
-          ldmatrix_x4_trans(b, vs + vrow * kStride + dn * 16 + vcol);
+          // Logical chunk dn * 2 + q of row kj * 16 + h * 8 + i (i = lane & 7, h = (lane >> 3) & 1,
+          // q = lane >> 4) sits at chunk (q ^ i) ^ 2dn.
+          ldmatrix_x4_trans(b, ((v_tile + v_lane) ^ static_cast<unsigned>(dn * 32)) + kj * 16 * kD * 2);
           mma_bf16(acc[2 * dn], pa, b[0], b[1]);
           mma_bf16(acc[2 * dn + 1], pa, b[2], b[3]);
         }
@@ -640,7 +660,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     constexpr int kStatePitch = kD + 8;
     constexpr int kSlice = kLevelSmem<kD, kWarps, kWg, kShort>;
     static_assert((16 * kStatePitch + 16) * 4 <= kSlice && kSlice % 16 == 0, "a state fits a warp's slice");
-    float* st_o = reinterpret_cast<float*>(smem_base);  // [16][kStatePitch]
+    float* st_o = reinterpret_cast<float*>(slice_base);  // [16][kStatePitch]
     float* st_lse = st_o + 16 * kStatePitch;            // [16]
     __syncwarp();
 #pragma unroll
