@@ -11,9 +11,9 @@ namespace {
 
 // KV tokens per shared-memory tile: 64 for the four-warp kernel (shared levels, many rows), 32 for
 // the one-warp decode kernel, whose occupancy is set by shared memory (two stages of K and V
-// tiles): 35 KB lets 6 CTAs share an SM instead of 3, so twice the warps hide the latency of this
+// tiles): 32.5 KiB lets 6 CTAs share an SM instead of 3, so twice the warps hide the latency of this
 // issue-bound kernel. One-warp CTAs of at most kShortTileMaxTokens keys (pack_plan's short_tiles:
-// the unique levels of cascades, decode splits) take 16-token tiles: 17.5 KB and 160 registers
+// the unique levels of cascades, decode splits) take 16-token tiles: 16.4 KiB and 164 registers
 // (head_dim 128; at most 168 keep it) let 12 CTAs share an SM instead of 6, which pays where a
 // CTA has only a few tiles to hide its latency behind; over longer ranges the small tile's
 // per-tile work costs more (v11).
@@ -162,7 +162,8 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kN][4], int kj, unsi
       } \
     }
 
-// q_s rows (rope_q_and_kv): padded like the one-warp K tiles, so 8 rows fit any stage-1 K tile.
+// q_s rows (rope_q_and_kv): padded (no bank conflicts when the warp's 8 rows read one column); 8
+// rows fit any stage-1 K tile.
 template <int kD>
 inline constexpr int kQRowPitch = kD + 8;
 
