@@ -65,7 +65,9 @@ __device__ __forceinline__ int tile_elem(int r, int col) {
   if constexpr (kWg) {
     return (col >> 6) * (kTile * 64) + r * 64 + ((((col & 63) >> 3) ^ (r & 7)) << 3);
   } else {
-    static_assert(kD % 64 == 0, "the swizzle permutes chunks within 128-byte groups");
+    // The XOR immediates of the ldmatrix steps reach bit 7 (kD 128): tiles aligned to 256 bytes
+    // cover these two head dims only.
+    static_assert(kD == 64 || kD == 128, "the swizzled addresses assume 256-byte-aligned tiles");
     return r * kD + ((((col >> 3) ^ (r & 7))) << 3) + (col & 7);
   }
 }
@@ -247,7 +249,7 @@ __device__ __forceinline__ void rope_q_and_kv(const AttentionLevelParams& p, uns
 }
 
 // Four-warp CTAs are held to 168 registers so that three fit per SM (12 warps to hide the mma and
-// exp latency; 3 x 69.6 KB of shared memory fits too). pack_plan's split-K assumes this.
+// exp latency; 3 x 65.5 KiB of shared memory fits too). pack_plan's split-K assumes this.
 // kReadAhead (one-warp CTAs of small batches, p.read_ahead): the first two KV tiles are loaded
 // before the wait where kv_fresh allows. A separate instantiation, so that the others compile to
 // the code they had before it (same PTX): with the extra load sites compiled into every launch,

@@ -133,7 +133,7 @@ struct LevelPack {
   bool qk_rope = false;
 };
 inline constexpr int kShortTileMaxTokens = 192;
-// The most splits a lone direct_out level runs as the warps of one CTA (8 x 17.5 KB of shared
+// The most splits a lone direct_out level runs as the warps of one CTA (8 x 16.4 KiB of shared
 // memory at head_dim 128).
 inline constexpr int kMaxCtaSplits = 8;
 struct PlanPack {

@@ -8,7 +8,7 @@
 namespace cascade::cuda {
 namespace {
 constexpr int kTile = 64;  // split granularity: a multiple of attention.cu's tiles (16, 32 and 64)
-// One-warp CTAs of 16-token tiles resident per SM (17.5 KB of shared memory and 160 registers a
+// One-warp CTAs of 16-token tiles resident per SM (16.4 KiB of shared memory and 164 registers a
 // thread at head_dim 128): the split target; a merged CTA of s splits fits 12 / s times.
 constexpr int kOneWarpCtasPerSm = 12;
 // Four-warp CTAs resident per SM (the kernel's launch bounds); each holds the registers and
@@ -208,7 +208,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       }
     }
     lp.num_items = static_cast<int>(items.size() / 2);
-    // Split-K when the level alone would leave SMs idle. One-warp CTAs (35 KB of shared memory
+    // Split-K when the level alone would leave SMs idle. One-warp CTAs (32.5 KiB of shared memory
     // with 32-token tiles) fit 6 per SM: aim for at least two full waves of those (one of the
     // 12 per SM that 16-token tiles allow), splits of at least 64 tokens, so that a level of
     // e.g. 512 CTAs (0.65 of a wave of 792) does not leave a third of the chip idle. Other
