@@ -280,11 +280,10 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   }
 #endif
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // kCtaMerge: warp w's slice of shared memory (its tiles, then its state at the end).
-  unsigned char* const slice_base = smem_raw + (kCtaMerge ? static_cast<int>(threadIdx.x >> 5) * kLevelSmem<kD, kWarps, kWg, kShort> : 0);
-  // kCtaMerge: warp w is split w, with the w-th slice of shared memory; the tile loader's thread
-  // index and barriers are then the warp's own.
+  // kCtaMerge: warp w is split w, with the w-th slice of shared memory (its tiles, then its state
+  // at the end); the tile loader's thread index and barriers are then the warp's own.
   [[maybe_unused]] const int split_warp = kCtaMerge ? static_cast<int>(threadIdx.x >> 5) : 0;
+  unsigned char* const slice_base = smem_raw + split_warp * kLevelSmem<kD, kWarps, kWg, kShort>;
   const auto tile_sync = [] {
     if constexpr (kCtaMerge) {
       __syncwarp();
@@ -746,6 +745,11 @@ bool attention_wgmma_available() {
 
 bool attention_qk_rope_enabled() {
   static const bool off = ab_switch_on("CASCADE_ATTENTION_NO_ROPE_FUSE");
+  return !off;
+}
+
+bool attention_fork_enabled() {
+  static const bool off = ab_switch_on("CASCADE_ATTENTION_NO_FORK");
   return !off;
 }
 

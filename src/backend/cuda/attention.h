@@ -99,6 +99,10 @@ bool attention_direct_out_enabled();
 /// from qk_norm_rope_kernel as every other level does (resolve_qk_rope).
 bool attention_qk_rope_enabled();
 
+/// \brief False with CASCADE_ATTENTION_NO_FORK=1 (A/B): LevelFork keeps every level on the
+/// caller's stream, and pack_plan splits levels as if each ran alone.
+bool attention_fork_enabled();
+
 /// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
 /// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice, or with
 /// direct_out the bf16 output row.

@@ -147,7 +147,6 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   // one-warp levels' work beside it (the model above), in us at head_dim 128: the fit's shape.
   // CASCADE_ATTENTION_SPLIT_ALONE=1 splits it as if alone (the rule before v17, A/B).
   static const bool split_alone = ab_switch_on("CASCADE_ATTENTION_SPLIT_ALONE");
-  static const bool no_fork = ab_switch_on("CASCADE_ATTENTION_NO_FORK");
   int first_busy = -1;
   long long beside_keys = 0;
   for (int l = 0; l < num_levels; ++l) {
@@ -159,7 +158,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       beside_keys += w.key_heads;
     }
   }
-  const double beside_us = split_alone || no_fork || beside_keys == 0
+  const double beside_us = split_alone || !attention_fork_enabled() || beside_keys == 0
                                ? 0.0
                                : kBesideFixedUs + static_cast<double>(beside_keys) * 512.0 / kBesideBytesPerUs;
   for (int l = 0; l < num_levels; ++l) {
@@ -344,10 +343,9 @@ cudaError_t LevelFork::synchronize() const {
 }
 
 cudaError_t LevelFork::begin(int busy_levels, cudaStream_t main) {
-  static const bool off = ab_switch_on("CASCADE_ATTENTION_NO_FORK");
   main_ = main;
   launched_ = 0;
-  forked_now_ = side_ != nullptr && busy_levels > 1 && !off;
+  forked_now_ = side_ != nullptr && busy_levels > 1 && attention_fork_enabled();
   if (!forked_now_) return cudaSuccess;
   cudaError_t e = cudaEventRecord(forked_, main);
   if (e == cudaSuccess) e = cudaStreamWaitEvent(side_, forked_, 0);
