@@ -42,8 +42,18 @@ def main():
     ap.add_argument("--loop-min", type=float, default=4.0)
     ap.add_argument("--top", type=int, default=8)
     a = ap.parse_args()
-    kernel, hdr, data = read_rows(a.csv)
+    try:
+        kernel, hdr, data = read_rows(a.csv)
+    except (OSError, EOFError, UnicodeDecodeError, IndexError, csv.Error) as e:
+        print(f"error: cannot read {a.csv}: {e}", file=sys.stderr)
+        return 2
     ix = {h: i for i, h in enumerate(hdr)}
+    needed = ("Source", "Warp Stall Sampling (All Samples)", "Instructions Executed")
+    missing = [h for h in needed if h not in ix]
+    if missing or not data:
+        print(f"error: {a.csv} is not an ncu SASS source export (missing: {', '.join(missing) or 'rows'})",
+              file=sys.stderr)
+        return 2
     stall_cols = [h for h in hdr if h.startswith("stall_") and "Not Issued" not in h]
 
     def num(r, h):
@@ -58,8 +68,11 @@ def main():
             "exec": num(r, "Instructions Executed"),
             "stalls": {h[6:]: num(r, h) for h in stall_cols},
         })
+    if not any(x["exec"] > 0 for x in recs):
+        print(f"error: {a.csv} has no executed instructions", file=sys.stderr)
+        return 2
     # The kernel's first instruction runs once per warp: its count is the number of warps.
-    warps = recs[0]["exec"] or max(1, min(x["exec"] for x in recs if x["exec"] > 0))
+    warps = recs[0]["exec"] or min(x["exec"] for x in recs if x["exec"] > 0)
     total = sum(x["samples"] for x in recs) or 1
     wait_at = next((i for i, x in enumerate(recs) if opcode(x["src"]) == "ACQBULK" and x["exec"] > 0), None)
     # The loop: of the runs of instructions executed at least loop_min times per warp (gaps of
