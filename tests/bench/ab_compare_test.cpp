@@ -21,7 +21,7 @@ using cascade::test::load_json;
 const fs::path kSource = CASCADE_SOURCE_DIR;
 
 cascade::test::CommandResult compare(const std::string& args) {
-  return cascade::test::run_command("python3 " + (kSource / "bench/ab_compare.py").string() + " " + args + " 2>&1");
+  return cascade::test::run_bench_script("ab_compare.py", args);
 }
 
 

@@ -27,6 +27,13 @@ inline std::filesystem::path write_temp_json(const nlohmann::json& j, const std:
   return p;
 }
 
+// Runs bench/<script> (a path under the source tree) with python3 and `args`, stderr folded into
+// the output.
+inline CommandResult run_bench_script(const std::string& script, const std::string& args) {
+  return run_command("python3 " + (std::filesystem::path(CASCADE_SOURCE_DIR) / "bench" / script).string() + " " +
+                     args + " 2>&1");
+}
+
 // Whether a script's output holds `text` (a table row, a warning).
 inline bool contains(const std::string& out, const std::string& text) { return out.find(text) != std::string::npos; }
 

@@ -23,9 +23,8 @@ const fs::path kSource = CASCADE_SOURCE_DIR;
 using Report = cascade::test::CommandResult;
 
 Report run(const fs::path& decode, const fs::path& attention, bool strict) {
-  return cascade::test::run_command("python3 " + (kSource / "bench/cuda_targets.py").string() + " " +
-                                    decode.string() + " " + attention.string() + (strict ? " --strict" : "") +
-                                    " 2>&1");
+  return cascade::test::run_bench_script("cuda_targets.py",
+                                         decode.string() + " " + attention.string() + (strict ? " --strict" : ""));
 }
 
 

@@ -21,8 +21,7 @@ using cascade::test::contains;
 const fs::path kSource = CASCADE_SOURCE_DIR;
 
 cascade::test::CommandResult regions(const std::string& args) {
-  return cascade::test::run_command("python3 " + (kSource / "bench/ncu_sass_regions.py").string() + " " + args +
-                                    " 2>&1");
+  return cascade::test::run_bench_script("ncu_sass_regions.py", args);
 }
 
 // One SASS row: source, samples (split as long_sb, wait) and executions.
