@@ -11,7 +11,8 @@
 // Each timed run is one replay of a CUDA graph holding fill + level kernels + merge, with L2
 // flushed before it (l2_flush.cuh: a 256 MB read; CASCADE_BENCH_FLUSH=memset for the older
 // 256 MB memset, which made the timed kernels write dirty lines back); the median of the runs is
-// reported. The levels run side by side as in the engine (LevelFork; CASCADE_ATTENTION_NO_FORK=1 runs them one after another).
+// reported. The levels run side by side as in the engine (LevelFork; CASCADE_ATTENTION_NO_FORK=1
+// runs them one after another).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

@@ -57,7 +57,7 @@ def main():
     stall_cols = [h for h in hdr if h.startswith("stall_") and "Not Issued" not in h]
 
     def num(r, h):
-        v = r[ix[h]].replace(",", "") if h in ix else ""
+        v = r[ix[h]].replace(",", "")
         return int(float(v)) if v not in ("", "-") else 0
 
     recs = []
@@ -86,15 +86,15 @@ def main():
         else:
             spans.append([i, i])
     best = max(spans, key=lambda sp: sum(x["exec"] for x in recs[sp[0]:sp[1] + 1]), default=None)
-    loop_lo, loop_hi = (best[0], best[1]) if best else (len(recs), len(recs) - 1)
+    loop_lo, loop_end = (best[0], best[1] + 1) if best else (len(recs), len(recs))
     regions = []
     if wait_at is not None and wait_at < loop_lo:
         regions.append(("before the PDL wait", 0, wait_at))
         regions.append(("after the wait, before the loop", wait_at, loop_lo))
     else:
         regions.append(("before the loop", 0, loop_lo))
-    regions.append(("loop", loop_lo, loop_hi + 1))
-    regions.append(("after the loop", loop_hi + 1, len(recs)))
+    regions.append(("loop", loop_lo, loop_end))
+    regions.append(("after the loop", loop_end, len(recs)))
 
     print(kernel.split(",", 1)[-1].strip('",'))
     print(f"warps {warps}, warp stall samples {total}, instructions {len(recs)}")
@@ -109,9 +109,8 @@ def main():
             st.update(x["stalls"])
         lead = ", ".join(f"{k} {100 * v / max(1, s):.0f}%" for k, v in st.most_common(3) if v)
         print(f"| {name} | {s} | {100 * s / total:.1f}% | {ex:.0f} | {lead} |")
-    loop = recs[loop_lo:loop_hi + 1]
     ops = collections.Counter()
-    for x in loop:
+    for x in recs[loop_lo:loop_end]:
         ops[opcode(x["src"])] += x["exec"]
     print("\nloop instructions per warp by opcode:",
           ", ".join(f"{k} {v / warps:.0f}" for k, v in ops.most_common(12)))

@@ -68,7 +68,7 @@ __device__ __forceinline__ int tile_elem(int r, int col) {
     // The XOR immediates of the ldmatrix steps reach bit 7 (kD 128): tiles aligned to 256 bytes
     // cover these two head dims only.
     static_assert(kD == 64 || kD == 128, "the swizzled addresses assume 256-byte-aligned tiles");
-    return r * kD + ((((col >> 3) ^ (r & 7))) << 3) + (col & 7);
+    return r * kD + (((col >> 3) ^ (r & 7)) << 3) + (col & 7);
   }
 }
 
