@@ -5,9 +5,11 @@
 // "down+silu" is the MLP's down projection from the gate_up output as the runner runs it: the
 // silu GEMV at M <= 2, else (and in the cuBLASLt column) the silu_mul kernel and then the GEMM.
 //
-// Usage: cuda_gemm_bench OUT.json [--m 4,8,16,32,64] [--reps N]
+// Usage: cuda_gemm_bench OUT.json [--m 4,8,16,32,64] [--reps N] [--w-copies C]
 // Each timing is the median over --reps runs of a CUDA graph of 16 back-to-back GEMMs, each on
 // its own copy of w (together larger than L2, so w comes from DRAM as in a decode step).
+// --w-copies C cycles the 16 GEMMs over C copies of w instead (lm_head: at most 2): with C = 1
+// the layer shapes read w from L2, which tells how much of a GEMM's time the DRAM reads set.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,15 +42,19 @@ __global__ void fill_kernel(__nv_bfloat16* p, std::size_t n, unsigned seed) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s OUT.json [--m 4,8,16,32,64] [--reps N]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s OUT.json [--m 4,8,16,32,64] [--reps N] [--w-copies C]\n", argv[0]);
     return 2;
   }
   std::vector<int> ms = {4, 8, 16, 32, 64};
   int reps = 30;
+  constexpr int kCopies = 16;  // GEMMs per graph
+  int w_copies = kCopies;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc) {
       reps = std::atoi(argv[++i]);
+    } else if (a == "--w-copies" && i + 1 < argc) {
+      w_copies = std::clamp(std::atoi(argv[++i]), 1, kCopies);
     } else if (a == "--m" && i + 1 < argc) {
       ms.clear();
       std::stringstream ss(argv[++i]);
@@ -68,7 +74,6 @@ int main(int argc, char** argv) {
                       {"down", 1024, 3072, false},
                       {"down+silu", 1024, 3072, false, true},
                       {"lm_head", 151936, 1024, true}};
-  constexpr int kCopies = 16;
   const double bw = copy_bandwidth();
   cascade::cuda::Gemm gemm;
   cudaStream_t stream;
@@ -80,7 +85,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
   std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_bandwidth_gbs\": " +
-                     std::to_string(bw / 1e9) + ",\n  \"skinny\": " +
+                     std::to_string(bw / 1e9) + ",\n  \"w_copies\": " + std::to_string(w_copies) + ",\n  \"skinny\": " +
                      (gemm.skinny_enabled() ? "true" : "false") + ",\n  \"results\": [\n";
   bool first = true;
   std::printf("%s, copy bandwidth %.0f GB/s, skinny GEMM %s\n", prop.name, bw / 1e9,
@@ -88,7 +93,7 @@ int main(int argc, char** argv) {
   std::printf("%-8s %4s %10s %10s %10s %8s %8s\n", "gemm", "M", "run us", "cublas us", "floor us",
               "run/fl", "cub/fl");
   for (const G& g : shapes) {
-    const int copies = g.n > 100000 ? 2 : kCopies;  // lm_head: 311 MB a copy
+    const int copies = g.n > 100000 ? std::min(2, w_copies) : w_copies;  // lm_head: 311 MB a copy
     const std::size_t wn = static_cast<std::size_t>(g.n) * g.k;
     std::vector<__nv_bfloat16*> w(copies);
     for (int c = 0; c < copies; ++c) {
