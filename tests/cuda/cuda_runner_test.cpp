@@ -527,32 +527,35 @@ TEST(CudaRunner, FusedLayersMatchUnfusedAndCpu) {
   }
 }
 
-// At one or two logit rows the lm_head GEMV takes the greedy argmax and sample() with greedy rows
-// only copies it: those ids must be the CPU sampler's on the same logits, for steps through the
-// graph and the eager path; a step with a sampled (temperature > 0) row, greedy or not beside it,
-// goes through the sampling kernel and must equal the CPU sampler too; and a second forward before
-// any sample() replaces the first one's ids.
+// At 1-64 logit rows the lm_head takes the greedy argmax (the GEMV at 1-2 rows, the skinny GEMM
+// at 3-64 on sm_90a) and sample() with greedy rows only copies it: those ids must be the CPU
+// sampler's on the same logits, for steps through the graph and the eager path; a step with a
+// sampled (temperature > 0) row, greedy or not beside it, goes through the sampling kernel and
+// must equal the CPU sampler too; and a second forward before any sample() replaces the first
+// one's ids.
 TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, false);
   Qwen3Weights w = random_qwen3_weights(c, 91);
   round_all(w);
-  const int page_size = 16, num_pages = 64;
+  const int page_size = 16, num_pages = 64, num_seqs = 6;
+  const int batches[] = {1, 2, 5, 3, 2, 6, 1, 4};
   CudaRunnerOptions graphs, eager;
   eager.cuda_graphs = false;
   for (const CudaRunnerOptions& opt : {graphs, eager}) {
     auto r = make_cuda_runner(c, w, num_pages, page_size, opt);
     std::mt19937_64 rng(5);
-    std::vector<Seq> seqs(2);
-    for (int s = 0; s < 2; ++s) {
+    std::vector<Seq> seqs(num_seqs);
+    std::vector<int> len(num_seqs), zero(num_seqs, 0);
+    for (int s = 0; s < num_seqs; ++s) {
       for (int t = 0; t < 40; ++t) seqs[s].tokens.push_back(static_cast<int>(rng() % c.vocab_size));
       for (int p = 0; p < 3; ++p) seqs[s].pages.push_back(s * 8 + p);
+      len[s] = 20 + 3 * s;
     }
     CascadePlan plan;
-    r->forward(flat_step(seqs, {0, 0}, {20, 27}, page_size, plan));
-    std::vector<int> len = {20, 27};
-    for (int i = 0; i < 6; ++i) {
-      const int nb = 1 + i % 2;
+    r->forward(flat_step(seqs, zero, len, page_size, plan));
+    for (int i = 0; i < static_cast<int>(std::size(batches)); ++i) {
+      const int nb = batches[i];
       const StepBatch step = decode_step(seqs, len, nb, page_size, plan);
       std::vector<RowSampling> greedy(nb), mixed(nb);
       for (int k = 0; k < nb; ++k) {
@@ -561,8 +564,9 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
         mixed[k].seed = 1000 + i;
         mixed[k].step = k;
       }
-      const std::string what = std::string(opt.cuda_graphs ? "graphs" : "eager") + " step " + std::to_string(i);
-      if (i == 4) r->forward(step);  // a forward nobody samples: the next one replaces its ids
+      const std::string what = std::string(opt.cuda_graphs ? "graphs" : "eager") + " step " + std::to_string(i) +
+                               " batch " + std::to_string(nb);
+      if (i == 4 || i == 5) r->forward(step);  // a forward nobody samples: the next one replaces its ids
       r->forward(step);
       const auto logits = r->copy_logits();
       ASSERT_EQ(logits.size(), static_cast<std::size_t>(nb) * c.vocab_size);

@@ -2,7 +2,7 @@
 // M values, Qwen3-0.6B layer shapes and lm_head, ragged N and K (partial w tiles, partial 64-column
 // chunks), every split count 1-8, bf16 and fp32 outputs, poisoned outputs and rows past M left
 // alone, run-to-run bit equality (the split-K sum has a fixed order), x from the previous kernel
-// of a stream (the PDL wait), and Gemm::run's routing.
+// of a stream (the PDL wait), Gemm::run's routing, and the greedy argmax form.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -475,6 +475,88 @@ TEST(CudaSkinnyGemm, FusedFormsEverySplitCountBitForBit) {
 // Host side (runs in CI): launch_skinny_gemm_fused refuses a residual epilogue without its outputs
 // or combined with the gated form, the folded norm or a y, a product without y, the gated form
 // without the folded norm and a folded norm of no tiles, before touching the device.
+// The argmax form (SkinnyArgmax) writes the plain fp32 product bit for bit, and each row's id is
+// the sampler's greedy rule on those logits: the lowest id among equal maxima, NaN skipped, -1
+// when no logit is > -inf. Shapes: lm_head (2374 tiles), 8-CTA split-K clusters, a partial last
+// tile. Rep 0 puts a three-way tie at the top of row 0 by far; rep 1 has lower maxima, a NaN
+// column and a NaN row, so stale keys or a counter not left at zero would show.
+TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
+  SKIP_WITHOUT_GPU();
+  if (!skinny_gemm_available()) GTEST_SKIP() << "no sm_90a device for the skinny GEMM";
+  std::mt19937_64 rng(53);
+  DeviceBuffer<unsigned long long> keys(kSkinnyMaxM);
+  DeviceBuffer<unsigned> counter(1);
+  DeviceBuffer<std::int32_t> ids(kSkinnyMaxM);
+  CUDA_TRY(cudaMemset(keys.get(), 0, keys.bytes()));
+  CUDA_TRY(cudaMemset(counter.get(), 0, counter.bytes()));
+  const SkinnyArgmax am{keys.get(), counter.get(), ids.get()};
+  auto argmax_rows = [](const std::vector<float>& y, int M, int N) {
+    std::vector<std::int32_t> out(M, -1);
+    for (int m = 0; m < M; ++m) {
+      float best = -INFINITY;
+      for (int n = 0; n < N; ++n) {
+        const float v = y[static_cast<std::size_t>(m) * N + n];
+        if (v > best) {
+          best = v;
+          out[m] = n;
+        }
+      }
+    }
+    return out;
+  };
+  struct Case {
+    int m, n, k, target_ctas;
+  };
+  for (const Case& c : {Case{64, 151936, 1024, 264}, Case{5, 1000, 3072, 1000}, Case{37, 130, 1016, 24},
+                        Case{3, 70, 264, 1}}) {
+    const int M = c.m, N = c.n, K = c.k;
+    for (int rep = 0; rep < 2; ++rep) {
+      auto x = random_vec(rng, static_cast<std::size_t>(M) * K);
+      auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
+      const int tie[3] = {N / 2, 7, N - 3};
+      if (rep == 0) {
+        for (const int t : tie) {
+          for (int k = 0; k < K; ++k) w[static_cast<std::size_t>(t) * K + k] = x[k] >= 0.0f ? 1.0f : -1.0f;
+        }
+      } else {
+        w[static_cast<std::size_t>(N / 3) * K + 5] = NAN;  // column N / 3: NaN in every row
+        x[static_cast<std::size_t>(1) * K + 3] = NAN;       // row 1: every logit NaN
+      }
+      auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
+      DeviceBuffer<float> y(static_cast<std::size_t>(M) * N), y_ref(y.size());
+      poison(y);
+      poison(y_ref);
+      poison(ids);
+      CUDA_TRY(launch_skinny_gemm_argmax(d_x.get(), d_w.get(), y.get(), M, N, K, am, c.target_ctas, nullptr));
+      CUDA_TRY(launch_skinny_gemm(d_x.get(), d_w.get(), y_ref.get(), true, M, N, K, c.target_ctas, nullptr));
+      const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                               " rep " + std::to_string(rep);
+      const auto got = download(y, y.size()), ref = download(y_ref, y.size());
+      EXPECT_EQ(std::memcmp(got.data(), ref.data(), got.size() * sizeof(float)), 0) << what;
+      const auto want = argmax_rows(got, M, N);
+      EXPECT_EQ(download(ids, M), want) << what;
+      if (rep == 0) EXPECT_EQ(want[0], 7) << what << ": the tie goes to the lowest id";
+      if (rep == 1) EXPECT_EQ(want[1], -1) << what << ": a row of NaN logits has no token";
+      EXPECT_EQ(download(counter, 1), std::vector<unsigned>{0u}) << what;
+      EXPECT_EQ(download(keys, kSkinnyMaxM), std::vector<unsigned long long>(kSkinnyMaxM, 0ull)) << what;
+    }
+  }
+  // Gemm::run_argmax takes the argmax where run() takes the skinny GEMM, and only there.
+  if (skinny_switched_off()) return;
+  Gemm gemm;
+  const int N = 300, K = 64;
+  auto d_x = upload(to_bf16(random_vec(rng, static_cast<std::size_t>(65) * K)));
+  auto d_w = upload(to_bf16(random_vec(rng, static_cast<std::size_t>(N) * K)));
+  DeviceBuffer<float> y(static_cast<std::size_t>(65) * N);
+  EXPECT_TRUE(gemm.run_argmax(d_x.get(), d_w.get(), y.get(), 3, N, K, am, nullptr));
+  EXPECT_TRUE(gemm.run_argmax(d_x.get(), d_w.get(), y.get(), 64, N, K, am, nullptr));
+  EXPECT_FALSE(gemm.run_argmax(d_x.get(), d_w.get(), y.get(), 65, N, K, am, nullptr));  // cuBLASLt
+  EXPECT_FALSE(gemm.run_argmax(d_x.get(), d_w.get(), y.get(), 2, N, K, am, nullptr));   // the GEMV
+  const SkinnyArgmax incomplete{keys.get(), nullptr, ids.get()};
+  EXPECT_EQ(launch_skinny_gemm_argmax(d_x.get(), d_w.get(), y.get(), 3, N, K, incomplete, 1, nullptr),
+            cudaErrorInvalidValue);
+}
+
 TEST(CudaSkinnyGemm, FusedLaunchRefusesIncompleteFusions) {
   alignas(16) static bf16 buf[64];
   alignas(16) static float fbuf[64];

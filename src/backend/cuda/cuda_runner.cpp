@@ -71,14 +71,17 @@ class CudaRunner final : public ModelRunner {
     inv_freq_.resize(half);
     CUDA_TRY(cudaMemcpy(inv_freq_.get(), inv.data(), half * sizeof(float), cudaMemcpyHostToDevice));
 
-    // The lm_head GEMV's greedy argmax (batches of 1-2 logit rows): fixed-size buffers, so graphs
-    // may bake in their addresses; the counter starts at zero and each call leaves it zero.
+    // The lm_head's greedy argmax (the GEMV at 1-2 logit rows, the skinny GEMM at 3-64):
+    // fixed-size buffers, so graphs may bake in their addresses; the counter and the skinny
+    // GEMM's keys start at zero and each call leaves them zero.
     const int parts = cuda::gemv_argmax_parts(cuda::kGemvMaxM, gemm_->sm_count());
     argmax_v_.resize(parts);
     argmax_i_.resize(parts);
-    argmax_out_.resize(cuda::kGemvMaxM);
+    argmax_out_.resize(std::max(cuda::kGemvMaxM, cuda::kSkinnyMaxM));
+    argmax_keys_.resize(cuda::kSkinnyMaxM);
     argmax_counter_.resize(1);
     CUDA_TRY(cudaMemsetAsync(argmax_counter_.get(), 0, argmax_counter_.bytes(), stream_));
+    CUDA_TRY(cudaMemsetAsync(argmax_keys_.get(), 0, argmax_keys_.bytes(), stream_));
     CUDA_TRY(cudaEventCreateWithFlags(&fwd_stage_.copied, cudaEventDisableTiming));
     CUDA_TRY(cudaEventCreateWithFlags(&sample_stage_.copied, cudaEventDisableTiming));
   }
@@ -133,7 +136,7 @@ class CudaRunner final : public ModelRunner {
       argmax_ready_ = forward_eager(batch, pack);
     }
     num_logit_rows_ = R;
-    // Where the lm_head GEMV took the greedy argmax (1-2 rows), the step is left enqueued:
+    // Where the lm_head took the greedy argmax (1-64 rows), the step is left enqueued:
     // a greedy sample() then costs one copy and one wait (and an error of the step's kernels is
     // reported by sample() or copy_logits(), not here). Elsewhere waiting here measured faster:
     // letting sample() queue its copy and kernel behind the running step made batch 16 and 64
@@ -618,8 +621,8 @@ class CudaRunner final : public ModelRunner {
     return argmax;
   }
 
-  // Enqueues the step; returns true when the lm_head GEMV also took the greedy argmax of every
-  // logit row into argmax_out_.
+  // Enqueues the step; returns true when the lm_head (GEMV or skinny GEMM) also took the greedy
+  // argmax of every logit row into argmax_out_.
   bool enqueue(const StepLaunch& s) {
     const int n = s.rows, R = s.logit_rows;
     const int H = config_.num_attention_heads, KVH = config_.num_key_value_heads,
@@ -803,7 +806,8 @@ class CudaRunner final : public ModelRunner {
     }
     // Final norm only for the rows whose logits are wanted (the residual is not needed after).
     // One or two rows: the norm is formed in the lm_head GEMV, which also takes the greedy argmax
-    // of each row (sample() then needs no kernel for greedy rows).
+    // of each row (sample() then needs no kernel for greedy rows); 3-64 rows: the skinny GEMM
+    // after the norm kernel takes it (CASCADE_GEMM_NO_ARGMAX=1 leaves it to the sampler, A/B).
     cuda::ResidualNorm fn;
     fn.delta = mlp_out;
     fn.residual = res;
@@ -812,14 +816,20 @@ class CudaRunner final : public ModelRunner {
     fn.row_index = s.logit;
     fn.src_rows = n;
     const cuda::GemvArgmax am{argmax_v_.get(), argmax_i_.get(), argmax_counter_.get(), argmax_out_.get()};
-    return norm_gemm(fn, R, lm_head_, logits_.get(), true, config_.vocab_size, &am) && R > 0;
+    static const bool skinny_argmax = !cuda::ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
+    const cuda::SkinnyArgmax sam{argmax_keys_.get(), argmax_counter_.get(), argmax_out_.get()};
+    return norm_gemm(fn, R, lm_head_, logits_.get(), true, config_.vocab_size, &am,
+                     skinny_argmax && R <= cuda::kSkinnyMaxM ? &sam : nullptr) &&
+           R > 0;
   }
 
   // y = norm(nm) · wᵀ over `rows` rows: one GEMV that forms the norm itself where the GEMV path
   // takes the call (1-2 rows; returns true, and with argmax also each row's greedy argmax), else
-  // the norm kernel into xb_, then run(). Either way nm.residual_out receives the new residual.
+  // the norm kernel into xb_, then run() (with skinny_argmax, fp32 y and at most kSkinnyMaxM rows:
+  // run_argmax, true where the skinny GEMM took the argmax). Either way nm.residual_out receives
+  // the new residual.
   bool norm_gemm(const cuda::ResidualNorm& nm, int rows, const bf16* w, void* y, bool y_f32, int N,
-                 const cuda::GemvArgmax* argmax = nullptr) {
+                 const cuda::GemvArgmax* argmax = nullptr, const cuda::SkinnyArgmax* skinny_argmax = nullptr) {
     const int hidden = config_.hidden_size;
     if (gemm_->run_norm_gemv(nm, w, y, y_f32, rows, N, hidden, stream_, argmax)) return true;
     cuda::AddRmsNormParams p;
@@ -828,6 +838,9 @@ class CudaRunner final : public ModelRunner {
     p.rows = rows;
     p.dim = hidden;
     CUDA_TRY(cuda::launch_add_rms_norm(p, stream_));
+    if (skinny_argmax != nullptr && y_f32) {
+      return gemm_->run_argmax(xb_.get(), w, static_cast<float*>(y), rows, N, hidden, *skinny_argmax, stream_);
+    }
     gemm_->run(xb_.get(), w, y, y_f32, rows, N, hidden, stream_);
     return false;
   }
@@ -971,9 +984,10 @@ class CudaRunner final : public ModelRunner {
   DeviceBuffer<float> argmax_v_;  // the lm_head GEMV's greedy argmax (GemvArgmax)
   DeviceBuffer<std::int32_t> argmax_i_, argmax_out_;
   DeviceBuffer<unsigned> argmax_counter_;
+  DeviceBuffer<unsigned long long> argmax_keys_;  // the skinny lm_head's greedy argmax (SkinnyArgmax)
   HostStage fwd_stage_, sample_stage_;
   int num_logit_rows_ = 0;
-  bool argmax_ready_ = false;  // argmax_out_ holds the last forward's greedy ids
+  bool argmax_ready_ = false;  // argmax_out_ holds the last forward's greedy ids (GEMV or skinny lm_head)
 
   CudaRunnerOptions options_;
   CudaGraphStats stats_;

@@ -97,6 +97,18 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
   run_cublaslt(x, w, y, y_f32, M, N, K, stream);
 }
 
+bool Gemm::run_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K,
+                      const SkinnyArgmax& argmax, cudaStream_t stream) {
+  const bool skinny = M > 0 && N > 0 && !(!gemv_off_ && gemv_supported(x, w, M, K)) && skinny_on_ &&
+                      skinny_gemm_supported(x, w, M, N, K);
+  if (!skinny) {
+    run(x, w, y, true, M, N, K, stream);
+    return false;
+  }
+  CUDA_TRY(launch_skinny_gemm_argmax(x, w, y, M, N, K, argmax, skinny_target_ctas_, stream));
+  return true;
+}
+
 bool Gemm::fused_takes(int M, std::initializer_list<int> ks) const {
   if (!fuse_on_ || M < kSkinnyMinM || M > kSkinnyMaxM) return false;  // above the GEMV's rows
   for (const int k : ks) {

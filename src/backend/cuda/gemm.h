@@ -47,6 +47,11 @@ class Gemm {
   bool run_norm_gemv(const GemvNorm& nm, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N, int K,
                      cudaStream_t stream, const GemvArgmax* argmax = nullptr, bool early_release = false);
 
+  // run() with fp32 y; where run() takes the skinny GEMM it also forms each row's greedy argmax
+  // (skinny_gemm.h's SkinnyArgmax, whose buffers cover M rows) and returns true, else false.
+  bool run_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K,
+                  const SkinnyArgmax& argmax, cudaStream_t stream);
+
   // Whether run() sends 3 <= M <= 64 to the skinny GEMM (skinny_gemm.h) on this device.
   bool skinny_enabled() const { return skinny_on_; }
 

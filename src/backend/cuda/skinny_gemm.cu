@@ -26,7 +26,8 @@ constexpr int kMaxSplits = 8;  // split-K CTAs of a tile form one cluster (porta
 
 // Fusion modes (SkinnyFusion; one kernel instantiation each, so the plain product carries none
 // of the fused forms' code).
-enum Fuse : int { kPlain = 0, kResidual = 1, kNorm = 2, kNormGated = 3 };
+// kArgmax: the plain product with fp32 y and each row's greedy argmax (SkinnyArgmax).
+enum Fuse : int { kPlain = 0, kResidual = 1, kNorm = 2, kNormGated = 3, kArgmax = 4 };
 
 struct SkinnyParams {
   const __nv_bfloat16* x;
@@ -36,11 +37,12 @@ struct SkinnyParams {
   int chunks_per_split, splits;
   bool y_f32;
   SkinnyFusion f;
+  SkinnyArgmax am;
 };
 
 // Shared memory after the main loop, in the ring: the split-K partial tile (16 KB at 0, read by
-// the cluster) and the residual epilogue's per-warp row sums of squares ([8 j][4 warps][8] fp32
-// at 16 KB).
+// the cluster) and, at 16 KB, the residual epilogue's per-warp row sums of squares ([8 j][4
+// warps][8] fp32) or the argmax epilogue's per-warp row keys ([4 warps][64] u64).
 constexpr int kSqOffset = 16384;
 
 #ifdef CASCADE_SM90A
@@ -70,6 +72,16 @@ __device__ __forceinline__ __nv_bfloat16 silu_mul_bf16(float gate, float up) {
   const float g = __bfloat162float(__float2bfloat16_rn(gate));
   const float u = __bfloat162float(__float2bfloat16_rn(up));
   return __float2bfloat16_rn(silu_mul(g, u));
+}
+
+// A logit's greedy-argmax key (SkinnyArgmax): larger keys are larger values, ties the lower id;
+// 0 for NaN and -inf, which the sampler's greedy rule never picks. -0 counts as +0 (they compare
+// equal, so the lower id must win between them).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int id) {
+  if (!(v > -INFINITY)) return 0ull;
+  const unsigned u = __float_as_uint(v == 0.0f ? 0.0f : v);
+  const unsigned ord = (u & 0x80000000u) != 0u ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(ord) << 32) | (0xffffffffu - static_cast<unsigned>(id));
 }
 
 // The tile's results come in groups of four: thread t's accumulators 4j..4j+3 are D[n][m],
@@ -330,6 +342,24 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
     }
     const float2 sq = finish_group<kF>(p, tile, tid, j, v, in[g], scale_ptr);
     if constexpr (kF == kResidual) warp_row_squares(sq, part + j * 32, tid);
+    if constexpr (kF == kArgmax) {
+      // Rows m and m + 1 of x over this thread's rows n and n + 8 of w, then over the warp's 16
+      // (lanes with the same lane % 4 share m); lanes 0-3 leave the warp's keys of rows 8j..8j+7.
+      const Group gr = group_of(tid, j);
+      const int id0 = tile * kBN + gr.n, id1 = id0 + 8;
+      unsigned long long k0 = max(id0 < p.N ? argmax_key(v.x, id0) : 0ull, id1 < p.N ? argmax_key(v.z, id1) : 0ull);
+      unsigned long long k1 = max(id0 < p.N ? argmax_key(v.y, id0) : 0ull, id1 < p.N ? argmax_key(v.w, id1) : 0ull);
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) {
+        k0 = max(k0, __shfl_xor_sync(0xffffffffu, k0, o));
+        k1 = max(k1, __shfl_xor_sync(0xffffffffu, k1, o));
+      }
+      unsigned long long* const wk = reinterpret_cast<unsigned long long*>(ring_ptr + kSqOffset) + (tid >> 5) * kBM;
+      if ((tid & 31) < 4) {
+        wk[gr.m] = k0;
+        wk[gr.m + 1] = k1;
+      }
+    }
   }
   if constexpr (kF == kResidual) {
     // The tile's part of each of the CTA's rows' sum of squares: the four warps' sums in order.
@@ -341,6 +371,23 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p
     }
   }
   if (S > 1) cluster_sync();  // no CTA leaves while another still reads its shared memory
+  if constexpr (kF == kArgmax) {
+    // Each of the CTA's rows: the four warps' keys, one atomic max into the row's key; the last
+    // CTA to finish turns the keys into ids (key 0: -1) and leaves them zero for the next call.
+    __syncthreads();
+    const unsigned long long* const wk = reinterpret_cast<const unsigned long long*>(ring_ptr + kSqOffset);
+    const int m = tid;
+    if (m < p.M && m / 8 >= j_begin && m / 8 < j_end) {
+      const unsigned long long k = max(max(wk[m], wk[kBM + m]), max(wk[2 * kBM + m], wk[3 * kBM + m]));
+      if (k != 0ull) atomicMax(p.am.keys + m, k);
+      __threadfence();  // the key is visible before the counter says so
+    }
+    if (last_block_to_arrive(p.am.counter, gridDim.x * gridDim.y) && m < p.M) {
+      const unsigned long long k = __ldcg(p.am.keys + m);
+      p.am.out[m] = k == 0ull ? -1 : static_cast<int>(0xffffffffu - static_cast<unsigned>(k));
+      p.am.keys[m] = 0ull;
+    }
+  }
 #else
   __trap();  // launch_skinny_gemm refuses devices without this kernel's sm_90a code
 #endif
@@ -413,6 +460,7 @@ cudaError_t launch_mode(const SkinnyParams& p, int tiles, cudaStream_t stream) {
 }
 
 cudaError_t launch_kernel(const SkinnyParams& p, int tiles, cudaStream_t stream) {
+  if (p.am.keys != nullptr) return launch_mode<kArgmax>(p, tiles, stream);
   if (p.f.residual != nullptr) return launch_mode<kResidual>(p, tiles, stream);
   if (p.f.ssq_in != nullptr) {
     return p.f.gated ? launch_mode<kNormGated>(p, tiles, stream) : launch_mode<kNorm>(p, tiles, stream);
@@ -421,7 +469,8 @@ cudaError_t launch_kernel(const SkinnyParams& p, int tiles, cudaStream_t stream)
 }
 
 cudaError_t launch_skinny(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M,
-                          int N, int K, const SkinnyFusion& f, int target_ctas, cudaStream_t stream) {
+                          int N, int K, const SkinnyFusion& f, int target_ctas, cudaStream_t stream,
+                          const SkinnyArgmax& am = {}) {
   if (!skinny_gemm_available()) return cudaErrorNotSupported;
   const int tiles = f.gated ? (N + 31) / 32 : (N + kBN - 1) / kBN;
   const int chunks = (K + kBK - 1) / kBK;
@@ -430,7 +479,7 @@ cudaError_t launch_skinny(const __nv_bfloat16* x, const __nv_bfloat16* w, void* 
   int splits = std::clamp(target_ctas / tiles, 1, std::min(kMaxSplits, chunks));
   const int per_split = (chunks + splits - 1) / splits;
   splits = (chunks + per_split - 1) / per_split;
-  const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32, f};
+  const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32, f, am};
   return launch_kernel(p, tiles, stream);
 }
 
@@ -439,6 +488,12 @@ cudaError_t launch_skinny(const __nv_bfloat16* x, const __nv_bfloat16* w, void* 
 cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
                                int M, int N, int K, int target_ctas, cudaStream_t stream) {
   return launch_skinny(x, w, y, y_f32, M, N, K, SkinnyFusion{}, target_ctas, stream);
+}
+
+cudaError_t launch_skinny_gemm_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N,
+                                      int K, const SkinnyArgmax& argmax, int target_ctas, cudaStream_t stream) {
+  if (argmax.keys == nullptr || argmax.counter == nullptr || argmax.out == nullptr) return cudaErrorInvalidValue;
+  return launch_skinny(x, w, y, true, M, N, K, SkinnyFusion{}, target_ctas, stream, argmax);
 }
 
 cudaError_t launch_skinny_gemm_fused(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,

@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace cascade::cuda {
 
@@ -45,6 +46,18 @@ struct SkinnyFusion {
   float* ssq_out = nullptr;
 };
 
+// Greedy argmax of each fp32 output row, formed as the product is written (lm_head at 3-64 rows,
+// so that greedy decoding needs no sampling kernel): out[m] = the lowest column holding row m's
+// largest value, NaN skipped, -1 if no value is > -inf (the sampler's greedy rule, the same ids).
+// Each CTA folds its columns into keys[m] with one 64-bit atomic max (value bits in order, then
+// the id reversed, so the result does not depend on timing); the last CTA to finish (counter)
+// writes out and leaves keys and counter zero: both must be zero before the first call.
+struct SkinnyArgmax {
+  unsigned long long* keys = nullptr;  // [M]
+  unsigned* counter = nullptr;
+  std::int32_t* out = nullptr;  // [M]
+};
+
 inline constexpr int kSkinnyMinM = 3;
 inline constexpr int kSkinnyMaxM = 64;
 
@@ -64,6 +77,11 @@ bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M
 // this many CTAs (Gemm passes twice the SM count: two CTAs fit an SM); 1 means no split.
 cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32,
                                int M, int N, int K, int target_ctas, cudaStream_t stream);
+
+// The same with fp32 y and each row's greedy argmax (SkinnyArgmax above; cudaErrorInvalidValue
+// without its three buffers).
+cudaError_t launch_skinny_gemm_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N,
+                                      int K, const SkinnyArgmax& argmax, int target_ctas, cudaStream_t stream);
 
 // The same with a fusion (SkinnyFusion above; y bf16). N is y's columns (gated: w has 2N rows).
 // Buffers written must not overlap those read, except residual_out == residual. The residual
