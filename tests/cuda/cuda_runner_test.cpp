@@ -528,11 +528,12 @@ TEST(CudaRunner, FusedLayersMatchUnfusedAndCpu) {
 }
 
 // At 1-64 logit rows the lm_head takes the greedy argmax (the GEMV at 1-2 rows, the skinny GEMM
-// at 3-64 on sm_90a) and sample() with greedy rows only copies it: those ids must be the CPU
-// sampler's on the same logits, for steps through the graph and the eager path; a step with a
-// sampled (temperature > 0) row, greedy or not beside it, goes through the sampling kernel and
-// must equal the CPU sampler too; and a second forward before any sample() replaces the first
-// one's ids.
+// at 3-64 on sm_90a; counted in CudaGraphStats::lm_head_argmax) and sample() with greedy rows only
+// copies it: those ids must be the CPU sampler's on the same logits, for steps through the graph
+// and the eager path, after a greedy sample() (forward leaves the step queued) and after a
+// sampled one (forward waits at 3-64 rows); a step with a sampled (temperature > 0) row, greedy
+// or not beside it, goes through the sampling kernel and must equal the CPU sampler too; and a
+// second forward before any sample() replaces the first one's ids.
 TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, false);
@@ -540,6 +541,12 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
   round_all(w);
   const int page_size = 16, num_pages = 64, num_seqs = 6;
   const int batches[] = {1, 2, 5, 3, 2, 6, 1, 4};
+  // Where the lm_head takes the argmax (A/B switches off, and for 3-64 rows an sm_90a device).
+  auto takes_argmax = [](int nb) {
+    if (nb <= 2) return !ab_switch_on("CASCADE_GEMM_NO_GEMV") && !ab_switch_on("CASCADE_GEMV_NO_NORM");
+    return skinny_gemm_available() && !ab_switch_on("CASCADE_GEMM_NO_SKINNY") &&
+           !ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
+  };
   CudaRunnerOptions graphs, eager;
   eager.cuda_graphs = false;
   for (const CudaRunnerOptions& opt : {graphs, eager}) {
@@ -566,12 +573,18 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
       }
       const std::string what = std::string(opt.cuda_graphs ? "graphs" : "eager") + " step " + std::to_string(i) +
                                " batch " + std::to_string(nb);
-      if (i == 4 || i == 5) r->forward(step);  // a forward nobody samples: the next one replaces its ids
+      const long argmax_before = cuda_graph_stats(*r).lm_head_argmax;
+      const int forwards = i == 4 || i == 5 ? 2 : 1;
+      if (forwards == 2) r->forward(step);  // a forward nobody samples: the next one replaces its ids
       r->forward(step);
+      EXPECT_EQ(cuda_graph_stats(*r).lm_head_argmax - argmax_before, takes_argmax(nb) ? forwards : 0) << what;
       const auto logits = r->copy_logits();
       ASSERT_EQ(logits.size(), static_cast<std::size_t>(nb) * c.vocab_size);
       EXPECT_EQ(r->sample(greedy), sample_tokens(logits, c.vocab_size, greedy)) << what;
-      EXPECT_EQ(r->sample(mixed), sample_tokens(logits, c.vocab_size, mixed)) << what << ", sampled";
+      // Steps 1, 4 and 7 sample greedily only, so the next step's forward leaves it queued.
+      if (i % 3 != 1) {
+        EXPECT_EQ(r->sample(mixed), sample_tokens(logits, c.vocab_size, mixed)) << what << ", sampled";
+      }
       for (int k = 0; k < nb; ++k) ++len[k];
     }
   }

@@ -472,14 +472,14 @@ TEST(CudaSkinnyGemm, FusedFormsEverySplitCountBitForBit) {
   }
 }
 
-// Host side (runs in CI): launch_skinny_gemm_fused refuses a residual epilogue without its outputs
-// or combined with the gated form, the folded norm or a y, a product without y, the gated form
-// without the folded norm and a folded norm of no tiles, before touching the device.
 // The argmax form (SkinnyArgmax) writes the plain fp32 product bit for bit, and each row's id is
 // the sampler's greedy rule on those logits: the lowest id among equal maxima, NaN skipped, -1
-// when no logit is > -inf. Shapes: lm_head (2374 tiles), 8-CTA split-K clusters, a partial last
-// tile. Rep 0 puts a three-way tie at the top of row 0 by far; rep 1 has lower maxima, a NaN
-// column and a NaN row, so stale keys or a counter not left at zero would show.
+// when no logit is > -inf. Shapes: lm_head (2374 tiles), 8- and 3-CTA split-K clusters (3 splits
+// cut the eight row groups unevenly), a partial last tile. Rep 0 puts a three-way tie at the top
+// of row 0 by far. Rep 1 has lower maxima, a NaN column, a row of NaN, a row whose logits are all
+// negative with ties at the top, and a row of -inf (and one NaN), so stale keys, a counter not
+// left at zero or a wrong order of negative keys would show. The ids start as a sentinel that is
+// no answer.
 TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
   SKIP_WITHOUT_GPU();
   if (!skinny_gemm_available()) GTEST_SKIP() << "no sm_90a device for the skinny GEMM";
@@ -508,25 +508,42 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
     int m, n, k, target_ctas;
   };
   for (const Case& c : {Case{64, 151936, 1024, 264}, Case{5, 1000, 3072, 1000}, Case{37, 130, 1016, 24},
-                        Case{3, 70, 264, 1}}) {
+                        Case{19, 130, 1016, 9}, Case{3, 70, 264, 1}}) {
     const int M = c.m, N = c.n, K = c.k;
     for (int rep = 0; rep < 2; ++rep) {
       auto x = random_vec(rng, static_cast<std::size_t>(M) * K);
       auto w = random_vec(rng, static_cast<std::size_t>(N) * K);
-      const int tie[3] = {N / 2, 7, N - 3};
+      auto x_row = [&](int m) { return x.begin() + static_cast<std::ptrdiff_t>(m) * K; };
       if (rep == 0) {
-        for (const int t : tie) {
+        for (const int t : {N / 2, 7, N - 3}) {
           for (int k = 0; k < K; ++k) w[static_cast<std::size_t>(t) * K + k] = x[k] >= 0.0f ? 1.0f : -1.0f;
         }
       } else {
+        for (int n = 0; n < N; ++n) {
+          w[static_cast<std::size_t>(n) * K] = -0.5f - 0.25f * static_cast<float>(n % 7);  // k = 0: <= -0.5
+          w[static_cast<std::size_t>(n) * K + 1] = -1e30f;                                 // k = 1
+        }
         w[static_cast<std::size_t>(N / 3) * K + 5] = NAN;  // column N / 3: NaN in every row
-        x[static_cast<std::size_t>(1) * K + 3] = NAN;       // row 1: every logit NaN
+        x[static_cast<std::size_t>(1) * K + 3] = NAN;      // row 1: every logit NaN
+        // Row 2: x = e_0, so its logits are column 0 of w: all negative, the largest (-0.5) at
+        // every seventh id; the lowest of them, 0, is the answer.
+        std::fill(x_row(2), x_row(3), 0.0f);
+        x[static_cast<std::size_t>(2) * K] = 1.0f;
+        // Row 3 (where M > 3): 1e30 * -1e30 overflows, so its logits are -inf (NaN at N / 3).
+        if (M > 3) {
+          std::fill(x_row(3), x_row(4), 0.0f);
+          x[static_cast<std::size_t>(3) * K + 1] = 1e30f;
+        }
+        // The other rows' k = 1 term is then a common shift near -1e30 * x[m][1]: zero it.
+        for (int m = 0; m < M; ++m) {
+          if (m != 3) x[static_cast<std::size_t>(m) * K + 1] = 0.0f;
+        }
       }
       auto d_x = upload(to_bf16(x)), d_w = upload(to_bf16(w));
       DeviceBuffer<float> y(static_cast<std::size_t>(M) * N), y_ref(y.size());
       poison(y);
       poison(y_ref);
-      poison(ids);
+      CUDA_TRY(cudaMemset(ids.get(), 0x7f, ids.bytes()));  // 0x7f7f7f7f: neither an id here nor -1
       CUDA_TRY(launch_skinny_gemm_argmax(d_x.get(), d_w.get(), y.get(), M, N, K, am, c.target_ctas, nullptr));
       CUDA_TRY(launch_skinny_gemm(d_x.get(), d_w.get(), y_ref.get(), true, M, N, K, c.target_ctas, nullptr));
       const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
@@ -535,8 +552,17 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
       EXPECT_EQ(std::memcmp(got.data(), ref.data(), got.size() * sizeof(float)), 0) << what;
       const auto want = argmax_rows(got, M, N);
       EXPECT_EQ(download(ids, M), want) << what;
-      if (rep == 0) EXPECT_EQ(want[0], 7) << what << ": the tie goes to the lowest id";
-      if (rep == 1) EXPECT_EQ(want[1], -1) << what << ": a row of NaN logits has no token";
+      if (rep == 0) {
+        EXPECT_EQ(want[0], 7) << what << ": the tie goes to the lowest id";
+      } else {
+        EXPECT_EQ(want[1], -1) << what << ": a row of NaN logits has no token";
+        EXPECT_EQ(want[2], 0) << what << ": the largest of negative logits, lowest id";
+        EXPECT_LT(got[static_cast<std::size_t>(2) * N], 0.0f) << what;
+        if (M > 3) {
+          EXPECT_EQ(got[static_cast<std::size_t>(3) * N], -INFINITY) << what << ": 1e30 * -1e30 in fp32";
+          EXPECT_EQ(want[3], -1) << what << ": a row of -inf (and NaN) has no token";
+        }
+      }
       EXPECT_EQ(download(counter, 1), std::vector<unsigned>{0u}) << what;
       EXPECT_EQ(download(keys, kSkinnyMaxM), std::vector<unsigned long long>(kSkinnyMaxM, 0ull)) << what;
     }
@@ -557,6 +583,9 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
             cudaErrorInvalidValue);
 }
 
+// Host side (runs in CI): launch_skinny_gemm_fused refuses a residual epilogue without its outputs
+// or combined with the gated form, the folded norm or a y, a product without y, the gated form
+// without the folded norm and a folded norm of no tiles, before touching the device.
 TEST(CudaSkinnyGemm, FusedLaunchRefusesIncompleteFusions) {
   alignas(16) static bf16 buf[64];
   alignas(16) static float fbuf[64];

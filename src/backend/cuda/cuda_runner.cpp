@@ -140,10 +140,14 @@ class CudaRunner final : public ModelRunner {
     // a greedy sample() then costs one copy and one wait (and an error of the step's kernels is
     // reported by sample() or copy_logits(), not here). Elsewhere waiting here measured faster:
     // letting sample() queue its copy and kernel behind the running step made batch 16 and 64
-    // steps 3-4% slower (cause not established; bench/NOTES_cuda.md v7). Either way, host staging
-    // buffers and device buffers that queued work may still read are waited for before they are
-    // rewritten or freed (acquire(), quiesce()).
-    if (!argmax_ready_) CUDA_TRY(cudaStreamSynchronize(stream_));
+    // steps 3-4% slower (cause not established; bench/NOTES_cuda.md v7). So at 3-64 rows the step
+    // is left enqueued only while the last sample() was greedy (a running batch tends to keep its
+    // sampling from step to step). Either way, host staging buffers and device buffers that
+    // queued work may still read are waited for before they are rewritten or freed (acquire(),
+    // quiesce()).
+    if (argmax_ready_) ++stats_.lm_head_argmax;
+    const bool leave_queued = argmax_ready_ && (R <= cuda::kGemvMaxM || last_sample_greedy_);
+    if (!leave_queued) CUDA_TRY(cudaStreamSynchronize(stream_));
   }
 
   CudaGraphStats stats() const { return stats_; }
@@ -157,6 +161,7 @@ class CudaRunner final : public ModelRunner {
     if (R == 0) return {};
     const bool greedy = std::all_of(params.begin(), params.end(),
                                     [](const RowSampling& p) { return !(p.temperature > 0.0f); });
+    last_sample_greedy_ = greedy;
     if (greedy && argmax_ready_) {
       // The lm_head GEMV already took each row's argmax (the sampler's greedy rule).
       std::vector<std::int32_t> out(R);
@@ -988,6 +993,7 @@ class CudaRunner final : public ModelRunner {
   HostStage fwd_stage_, sample_stage_;
   int num_logit_rows_ = 0;
   bool argmax_ready_ = false;  // argmax_out_ holds the last forward's greedy ids (GEMV or skinny lm_head)
+  bool last_sample_greedy_ = true;  // the last sample() had greedy rows only (forward's wait)
 
   CudaRunnerOptions options_;
   CudaGraphStats stats_;

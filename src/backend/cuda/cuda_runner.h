@@ -50,6 +50,7 @@ struct CudaGraphStats {
   long eager = 0;           // other steps (prefill, mixed, oversized)
   long direct_out = 0;      // steps whose lone attention level wrote its rows itself (no merge)
   long qk_rope = 0;         // steps whose lone attention level formed q and wrote K/V (no qk_norm_rope)
+  long lm_head_argmax = 0;  // steps whose lm_head (GEMV or skinny GEMM) took every row's greedy id
 };
 
 // make_cuda_runner with explicit options.

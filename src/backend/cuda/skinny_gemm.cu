@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
@@ -37,8 +38,14 @@ struct SkinnyParams {
   int chunks_per_split, splits;
   bool y_f32;
   SkinnyFusion f;
+};
+// The argmax form's parameters: its buffers ride only in its own instantiation (in every form's
+// parameters they cost the other forms up to 6 registers, ptxas sm_90a).
+struct SkinnyArgmaxParams : SkinnyParams {
   SkinnyArgmax am;
 };
+template <int kF>
+using KernelParams = std::conditional_t<kF == kArgmax, SkinnyArgmaxParams, SkinnyParams>;
 
 // Shared memory after the main loop, in the ring: the split-K partial tile (16 KB at 0, read by
 // the cluster) and, at 16 KB, the residual epilogue's per-warp row sums of squares ([8 j][4
@@ -178,7 +185,7 @@ __device__ __forceinline__ void warp_row_squares(float2 sq, float* part, int tid
 #endif
 
 template <int kF>
-__global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(SkinnyParams p) {
+__global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(KernelParams<kF> p) {
 #ifdef CASCADE_SM90A
   constexpr bool kGated = kF == kNormGated;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -449,7 +456,7 @@ bool skinny_gemm_supported(const __nv_bfloat16* x, const __nv_bfloat16* w, int M
 namespace {
 
 template <int kF>
-cudaError_t launch_mode(const SkinnyParams& p, int tiles, cudaStream_t stream) {
+cudaError_t launch_mode(const KernelParams<kF>& p, int tiles, cudaStream_t stream) {
   // The shared-memory opt-in, once per process and mode (thread-safe static initialisation).
   static const cudaError_t attr_err =
       cudaFuncSetAttribute(skinny_gemm_kernel<kF>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -459,8 +466,8 @@ cudaError_t launch_mode(const SkinnyParams& p, int tiles, cudaStream_t stream) {
                                                     dim3(1, p.splits, 1), p);
 }
 
-cudaError_t launch_kernel(const SkinnyParams& p, int tiles, cudaStream_t stream) {
-  if (p.am.keys != nullptr) return launch_mode<kArgmax>(p, tiles, stream);
+cudaError_t launch_kernel(const SkinnyParams& p, const SkinnyArgmax& am, int tiles, cudaStream_t stream) {
+  if (am.keys != nullptr) return launch_mode<kArgmax>(SkinnyArgmaxParams{p, am}, tiles, stream);
   if (p.f.residual != nullptr) return launch_mode<kResidual>(p, tiles, stream);
   if (p.f.ssq_in != nullptr) {
     return p.f.gated ? launch_mode<kNormGated>(p, tiles, stream) : launch_mode<kNorm>(p, tiles, stream);
@@ -479,8 +486,8 @@ cudaError_t launch_skinny(const __nv_bfloat16* x, const __nv_bfloat16* w, void* 
   int splits = std::clamp(target_ctas / tiles, 1, std::min(kMaxSplits, chunks));
   const int per_split = (chunks + splits - 1) / splits;
   splits = (chunks + per_split - 1) / per_split;
-  const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32, f, am};
-  return launch_kernel(p, tiles, stream);
+  const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32, f};
+  return launch_kernel(p, am, tiles, stream);
 }
 
 }  // namespace
