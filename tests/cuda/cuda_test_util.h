@@ -123,6 +123,23 @@ inline std::vector<float> silu_mul_ref(const std::vector<float>& gate_up, int M,
 }
 
 // max |a - b| / max |b|; +inf if any a is not finite (poisoned outputs never pass).
+// The sampler's greedy rule on each row of logits y [M, N] (the fused argmax epilogues' reference):
+// the lowest id holding the row's largest value, NaN skipped, -1 if no value is > -inf.
+inline std::vector<std::int32_t> greedy_ids(const std::vector<float>& y, int M, int N) {
+  std::vector<std::int32_t> out(M, -1);
+  for (int m = 0; m < M; ++m) {
+    float best = -INFINITY;
+    for (int n = 0; n < N; ++n) {
+      const float v = y[static_cast<std::size_t>(m) * N + n];
+      if (v > best) {
+        best = v;
+        out[m] = n;
+      }
+    }
+  }
+  return out;
+}
+
 inline double max_rel_error(const std::vector<float>& a, const std::vector<double>& b) {
   double num = 0.0, den = 0.0;
   for (std::size_t i = 0; i < b.size(); ++i) {

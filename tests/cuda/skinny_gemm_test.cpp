@@ -490,20 +490,6 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
   CUDA_TRY(cudaMemset(keys.get(), 0, keys.bytes()));
   CUDA_TRY(cudaMemset(counter.get(), 0, counter.bytes()));
   const SkinnyArgmax am{keys.get(), counter.get(), ids.get()};
-  auto argmax_rows = [](const std::vector<float>& y, int M, int N) {
-    std::vector<std::int32_t> out(M, -1);
-    for (int m = 0; m < M; ++m) {
-      float best = -INFINITY;
-      for (int n = 0; n < N; ++n) {
-        const float v = y[static_cast<std::size_t>(m) * N + n];
-        if (v > best) {
-          best = v;
-          out[m] = n;
-        }
-      }
-    }
-    return out;
-  };
   struct Case {
     int m, n, k, target_ctas;
   };
@@ -550,7 +536,7 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
                                " rep " + std::to_string(rep);
       const auto got = download(y, y.size()), ref = download(y_ref, y.size());
       EXPECT_EQ(std::memcmp(got.data(), ref.data(), got.size() * sizeof(float)), 0) << what;
-      const auto want = argmax_rows(got, M, N);
+      const auto want = greedy_ids(got, M, N);
       EXPECT_EQ(download(ids, M), want) << what;
       if (rep == 0) {
         EXPECT_EQ(want[0], 7) << what << ": the tie goes to the lowest id";
