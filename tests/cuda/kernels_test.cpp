@@ -91,16 +91,24 @@ TEST(CudaKernels, AddRmsNormMatchesCpu) {
       EXPECT_LT(rel_error(download(res_out, rows * dim), ref_res), 1e-6) << dim;
       EXPECT_EQ(rel_error(download(d_res_in, rows * dim), res), 0.0) << "input residual must be untouched";
 
-      // Gathered rows without writing the residual (the final norm before lm_head).
+      // Gathered rows without writing the residual (the final norm before lm_head), clearing
+      // the lm_head's argmax keys on the way (the first clear_n of them, no more).
       std::vector<std::int32_t> idx = {3, 0, 8};
       auto d_idx = upload(idx);
       auto d_res2 = upload(res);
+      DeviceBuffer<unsigned long long> keys(8);
+      CUDA_TRY(cudaMemset(keys.get(), 0xab, keys.bytes()));
       poison(out);
       p.norm.residual = d_res2.get();
       p.norm.residual_out = nullptr;
       p.norm.row_index = d_idx.get();
       p.rows = 3;
+      p.clear = keys.get();
+      p.clear_n = 5;
       ASSERT_EQ(launch_add_rms_norm(p, nullptr), cudaSuccess);
+      std::vector<unsigned long long> want_keys(8, 0xababababababababull);
+      std::fill_n(want_keys.begin(), 5, 0ull);
+      EXPECT_EQ(download(keys, 8), want_keys) << dim;
       std::vector<float> ref_g(3 * dim);
       for (int j = 0; j < 3; ++j) {
         std::copy_n(ref_out.begin() + idx[j] * dim, dim, ref_g.begin() + j * dim);
@@ -109,6 +117,22 @@ TEST(CudaKernels, AddRmsNormMatchesCpu) {
       EXPECT_EQ(rel_error(download(d_res2, rows * dim), res), 0.0) << "residual must be untouched";
     }
   }
+}
+
+// Host side (runs in CI): the norm refuses more keys to clear than it has threads for, a negative
+// count, and keys to clear without their buffer, before touching the device.
+TEST(CudaKernels, AddRmsNormRefusesBadClears) {
+  AddRmsNormParams p;
+  p.rows = 1;
+  p.dim = 8;
+  p.clear_n = 1;
+  EXPECT_EQ(launch_add_rms_norm(p, nullptr), cudaErrorInvalidValue);
+  unsigned long long key = 0;
+  p.clear = &key;
+  p.clear_n = kNormClearMax + 1;
+  EXPECT_EQ(launch_add_rms_norm(p, nullptr), cudaErrorInvalidValue);
+  p.clear_n = -1;
+  EXPECT_EQ(launch_add_rms_norm(p, nullptr), cudaErrorInvalidValue);
 }
 
 TEST(CudaKernels, QkNormRopeWritesQAndPagedKv) {

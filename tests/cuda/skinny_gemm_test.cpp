@@ -477,19 +477,14 @@ TEST(CudaSkinnyGemm, FusedFormsEverySplitCountBitForBit) {
 // when no logit is > -inf. Shapes: lm_head (2374 tiles), 8- and 3-CTA split-K clusters (3 splits
 // cut the eight row groups unevenly), a partial last tile. Rep 0 puts a three-way tie at the top
 // of row 0 by far. Rep 1 has lower maxima, a NaN column, a row of NaN, a row whose logits are all
-// negative with ties at the top, and a row of -inf (and one NaN), so stale keys, a counter not
-// left at zero or a wrong order of negative keys would show. The ids start as a sentinel that is
-// no answer.
+// negative with ties at the top, and a row of -inf (and one NaN), so a wrong order of negative
+// keys would show. The keys start at zero (the caller's part); the rows past M must stay so.
 TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
   SKIP_WITHOUT_GPU();
   if (!skinny_gemm_available()) GTEST_SKIP() << "no sm_90a device for the skinny GEMM";
   std::mt19937_64 rng(53);
   DeviceBuffer<unsigned long long> keys(kSkinnyMaxM);
-  DeviceBuffer<unsigned> counter(1);
-  DeviceBuffer<std::int32_t> ids(kSkinnyMaxM);
-  CUDA_TRY(cudaMemset(keys.get(), 0, keys.bytes()));
-  CUDA_TRY(cudaMemset(counter.get(), 0, counter.bytes()));
-  const SkinnyArgmax am{keys.get(), counter.get(), ids.get()};
+  const SkinnyArgmax am{keys.get()};
   struct Case {
     int m, n, k, target_ctas;
   };
@@ -529,7 +524,7 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
       DeviceBuffer<float> y(static_cast<std::size_t>(M) * N), y_ref(y.size());
       poison(y);
       poison(y_ref);
-      CUDA_TRY(cudaMemset(ids.get(), 0x7f, ids.bytes()));  // 0x7f7f7f7f: neither an id here nor -1
+      CUDA_TRY(cudaMemset(keys.get(), 0, keys.bytes()));
       CUDA_TRY(launch_skinny_gemm_argmax(d_x.get(), d_w.get(), y.get(), M, N, K, am, c.target_ctas, nullptr));
       CUDA_TRY(launch_skinny_gemm(d_x.get(), d_w.get(), y_ref.get(), true, M, N, K, c.target_ctas, nullptr));
       const std::string what = "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
@@ -537,7 +532,13 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
       const auto got = download(y, y.size()), ref = download(y_ref, y.size());
       EXPECT_EQ(std::memcmp(got.data(), ref.data(), got.size() * sizeof(float)), 0) << what;
       const auto want = greedy_ids(got, M, N);
-      EXPECT_EQ(download(ids, M), want) << what;
+      const auto got_keys = download(keys, kSkinnyMaxM);
+      std::vector<std::int32_t> ids(M);
+      std::transform(got_keys.begin(), got_keys.begin() + M, ids.begin(), skinny_argmax_id);
+      EXPECT_EQ(ids, want) << what;
+      EXPECT_EQ(std::vector<unsigned long long>(got_keys.begin() + M, got_keys.end()),
+                std::vector<unsigned long long>(kSkinnyMaxM - M, 0ull))
+          << what << ": rows past M";
       if (rep == 0) {
         EXPECT_EQ(want[0], 7) << what << ": the tie goes to the lowest id";
       } else {
@@ -549,8 +550,6 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
           EXPECT_EQ(want[3], -1) << what << ": a row of -inf (and NaN) has no token";
         }
       }
-      EXPECT_EQ(download(counter, 1), std::vector<unsigned>{0u}) << what;
-      EXPECT_EQ(download(keys, kSkinnyMaxM), std::vector<unsigned long long>(kSkinnyMaxM, 0ull)) << what;
     }
   }
   // Gemm::run_argmax takes the argmax where run() takes the skinny GEMM, and only there.
@@ -564,7 +563,7 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
   EXPECT_TRUE(gemm.run_argmax(d_x.get(), d_w.get(), y.get(), 64, N, K, am, nullptr));
   EXPECT_FALSE(gemm.run_argmax(d_x.get(), d_w.get(), y.get(), 65, N, K, am, nullptr));  // cuBLASLt
   EXPECT_FALSE(gemm.run_argmax(d_x.get(), d_w.get(), y.get(), 2, N, K, am, nullptr));   // the GEMV
-  const SkinnyArgmax incomplete{keys.get(), nullptr, ids.get()};
+  const SkinnyArgmax incomplete{};
   EXPECT_EQ(launch_skinny_gemm_argmax(d_x.get(), d_w.get(), y.get(), 3, N, K, incomplete, 1, nullptr),
             cudaErrorInvalidValue);
 }

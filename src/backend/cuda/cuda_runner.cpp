@@ -72,12 +72,13 @@ class CudaRunner final : public ModelRunner {
     CUDA_TRY(cudaMemcpy(inv_freq_.get(), inv.data(), half * sizeof(float), cudaMemcpyHostToDevice));
 
     // The lm_head's greedy argmax (the GEMV at 1-2 logit rows, the skinny GEMM at 3-64):
-    // fixed-size buffers, so graphs may bake in their addresses; the counter and the skinny
-    // GEMM's keys start at zero and each call leaves them zero.
+    // fixed-size buffers, so graphs may bake in their addresses. The GEMV's counter starts at
+    // zero and each call leaves it zero; the skinny GEMM's keys start at zero and the final norm
+    // before each lm_head zeroes them again.
     const int parts = cuda::gemv_argmax_parts(cuda::kGemvMaxM, gemm_->sm_count());
     argmax_v_.resize(parts);
     argmax_i_.resize(parts);
-    argmax_out_.resize(std::max(cuda::kGemvMaxM, cuda::kSkinnyMaxM));
+    argmax_out_.resize(cuda::kGemvMaxM);
     argmax_keys_.resize(cuda::kSkinnyMaxM);
     argmax_counter_.resize(1);
     CUDA_TRY(cudaMemsetAsync(argmax_counter_.get(), 0, argmax_counter_.bytes(), stream_));
@@ -163,10 +164,18 @@ class CudaRunner final : public ModelRunner {
                                     [](const RowSampling& p) { return !(p.temperature > 0.0f); });
     last_sample_greedy_ = greedy;
     if (greedy && argmax_ready_) {
-      // The lm_head GEMV already took each row's argmax (the sampler's greedy rule).
+      // The lm_head already took each row's argmax (the sampler's greedy rule): the GEMV as ids
+      // (1-2 rows), the skinny GEMM as keys (3-64 rows).
       std::vector<std::int32_t> out(R);
-      CUDA_TRY(cudaMemcpyAsync(out.data(), argmax_out_.get(), R * 4, cudaMemcpyDeviceToHost, stream_));
-      CUDA_TRY(cudaStreamSynchronize(stream_));
+      if (R <= cuda::kGemvMaxM) {
+        CUDA_TRY(cudaMemcpyAsync(out.data(), argmax_out_.get(), R * 4, cudaMemcpyDeviceToHost, stream_));
+        CUDA_TRY(cudaStreamSynchronize(stream_));
+      } else {
+        std::vector<unsigned long long> keys(R);
+        CUDA_TRY(cudaMemcpyAsync(keys.data(), argmax_keys_.get(), R * 8, cudaMemcpyDeviceToHost, stream_));
+        CUDA_TRY(cudaStreamSynchronize(stream_));
+        std::transform(keys.begin(), keys.end(), out.begin(), cuda::skinny_argmax_id);
+      }
       check_sampled(out);
       return out;
     }
@@ -627,7 +636,7 @@ class CudaRunner final : public ModelRunner {
   }
 
   // Enqueues the step; returns true when the lm_head (GEMV or skinny GEMM) also took the greedy
-  // argmax of every logit row into argmax_out_.
+  // argmax of every logit row (argmax_out_ from the GEMV, argmax_keys_ from the skinny GEMM).
   bool enqueue(const StepLaunch& s) {
     const int n = s.rows, R = s.logit_rows;
     const int H = config_.num_attention_heads, KVH = config_.num_key_value_heads,
@@ -822,7 +831,8 @@ class CudaRunner final : public ModelRunner {
     fn.src_rows = n;
     const cuda::GemvArgmax am{argmax_v_.get(), argmax_i_.get(), argmax_counter_.get(), argmax_out_.get()};
     static const bool skinny_argmax = !cuda::ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
-    const cuda::SkinnyArgmax sam{argmax_keys_.get(), argmax_counter_.get(), argmax_out_.get()};
+    static_assert(cuda::kSkinnyMinM > cuda::kGemvMaxM, "sample() tells the GEMV's ids from the keys by R");
+    const cuda::SkinnyArgmax sam{argmax_keys_.get()};
     return norm_gemm(fn, R, lm_head_, logits_.get(), true, config_.vocab_size, &am,
                      skinny_argmax && R <= cuda::kSkinnyMaxM ? &sam : nullptr) &&
            R > 0;
@@ -842,8 +852,13 @@ class CudaRunner final : public ModelRunner {
     p.out = xb_.get();
     p.rows = rows;
     p.dim = hidden;
+    const bool argmax_keys = skinny_argmax != nullptr && y_f32 && rows <= cuda::kSkinnyMaxM;
+    if (argmax_keys) {
+      p.clear = skinny_argmax->keys;  // the keys start at zero (SkinnyArgmax)
+      p.clear_n = rows;
+    }
     CUDA_TRY(cuda::launch_add_rms_norm(p, stream_));
-    if (skinny_argmax != nullptr && y_f32) {
+    if (argmax_keys) {
       return gemm_->run_argmax(xb_.get(), w, static_cast<float*>(y), rows, N, hidden, *skinny_argmax, stream_);
     }
     gemm_->run(xb_.get(), w, y, y_f32, rows, N, hidden, stream_);
@@ -992,7 +1007,7 @@ class CudaRunner final : public ModelRunner {
   DeviceBuffer<unsigned long long> argmax_keys_;  // the skinny lm_head's greedy argmax (SkinnyArgmax)
   HostStage fwd_stage_, sample_stage_;
   int num_logit_rows_ = 0;
-  bool argmax_ready_ = false;  // argmax_out_ holds the last forward's greedy ids (GEMV or skinny lm_head)
+  bool argmax_ready_ = false;  // argmax_out_ / argmax_keys_ hold the last forward's greedy argmax
   bool last_sample_greedy_ = true;  // the last sample() had greedy rows only (forward's wait)
 
   CudaRunnerOptions options_;

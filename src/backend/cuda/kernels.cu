@@ -61,6 +61,7 @@ __device__ __forceinline__ NormRow norm_row(const AddRmsNormParams& p) {
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(AddRmsNormParams p) {
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
+  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < p.clear_n) p.clear[threadIdx.x] = 0ull;
   const NormRow row = norm_row(p);
   const float* res = row.res;
   float* res_out = row.res_out;
@@ -93,6 +94,7 @@ constexpr int kNormMaxChunks = 4;
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(AddRmsNormParams p) {
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
+  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < p.clear_n) p.clear[threadIdx.x] = 0ull;
   const NormRow row = norm_row(p);
   const float* res = row.res;
   float* res_out = row.res_out;
@@ -493,6 +495,8 @@ cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream) {
 }
 
 cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream) {
+  static_assert(kNormClearMax <= kNormThreads, "one thread per cleared key");
+  if (p.clear_n < 0 || p.clear_n > kNormClearMax || (p.clear_n > 0 && p.clear == nullptr)) return cudaErrorInvalidValue;
   if (p.rows == 0) return cudaSuccess;
   const ResidualNorm& nm = p.norm;
   const bool vec = p.dim % 8 == 0 && p.dim <= kNormThreads * 8 * kNormMaxChunks && aligned16(nm.residual) &&

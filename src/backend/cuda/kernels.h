@@ -56,7 +56,12 @@ struct AddRmsNormParams {
   ResidualNorm norm;
   bf16* out = nullptr;  // [rows, dim]
   int rows = 0, dim = 0;
+  // Zeroed by the kernel's first block (at most kNormClearMax): the lm_head's argmax keys, which
+  // the skinny GEMM after the final norm needs zero (skinny_gemm.h's SkinnyArgmax).
+  unsigned long long* clear = nullptr;
+  int clear_n = 0;
 };
+inline constexpr int kNormClearMax = 256;
 /// \brief Fused residual add + RMSNorm (one block per row).
 cudaError_t launch_add_rms_norm(const AddRmsNormParams& p, cudaStream_t stream);
 

@@ -379,20 +379,14 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_gemm_kernel(KernelParams<k
   }
   if (S > 1) cluster_sync();  // no CTA leaves while another still reads its shared memory
   if constexpr (kF == kArgmax) {
-    // Each of the CTA's rows: the four warps' keys, one atomic max into the row's key; the last
-    // CTA to finish turns the keys into ids (key 0: -1) and leaves them zero for the next call.
+    // Each of the CTA's rows: the four warps' keys, one atomic max into the row's key (a
+    // reduction whose result nobody waits for: no fence, no counter, the CTA just leaves).
     __syncthreads();
     const unsigned long long* const wk = reinterpret_cast<const unsigned long long*>(ring_ptr + kSqOffset);
     const int m = tid;
     if (m < p.M && m / 8 >= j_begin && m / 8 < j_end) {
       const unsigned long long k = max(max(wk[m], wk[kBM + m]), max(wk[2 * kBM + m], wk[3 * kBM + m]));
       if (k != 0ull) atomicMax(p.am.keys + m, k);
-      __threadfence();  // the key is visible before the counter says so
-    }
-    if (last_block_to_arrive(p.am.counter, gridDim.x * gridDim.y) && m < p.M) {
-      const unsigned long long k = __ldcg(p.am.keys + m);
-      p.am.out[m] = k == 0ull ? -1 : static_cast<int>(0xffffffffu - static_cast<unsigned>(k));
-      p.am.keys[m] = 0ull;
     }
   }
 #else
@@ -499,7 +493,7 @@ cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, v
 
 cudaError_t launch_skinny_gemm_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N,
                                       int K, const SkinnyArgmax& argmax, int target_ctas, cudaStream_t stream) {
-  if (argmax.keys == nullptr || argmax.counter == nullptr || argmax.out == nullptr) return cudaErrorInvalidValue;
+  if (argmax.keys == nullptr) return cudaErrorInvalidValue;
   return launch_skinny(x, w, y, true, M, N, K, SkinnyFusion{}, target_ctas, stream, argmax);
 }
 

@@ -47,16 +47,19 @@ struct SkinnyFusion {
 };
 
 // Greedy argmax of each fp32 output row, formed as the product is written (lm_head at 3-64 rows,
-// so that greedy decoding needs no sampling kernel): out[m] = the lowest column holding row m's
-// largest value, NaN skipped, -1 if no value is > -inf (the sampler's greedy rule, the same ids).
-// Each CTA folds its columns into keys[m] with one 64-bit atomic max (value bits in order, then
-// the id reversed, so the result does not depend on timing); the last CTA to finish (counter)
-// writes out and leaves keys and counter zero: both must be zero before the first call.
+// so that greedy decoding needs no sampling kernel). keys[m] must be zero at the launch; after
+// it, skinny_argmax_id(keys[m]) is the lowest column holding row m's largest value, NaN skipped,
+// -1 if no value is > -inf (the sampler's greedy rule, the same ids). Each CTA folds its columns
+// into keys[m] with one 64-bit atomic max of (value bits in order, then the id reversed), so the
+// result does not depend on timing, and nothing waits on the atomics inside the kernel.
 struct SkinnyArgmax {
   unsigned long long* keys = nullptr;  // [M]
-  unsigned* counter = nullptr;
-  std::int32_t* out = nullptr;  // [M]
 };
+
+// A SkinnyArgmax key's id: -1 for the key 0 (no value > -inf in the row).
+constexpr std::int32_t skinny_argmax_id(unsigned long long key) {
+  return key == 0ull ? -1 : static_cast<std::int32_t>(0xffffffffu - static_cast<std::uint32_t>(key & 0xffffffffull));
+}
 
 inline constexpr int kSkinnyMinM = 3;
 inline constexpr int kSkinnyMaxM = 64;
@@ -79,7 +82,7 @@ cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, v
                                int M, int N, int K, int target_ctas, cudaStream_t stream);
 
 // The same with fp32 y and each row's greedy argmax (SkinnyArgmax above; cudaErrorInvalidValue
-// without its three buffers).
+// without its keys).
 cudaError_t launch_skinny_gemm_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N,
                                       int K, const SkinnyArgmax& argmax, int target_ctas, cudaStream_t stream);
 
