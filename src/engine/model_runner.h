@@ -45,7 +45,8 @@ class ModelRunner {
 
   // Runs the model over batch.token_ids, writing their K/V into batch.slot_mapping and keeping the
   // logits of batch.logit_rows for sample()/copy_logits(). Throws cascade::Error. A backend may
-  // return with the work still queued (the CUDA runner does at 1-2 logit rows): then a failure of
+  // return with the work still queued (the CUDA runner does where its lm_head takes the greedy
+  // argmax: 1-2 logit rows, and 3-64 while the last sample() was greedy): then a failure of
   // that work is thrown by the next sample(), copy_logits() or forward().
   virtual void forward(const StepBatch& batch) = 0;
   // Samples one token per logit row of the last forward (params.size() == logit_rows.size()).
