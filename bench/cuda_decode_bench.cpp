@@ -3,8 +3,9 @@
 // at several batch sizes with CTX tokens of context per sequence, against the floor: bf16 weight
 // bytes + KV bytes read per step over the copy bandwidth measured in the same run.
 //
-// Usage: cuda_decode_bench OUT.json [--ctx N] [--steps N] [--batches 1,16,64,256] [--no-eager]
-// A step is forward() + greedy sample() as the engine calls them, timed on the host clock (the
+// Usage: cuda_decode_bench OUT.json [--ctx N] [--steps N] [--batches 1,16,64,256] [--no-eager] [--keep-logits]
+// A step is forward() + greedy sample() as the engine calls them (StepBatch::keep_logits false, as
+// the engine's greedy-only steps; --keep-logits keeps them, for A/B), timed on the host clock (the
 // runner synchronises in sample() at the latest); median over --steps steps after 5 warm-up steps.
 // "fwd us" is forward() alone: the whole step's GPU time where forward() waits, only the host's
 // enqueue where it does not (batches of 1-2 rows, whose greedy argmax is fused into lm_head).
@@ -75,17 +76,19 @@ StepBatch make_step(const Seqs& s, int B, int from, int to, bool all_logits, Cas
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s OUT.json [--ctx N] [--steps N] [--batches 1,16,64,256] [--no-eager]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s OUT.json [--ctx N] [--steps N] [--batches 1,16,64,256] [--no-eager] [--keep-logits]\n",
+                 argv[0]);
     return 1;
   }
   int ctx = 512, steps = 30;
-  bool eager = true;
+  bool eager = true, keep_logits = false;
   std::vector<int> batches = {1, 16, 64, 256};
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--ctx" && i + 1 < argc) ctx = std::atoi(argv[++i]);
     else if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--no-eager") eager = false;
+    else if (a == "--keep-logits") keep_logits = true;
     else if (a == "--batches" && i + 1 < argc) {
       batches.clear();
       std::stringstream ss(argv[++i]);
@@ -166,7 +169,9 @@ int main(int argc, char** argv) {
                 mode == 0 ? "on" : "off");
     for (int B : batches) {
       CascadePlan plan;
-      const StepBatch step = make_step(s, B, ctx, ctx + 1, true, plan);
+      // Greedy only and no logits wanted, as the engine marks such steps (StepBatch::keep_logits).
+      StepBatch step = make_step(s, B, ctx, ctx + 1, true, plan);
+      step.keep_logits = keep_logits;
       const std::vector<RowSampling> greedy(B);
       std::vector<double> t_step, t_fwd;
       for (int i = 0; i < steps + 5; ++i) {
@@ -191,6 +196,8 @@ int main(int argc, char** argv) {
         CK(cudaProfilerStop());
       }
       if (B == batches.front()) {
+        step.keep_logits = true;
+        runner->forward(step);
         const auto logits = runner->copy_logits();
         graph_logits.push_back(logits);
       }

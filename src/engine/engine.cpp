@@ -535,6 +535,9 @@ std::vector<StepUpdate> Engine::step() {
   stats_.max_levels_used = std::max(stats_.max_levels_used, static_cast<int>(plan.levels.size()));
   ++stats_.steps;
 
+  batch.keep_logits = std::any_of(logit_seqs.begin(), logit_seqs.end(), [](const Sequence* s) {
+    return s->sampling.temperature > 0.0f || s->sampling.logprobs;
+  });
   runner_->forward(batch);
   std::vector<RowSampling> params;
   for (Sequence* s : logit_seqs) {

@@ -21,6 +21,10 @@ struct StepBatch {
   std::vector<std::int32_t> slot_mapping;  // [num_rows]: page * page_size + slot for the row's K/V
   std::vector<std::int32_t> logit_rows;    // rows whose next-token logits are needed, in order
   const CascadePlan* plan = nullptr;       // attention plan (must cover every row)
+  // false: the caller takes only greedy samples of this step and no logits, so a backend may
+  // leave the logits unwritten (the CUDA runner does where its skinny lm_head takes the greedy
+  // argmax: 3-64 rows); copy_logits() or a sampled row then throws.
+  bool keep_logits = true;
 
   int num_rows() const { return static_cast<int>(token_ids.size()); }
 };

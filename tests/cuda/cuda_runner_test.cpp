@@ -533,7 +533,8 @@ TEST(CudaRunner, FusedLayersMatchUnfusedAndCpu) {
 // and the eager path, after a greedy sample() (forward leaves the step queued) and after a
 // sampled one (forward waits at 3-64 rows); a step with a sampled (temperature > 0) row, greedy
 // or not beside it, goes through the sampling kernel and must equal the CPU sampler too; and a
-// second forward before any sample() replaces the first one's ids.
+// second forward before any sample() replaces the first one's ids. A step with keep_logits = false
+// gives the same greedy ids.
 TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, false);
@@ -584,6 +585,19 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
       // Steps 1, 4 and 7 sample greedily only, so the next step's forward leaves it queued.
       if (i % 3 != 1) {
         EXPECT_EQ(r->sample(mixed), sample_tokens(logits, c.vocab_size, mixed)) << what << ", sampled";
+      }
+      // keep_logits = false (the engine's greedy-only steps): the same greedy ids. Where the
+      // skinny lm_head takes them (3-64 rows) the logits are left out and asking for them, or for
+      // a sampled row, throws; elsewhere they are the same logits.
+      StepBatch lean = step;
+      lean.keep_logits = false;
+      r->forward(lean);
+      EXPECT_EQ(r->sample(greedy), sample_tokens(logits, c.vocab_size, greedy)) << what << ", lean";
+      if (nb >= 3 && takes_argmax(nb)) {
+        EXPECT_THROW(r->copy_logits(), Error) << what;
+        EXPECT_THROW(r->sample(mixed), Error) << what;
+      } else {
+        EXPECT_EQ(r->copy_logits(), logits) << what << ", lean";
       }
       for (int k = 0; k < nb; ++k) ++len[k];
     }

@@ -105,6 +105,7 @@ class CudaRunner final : public ModelRunner {
     // A forward that throws leaves nothing to sample (not the previous step's ids).
     num_logit_rows_ = 0;
     argmax_ready_ = false;
+    logits_skipped_ = false;
     const int n = batch.num_rows();
     validate_batch(batch);
     const CascadePlan& plan = *batch.plan;
@@ -131,12 +132,16 @@ class CudaRunner final : public ModelRunner {
          (options_.qk_rope < 0 && cuda::qk_rope_pays(pack, config_.num_key_value_heads, plan_sms))) &&
         cuda::qk_rope_slots_match(plan, pack, batch.slot_mapping, layout_.page_size);
     if (cuda::resolve_qk_rope(&pack, take_rope)) ++stats_.qk_rope;
+    // Leaving the logits out matters only where the skinny lm_head takes the argmax (3-64 rows):
+    // elsewhere keep them, so that no graph is captured twice for nothing.
+    const bool keep_logits = batch.keep_logits || R < cuda::kSkinnyMinM || R > cuda::kSkinnyMaxM;
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
-      argmax_ready_ = forward_bucketed(batch, plan, pack);
+      argmax_ready_ = forward_bucketed(batch, plan, pack, keep_logits);
     } else {
-      argmax_ready_ = forward_eager(batch, pack);
+      argmax_ready_ = forward_eager(batch, pack, keep_logits);
     }
     num_logit_rows_ = R;
+    logits_skipped_ = argmax_ready_ && !keep_logits;
     // Where the lm_head took the greedy argmax (1-64 rows), the step is left enqueued:
     // a greedy sample() then costs one copy and one wait (and an error of the step's kernels is
     // reported by sample() or copy_logits(), not here). Elsewhere waiting here measured faster:
@@ -162,6 +167,10 @@ class CudaRunner final : public ModelRunner {
     if (R == 0) return {};
     const bool greedy = std::all_of(params.begin(), params.end(),
                                     [](const RowSampling& p) { return !(p.temperature > 0.0f); });
+    if (!greedy && logits_skipped_) {
+      throw_error(ErrorCode::kInvalidArgument,
+                  "cuda runner: sample() with a sampled row after a forward without logits (StepBatch::keep_logits)");
+    }
     last_sample_greedy_ = greedy;
     if (greedy && argmax_ready_) {
       // The lm_head already took each row's argmax (the sampler's greedy rule): the GEMV as ids
@@ -235,6 +244,10 @@ class CudaRunner final : public ModelRunner {
   }
 
   std::vector<float> copy_logits() override {
+    if (logits_skipped_) {
+      throw_error(ErrorCode::kInvalidArgument,
+                  "cuda runner: copy_logits() after a forward without logits (StepBatch::keep_logits)");
+    }
     std::vector<float> out(static_cast<std::size_t>(num_logit_rows_) * config_.vocab_size);
     if (out.empty()) return out;
     CUDA_TRY(cudaMemcpyAsync(out.data(), logits_.get(), out.size() * 4, cudaMemcpyDeviceToHost, stream_));
@@ -304,6 +317,7 @@ class CudaRunner final : public ModelRunner {
     int rows = 0;        // rows of the GEMMs / row kernels (padded in the bucketed path)
     int logit_rows = 0;  // rows of the final norm + lm_head
     int slices = 1;      // state slices filled and merged
+    bool keep_logits = true;  // false: a skinny lm_head taking the argmax leaves the logits unwritten
     const std::int32_t *tok = nullptr, *pos = nullptr, *slot = nullptr, *logit = nullptr,
                        *row_order = nullptr, *q_pos = nullptr;
     std::vector<LevelLaunch> levels;
@@ -342,7 +356,7 @@ class CudaRunner final : public ModelRunner {
     reserve_work(logits_, static_cast<std::size_t>(std::max(logit_rows, 1)) * config_.vocab_size);
   }
 
-  bool forward_eager(const StepBatch& batch, const cuda::PlanPack& pack) {
+  bool forward_eager(const StepBatch& batch, const cuda::PlanPack& pack, bool keep_logits) {
     ++stats_.eager;
     const int n = batch.num_rows();
     const int R = static_cast<int>(batch.logit_rows.size());
@@ -361,6 +375,7 @@ class CudaRunner final : public ModelRunner {
     const std::int32_t* d = batch_dev_.get();
     StepLaunch s;
     s.rows = n;
+    s.keep_logits = keep_logits;
     s.logit_rows = R;
     s.slices = std::max(1, pack.num_slices);
     s.tok = d;
@@ -391,6 +406,7 @@ class CudaRunner final : public ModelRunner {
   };
   struct Layout {
     int rows = 0, slices = 0;
+    bool keep_logits = true;  // lm_head writes the logits (else only the argmax keys)
     std::vector<LevelCaps> levels;
     // Offsets (int32 elements) of the fixed arrays; level arrays follow in LevelPack form.
     int tok = 0, pos = 0, slot = 0, logit = 0, row_order = 0, q_pos = 0, total = 0;
@@ -409,8 +425,8 @@ class CudaRunner final : public ModelRunner {
     return p;
   }
 
-  static bool fits(const Layout& lay, int rows, const std::vector<LevelCaps>& need) {
-    if (lay.rows != rows || lay.levels.size() != need.size()) return false;
+  static bool fits(const Layout& lay, int rows, bool keep_logits, const std::vector<LevelCaps>& need) {
+    if (lay.rows != rows || lay.keep_logits != keep_logits || lay.levels.size() != need.size()) return false;
     for (std::size_t l = 0; l < need.size(); ++l) {
       const LevelCaps &c = lay.levels[l], &q = need[l];
       if (c.warps != q.warps || c.short_tiles != q.short_tiles || c.direct_out != q.direct_out ||
@@ -484,7 +500,8 @@ class CudaRunner final : public ModelRunner {
     return lay;
   }
 
-  bool forward_bucketed(const StepBatch& batch, const CascadePlan& plan, const cuda::PlanPack& pack) {
+  bool forward_bucketed(const StepBatch& batch, const CascadePlan& plan, const cuda::PlanPack& pack,
+                        bool keep_logits) {
     const int n = batch.num_rows();
     const int rows = pow2_at_least(n);
     std::vector<LevelCaps> need(pack.levels.size());
@@ -496,7 +513,7 @@ class CudaRunner final : public ModelRunner {
     }
     GraphEntry* entry = nullptr;
     for (GraphEntry& e : graphs_) {
-      if (fits(e.layout, rows, need)) {
+      if (fits(e.layout, rows, keep_logits, need)) {
         entry = &e;
         break;
       }
@@ -504,7 +521,9 @@ class CudaRunner final : public ModelRunner {
     if (entry == nullptr) {
       // Replace an entry of this bucket and plan shape whose capacities were outgrown, or add one.
       auto same_shape = [&](const GraphEntry& e) {
-        if (e.layout.rows != rows || e.layout.levels.size() != need.size()) return false;
+        if (e.layout.rows != rows || e.layout.keep_logits != keep_logits || e.layout.levels.size() != need.size()) {
+          return false;
+        }
         for (std::size_t l = 0; l < need.size(); ++l) {
           if (e.layout.levels[l].warps != need[l].warps || e.layout.levels[l].short_tiles != need[l].short_tiles ||
               e.layout.levels[l].direct_out != need[l].direct_out ||
@@ -523,6 +542,7 @@ class CudaRunner final : public ModelRunner {
       }
       GraphEntry e;
       e.layout = make_layout(rows, need);
+      e.layout.keep_logits = keep_logits;
       graphs_.push_back(std::move(e));
       entry = &graphs_.back();
     }
@@ -576,6 +596,7 @@ class CudaRunner final : public ModelRunner {
     s.logit = d + lay.logit;
     s.row_order = d + lay.row_order;
     s.q_pos = d + lay.q_pos;
+    s.keep_logits = keep_logits;
     for (const cuda::LevelPack& o : lay.offs) {
       s.levels.push_back({cuda::level_arrays(o, d), o.slice_base, o.num_items, o.num_splits, o.warps,
                           cuda::level_kv_fresh(o, d), o.short_tiles, o.direct_out, o.qk_rope});
@@ -603,7 +624,9 @@ class CudaRunner final : public ModelRunner {
 
   GraphEntry* find_entry(const Layout& lay) {
     for (GraphEntry& e : graphs_) {
-      if (e.layout.rows == lay.rows && e.layout.levels == lay.levels) return &e;
+      if (e.layout.rows == lay.rows && e.layout.keep_logits == lay.keep_logits && e.layout.levels == lay.levels) {
+        return &e;
+      }
     }
     return nullptr;
   }
@@ -834,17 +857,18 @@ class CudaRunner final : public ModelRunner {
     static_assert(cuda::kSkinnyMinM > cuda::kGemvMaxM, "sample() tells the GEMV's ids from the keys by R");
     const cuda::SkinnyArgmax sam{argmax_keys_.get()};
     return norm_gemm(fn, R, lm_head_, logits_.get(), true, config_.vocab_size, &am,
-                     skinny_argmax && R <= cuda::kSkinnyMaxM ? &sam : nullptr) &&
+                     skinny_argmax && R <= cuda::kSkinnyMaxM ? &sam : nullptr, s.keep_logits) &&
            R > 0;
   }
 
   // y = norm(nm) · wᵀ over `rows` rows: one GEMV that forms the norm itself where the GEMV path
   // takes the call (1-2 rows; returns true, and with argmax also each row's greedy argmax), else
   // the norm kernel into xb_, then run() (with skinny_argmax, fp32 y and at most kSkinnyMaxM rows:
-  // run_argmax, true where the skinny GEMM took the argmax). Either way nm.residual_out receives
-  // the new residual.
+  // run_argmax, true where the skinny GEMM took the argmax, which leaves y unwritten without
+  // keep_y). Either way nm.residual_out receives the new residual.
   bool norm_gemm(const cuda::ResidualNorm& nm, int rows, const bf16* w, void* y, bool y_f32, int N,
-                 const cuda::GemvArgmax* argmax = nullptr, const cuda::SkinnyArgmax* skinny_argmax = nullptr) {
+                 const cuda::GemvArgmax* argmax = nullptr, const cuda::SkinnyArgmax* skinny_argmax = nullptr,
+                 bool keep_y = true) {
     const int hidden = config_.hidden_size;
     if (gemm_->run_norm_gemv(nm, w, y, y_f32, rows, N, hidden, stream_, argmax)) return true;
     cuda::AddRmsNormParams p;
@@ -859,7 +883,8 @@ class CudaRunner final : public ModelRunner {
     }
     CUDA_TRY(cuda::launch_add_rms_norm(p, stream_));
     if (argmax_keys) {
-      return gemm_->run_argmax(xb_.get(), w, static_cast<float*>(y), rows, N, hidden, *skinny_argmax, stream_);
+      return gemm_->run_argmax(xb_.get(), w, static_cast<float*>(y), rows, N, hidden, *skinny_argmax, stream_,
+                               keep_y);
     }
     gemm_->run(xb_.get(), w, y, y_f32, rows, N, hidden, stream_);
     return false;
@@ -1009,6 +1034,7 @@ class CudaRunner final : public ModelRunner {
   int num_logit_rows_ = 0;
   bool argmax_ready_ = false;  // argmax_out_ / argmax_keys_ hold the last forward's greedy argmax
   bool last_sample_greedy_ = true;  // the last sample() had greedy rows only (forward's wait)
+  bool logits_skipped_ = false;     // the last forward left the logits unwritten (keep_logits)
 
   CudaRunnerOptions options_;
   CudaGraphStats stats_;

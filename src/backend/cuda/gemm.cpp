@@ -99,14 +99,14 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
 }
 
 bool Gemm::run_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K,
-                      const SkinnyArgmax& argmax, cudaStream_t stream) {
+                      const SkinnyArgmax& argmax, cudaStream_t stream, bool write_y) {
   const bool skinny = M > 0 && N > 0 && !(!gemv_off_ && gemv_supported(x, w, M, K)) && skinny_on_ &&
                       skinny_gemm_supported(x, w, M, N, K);
   if (!skinny) {
     run(x, w, y, true, M, N, K, stream);
     return false;
   }
-  CUDA_TRY(launch_skinny_gemm_argmax(x, w, y, M, N, K, argmax, skinny_target_ctas_, stream));
+  CUDA_TRY(launch_skinny_gemm_argmax(x, w, write_y ? y : nullptr, M, N, K, argmax, skinny_target_ctas_, stream));
   return true;
 }
 

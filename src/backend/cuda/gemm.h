@@ -48,9 +48,10 @@ class Gemm {
                      cudaStream_t stream, const GemvArgmax* argmax = nullptr, bool early_release = false);
 
   // run() with fp32 y; where run() takes the skinny GEMM it also forms each row's greedy argmax
-  // (skinny_gemm.h's SkinnyArgmax, whose buffers cover M rows) and returns true, else false.
+  // (skinny_gemm.h's SkinnyArgmax, whose keys cover M rows) and returns true, else false. With
+  // write_y false the skinny GEMM leaves y unwritten (elsewhere y is always written).
   bool run_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K,
-                  const SkinnyArgmax& argmax, cudaStream_t stream);
+                  const SkinnyArgmax& argmax, cudaStream_t stream, bool write_y = true);
 
   // Whether run() sends 3 <= M <= 64 to the skinny GEMM (skinny_gemm.h) on this device.
   bool skinny_enabled() const { return skinny_on_; }

@@ -162,7 +162,7 @@ __device__ __forceinline__ float2 finish_group(const SkinnyParams& p, int tile, 
         p.f.x_out[o] = __float2bfloat16_rn(h * in.g[e >> 1]);
         sq[e & 1] += h * h;
       } else if (p.y_f32) {
-        static_cast<float*>(p.y)[o] = vals[e];
+        if (kF != kArgmax || p.y != nullptr) static_cast<float*>(p.y)[o] = vals[e];  // argmax: y optional
       } else {
         y[o] = __float2bfloat16_rn(vals[e]);
       }

@@ -82,7 +82,7 @@ cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, const __nv_bfloat16* w, v
                                int M, int N, int K, int target_ctas, cudaStream_t stream);
 
 // The same with fp32 y and each row's greedy argmax (SkinnyArgmax above; cudaErrorInvalidValue
-// without its keys).
+// without its keys). y may be nullptr: then only the keys are written.
 cudaError_t launch_skinny_gemm_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N,
                                       int K, const SkinnyArgmax& argmax, int target_ctas, cudaStream_t stream);
 
