@@ -8,7 +8,7 @@
 // the engine's greedy-only steps; --keep-logits keeps them, for A/B), timed on the host clock (the
 // runner synchronises in sample() at the latest); median over --steps steps after 5 warm-up steps.
 // "fwd us" is forward() alone: the whole step's GPU time where forward() waits, only the host's
-// enqueue where it does not (batches of 1-2 rows, whose greedy argmax is fused into lm_head).
+// enqueue where it does not (1-64 rows, whose greedy argmax is fused into lm_head).
 // Run once with CUDA graphs and once without (same padded launches, eager).
 // CASCADE_BENCH_PROFILE_BATCH=B runs one extra step of batch B inside a cudaProfilerStart/Stop range.
 #include <cuda_profiler_api.h>
@@ -195,6 +195,7 @@ int main(int argc, char** argv) {
         runner->sample(greedy);
         CK(cudaProfilerStop());
       }
+      const CudaGraphStats gs = cuda_graph_stats(*runner);  // before the check's own capture
       if (B == batches.front()) {
         step.keep_logits = true;
         runner->forward(step);
@@ -206,7 +207,6 @@ int main(int argc, char** argv) {
       const double tps = B / (step_us * 1e-6);
       std::printf("%-8d %-6s %10.1f %10.1f %10.1f %7.2f %10.0f\n", B, mode == 0 ? "on" : "off", step_us,
                   fwd_us, floor_us, step_us / floor_us, tps);
-      const CudaGraphStats gs = cuda_graph_stats(*runner);
       char buf[512];
       std::snprintf(buf, sizeof buf,
                     "    {\"batch\": %d, \"cuda_graphs\": %s, \"step_us\": %.1f, \"forward_us\": %.1f, "

@@ -23,7 +23,7 @@ struct StepBatch {
   const CascadePlan* plan = nullptr;       // attention plan (must cover every row)
   // false: the caller takes only greedy samples of this step and no logits, so a backend may
   // leave the logits unwritten (the CUDA runner does where its skinny lm_head takes the greedy
-  // argmax: 3-64 rows); copy_logits() or a sampled row then throws.
+  // argmax: 3-64 rows, and then copy_logits() or a sampled row throws).
   bool keep_logits = true;
 
   int num_rows() const { return static_cast<int>(token_ids.size()); }

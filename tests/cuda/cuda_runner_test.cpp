@@ -561,7 +561,19 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
       len[s] = 20 + 3 * s;
     }
     CascadePlan plan;
-    r->forward(flat_step(seqs, zero, len, page_size, plan));
+    const StepBatch prefill = flat_step(seqs, zero, len, page_size, plan);
+    r->forward(prefill);
+    // The prefill goes through the unpadded path (rows != logit rows): its greedy ids, with the
+    // logits kept and without.
+    const auto prefill_logits = r->copy_logits();
+    const std::vector<RowSampling> greedy_all(num_seqs);
+    const auto want_prefill = sample_tokens(prefill_logits, c.vocab_size, greedy_all);
+    EXPECT_EQ(r->sample(greedy_all), want_prefill) << "prefill";
+    StepBatch lean_prefill = prefill;
+    lean_prefill.keep_logits = false;
+    r->forward(lean_prefill);
+    EXPECT_EQ(r->sample(greedy_all), want_prefill) << "prefill, lean";
+    if (takes_argmax(num_seqs)) EXPECT_THROW(r->copy_logits(), Error) << "prefill, lean";
     for (int i = 0; i < static_cast<int>(std::size(batches)); ++i) {
       const int nb = batches[i];
       const StepBatch step = decode_step(seqs, len, nb, page_size, plan);

@@ -122,7 +122,6 @@ inline std::vector<float> silu_mul_ref(const std::vector<float>& gate_up, int M,
   return act;
 }
 
-// max |a - b| / max |b|; +inf if any a is not finite (poisoned outputs never pass).
 // The sampler's greedy rule on each row of logits y [M, N] (the fused argmax epilogues' reference):
 // the lowest id holding the row's largest value, NaN skipped, -1 if no value is > -inf.
 inline std::vector<std::int32_t> greedy_ids(const std::vector<float>& y, int M, int N) {
@@ -140,6 +139,7 @@ inline std::vector<std::int32_t> greedy_ids(const std::vector<float>& y, int M, 
   return out;
 }
 
+// max |a - b| / max |b|; +inf if any a is not finite (poisoned outputs never pass).
 inline double max_rel_error(const std::vector<float>& a, const std::vector<double>& b) {
   double num = 0.0, den = 0.0;
   for (std::size_t i = 0; i < b.size(); ++i) {

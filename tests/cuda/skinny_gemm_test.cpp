@@ -539,6 +539,15 @@ TEST(CudaSkinnyGemm, ArgmaxIsTheSamplersGreedyRule) {
       EXPECT_EQ(std::vector<unsigned long long>(got_keys.begin() + M, got_keys.end()),
                 std::vector<unsigned long long>(kSkinnyMaxM - M, 0ull))
           << what << ": rows past M";
+      // Without y (a step with StepBatch::keep_logits false): the same keys, y left as it was.
+      poison(y);
+      CUDA_TRY(cudaMemset(keys.get(), 0, keys.bytes()));
+      CUDA_TRY(launch_skinny_gemm_argmax(d_x.get(), d_w.get(), nullptr, M, N, K, am, c.target_ctas, nullptr));
+      EXPECT_EQ(download(keys, kSkinnyMaxM), got_keys) << what << ", no y";
+      std::vector<unsigned> y_bits(y.size());
+      CUDA_TRY(cudaMemcpy(y_bits.data(), y.get(), y.bytes(), cudaMemcpyDeviceToHost));
+      EXPECT_TRUE(std::all_of(y_bits.begin(), y_bits.end(), [](unsigned b) { return b == 0xffffffffu; }))
+          << what << ": y written";
       if (rep == 0) {
         EXPECT_EQ(want[0], 7) << what << ": the tie goes to the lowest id";
       } else {

@@ -46,6 +46,7 @@ class CudaRunner final : public ModelRunner {
     device_name_ = std::string("cuda:") + std::to_string(dev) + " (" + prop.name + ")";
     num_sms_ = prop.multiProcessorCount;
     gemm_ = std::make_unique<cuda::Gemm>();
+    skinny_argmax_ = gemm_->skinny_enabled() && !cuda::ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
     // Probes the device (a synchronous copy) now, outside graph capture; Gemm has probed the
     // same sm_90a code already, this keeps the attention kernels' choice from depending on it.
     cuda::attention_wgmma_available();
@@ -134,7 +135,7 @@ class CudaRunner final : public ModelRunner {
     if (cuda::resolve_qk_rope(&pack, take_rope)) ++stats_.qk_rope;
     // Leaving the logits out matters only where the skinny lm_head takes the argmax (3-64 rows):
     // elsewhere keep them, so that no graph is captured twice for nothing.
-    const bool keep_logits = batch.keep_logits || R < cuda::kSkinnyMinM || R > cuda::kSkinnyMaxM;
+    const bool keep_logits = batch.keep_logits || !skinny_argmax_ || R < cuda::kSkinnyMinM || R > cuda::kSkinnyMaxM;
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
       argmax_ready_ = forward_bucketed(batch, plan, pack, keep_logits);
     } else {
@@ -416,7 +417,7 @@ class CudaRunner final : public ModelRunner {
     Layout layout;
     std::uint64_t generation = 0;
     cudaGraphExec_t exec = nullptr;
-    bool argmax = false;  // the captured step takes the greedy argmax in the lm_head GEMV
+    bool argmax = false;  // the captured step takes the greedy argmax in the lm_head (GEMV or skinny GEMM)
   };
 
   static int pow2_at_least(int v) {
@@ -853,11 +854,10 @@ class CudaRunner final : public ModelRunner {
     fn.row_index = s.logit;
     fn.src_rows = n;
     const cuda::GemvArgmax am{argmax_v_.get(), argmax_i_.get(), argmax_counter_.get(), argmax_out_.get()};
-    static const bool skinny_argmax = !cuda::ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
     static_assert(cuda::kSkinnyMinM > cuda::kGemvMaxM, "sample() tells the GEMV's ids from the keys by R");
     const cuda::SkinnyArgmax sam{argmax_keys_.get()};
     return norm_gemm(fn, R, lm_head_, logits_.get(), true, config_.vocab_size, &am,
-                     skinny_argmax && R <= cuda::kSkinnyMaxM ? &sam : nullptr, s.keep_logits) &&
+                     skinny_argmax_ && R <= cuda::kSkinnyMaxM ? &sam : nullptr, s.keep_logits) &&
            R > 0;
   }
 
@@ -1035,6 +1035,9 @@ class CudaRunner final : public ModelRunner {
   bool argmax_ready_ = false;  // argmax_out_ / argmax_keys_ hold the last forward's greedy argmax
   bool last_sample_greedy_ = true;  // the last sample() had greedy rows only (forward's wait)
   bool logits_skipped_ = false;     // the last forward left the logits unwritten (keep_logits)
+  // The skinny lm_head takes the greedy argmax at 3-64 rows (sm_90a; CASCADE_GEMM_NO_ARGMAX=1
+  // leaves it to the sampler, A/B).
+  bool skinny_argmax_ = false;
 
   CudaRunnerOptions options_;
   CudaGraphStats stats_;

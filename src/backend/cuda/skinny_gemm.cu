@@ -55,6 +55,8 @@ using KernelParams = std::conditional_t<kF == kArgmax, SkinnyArgmaxParams, Skinn
 // the cluster) and, at 16 KB, the residual epilogue's per-warp row sums of squares ([8 j][4
 // warps][8] fp32) or the argmax epilogue's per-warp row keys ([4 warps][64] u64).
 constexpr int kSqOffset = 16384;
+static_assert(kSqOffset >= 8 * kThreads * 16, "the split-K partial tile fits below the row sums / keys");
+static_assert(kSqOffset + 4 * kBM * 8 <= kStages * kStageBytes, "the argmax keys fit in the ring");
 
 #ifdef CASCADE_SM90A
 __device__ __forceinline__ void cluster_sync() {
