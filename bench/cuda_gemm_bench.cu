@@ -47,14 +47,14 @@ int main(int argc, char** argv) {
   }
   std::vector<int> ms = {4, 8, 16, 32, 64};
   int reps = 30;
-  constexpr int kCopies = 16;  // GEMMs per graph
-  int w_copies = kCopies;
+  constexpr int kGemmsPerGraph = 16;
+  int w_copies = kGemmsPerGraph;  // each GEMM of a graph on its own copy of w
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc) {
       reps = std::atoi(argv[++i]);
     } else if (a == "--w-copies" && i + 1 < argc) {
-      w_copies = std::clamp(std::atoi(argv[++i]), 1, kCopies);
+      w_copies = std::clamp(std::atoi(argv[++i]), 1, kGemmsPerGraph);
     } else if (a == "--m" && i + 1 < argc) {
       ms.clear();
       std::stringstream ss(argv[++i]);
@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
       double us[2];
       for (int path = 0; path < 2; ++path) {
         auto enqueue = [&] {
-          for (int r = 0; r < kCopies; ++r) {
+          for (int r = 0; r < kGemmsPerGraph; ++r) {
             if (g.silu) {
               if (path == 0 && gemm.run_silu_gemv(x, w[r % copies], static_cast<__nv_bfloat16*>(y), M, g.n, g.k, stream)) continue;
               CK(cascade::cuda::launch_silu_mul({x, act, M, g.k}, stream));
@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
           CK(cudaEventSynchronize(e1));
           float msec = 0;
           CK(cudaEventElapsedTime(&msec, e0, e1));
-          if (i >= 2) t.push_back(msec * 1e3 / kCopies);
+          if (i >= 2) t.push_back(msec * 1e3 / kGemmsPerGraph);
         }
         us[path] = median(t);
         cudaGraphExecDestroy(exec);
