@@ -42,7 +42,6 @@ Gemm::Gemm() {
   skinny_on_ = !ab_switch_on("CASCADE_GEMM_NO_SKINNY") && skinny_gemm_available();
   fuse_on_ = skinny_on_ && !ab_switch_on("CASCADE_GEMM_NO_FUSE");
   skinny_target_ctas_ = 2 * sm_count_;  // two skinny CTAs fit an SM (one per SM measured the same)
-  if (const char* v = std::getenv("CASCADE_SKINNY_TARGET_CTAS")) skinny_target_ctas_ = std::atoi(v);  // EXPERIMENT
 }
 
 Gemm::~Gemm() {

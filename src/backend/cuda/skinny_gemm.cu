@@ -1,7 +1,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "backend/cuda/device_utils.cuh"
@@ -18,10 +17,7 @@ constexpr int kBK = 64;       // K per chunk: one 128-byte swizzle row of bf16
 // Ring depth: kStages - 1 chunks in flight, three from before the PDL wait. Four stages (65 KB)
 // leave room for a third CTA on an SM (the next kernel's, under PDL); five (81 KB, all four
 // chunks of a qkv or o_proj CTA ahead of the wait) made batch 8-32 decode steps 3-8% slower.
-#ifndef CASCADE_SKINNY_STAGES  // EXPERIMENT
-#define CASCADE_SKINNY_STAGES 4
-#endif
-constexpr int kStages = CASCADE_SKINNY_STAGES;
+constexpr int kStages = 4;
 constexpr int kThreads = 128;  // one warpgroup
 constexpr int kWBytes = kBN * kBK * 2;
 constexpr int kXBytes = kBM * kBK * 2;
@@ -461,8 +457,6 @@ cudaError_t launch_mode(const KernelParams<kF>& p, int tiles, cudaStream_t strea
   static const cudaError_t attr_err =
       cudaFuncSetAttribute(skinny_gemm_kernel<kF>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (attr_err != cudaSuccess) return attr_err;
-  static const cudaError_t np_err = cudaFuncSetAttribute(skinny_gemm_kernel<kF>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);  // EXPERIMENT
-  if (np_err != cudaSuccess) return np_err;
   // The split-K CTAs of a tile are one cluster.
   return launch_pdl_cluster<skinny_gemm_kernel<kF>>(dim3(tiles, p.splits), dim3(kThreads), kSmem, stream,
                                                     dim3(1, p.splits, 1), p);
@@ -485,11 +479,7 @@ cudaError_t launch_skinny(const __nv_bfloat16* x, const __nv_bfloat16* w, void* 
   const int chunks = (K + kBK - 1) / kBK;
   // As many splits as keep the grid within target_ctas (at most a cluster's worth, one chunk
   // each at least), then the fewest splits that give the same chunks per split.
-  static const int max_splits = [] {  // EXPERIMENT
-    const char* v = std::getenv("CASCADE_SKINNY_MAX_SPLITS");
-    return v != nullptr ? std::clamp(std::atoi(v), 1, 16) : kMaxSplits;
-  }();
-  int splits = std::clamp(target_ctas / tiles, 1, std::min(max_splits, chunks));
+  int splits = std::clamp(target_ctas / tiles, 1, std::min(kMaxSplits, chunks));
   const int per_split = (chunks + splits - 1) / splits;
   splits = (chunks + per_split - 1) / per_split;
   const SkinnyParams p{x, w, y, M, N, K, per_split, splits, y_f32, f};
