@@ -83,25 +83,33 @@ Gemm::Plan& Gemm::plan_for(int M, int N, int K, bool y_f32) {
   return ref;
 }
 
+Gemm::Route Gemm::route(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K) const {
+  if (M == 0 || N == 0) return Route::kNone;
+  if (!gemv_off_ && gemv_supported(x, w, M, K)) return Route::kGemv;
+  if (skinny_on_ && skinny_gemm_supported(x, w, M, N, K)) return Route::kSkinny;
+  return Route::kCublasLt;
+}
+
 void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
                int K, cudaStream_t stream) {
-  if (M == 0 || N == 0) return;
-  if (!gemv_off_ && gemv_supported(x, w, M, K)) {
-    CUDA_TRY(launch_gemv(x, w, y, y_f32, M, N, K, sm_count_, stream));
-    return;
+  switch (route(x, w, M, N, K)) {
+    case Route::kNone:
+      return;
+    case Route::kGemv:
+      CUDA_TRY(launch_gemv(x, w, y, y_f32, M, N, K, sm_count_, stream));
+      return;
+    case Route::kSkinny:
+      CUDA_TRY(launch_skinny_gemm(x, w, y, y_f32, M, N, K, skinny_target_ctas_, stream));
+      return;
+    case Route::kCublasLt:
+      run_cublaslt(x, w, y, y_f32, M, N, K, stream);
+      return;
   }
-  if (skinny_on_ && skinny_gemm_supported(x, w, M, N, K)) {
-    CUDA_TRY(launch_skinny_gemm(x, w, y, y_f32, M, N, K, skinny_target_ctas_, stream));
-    return;
-  }
-  run_cublaslt(x, w, y, y_f32, M, N, K, stream);
 }
 
 bool Gemm::run_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K,
                       const SkinnyArgmax& argmax, cudaStream_t stream, bool write_y) {
-  const bool skinny = M > 0 && N > 0 && !(!gemv_off_ && gemv_supported(x, w, M, K)) && skinny_on_ &&
-                      skinny_gemm_supported(x, w, M, N, K);
-  if (!skinny) {
+  if (route(x, w, M, N, K) != Route::kSkinny) {
     run(x, w, y, true, M, N, K, stream);
     return false;
   }

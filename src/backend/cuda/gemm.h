@@ -76,6 +76,9 @@ class Gemm {
                     int N, int K, cudaStream_t stream);
 
  private:
+  // Where run() sends an M x N x K product (none for an empty one).
+  enum class Route { kNone, kGemv, kSkinny, kCublasLt };
+  Route route(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K) const;
   struct Plan;
   Plan& plan_for(int M, int N, int K, bool y_f32);
 
