@@ -92,7 +92,12 @@ Gemm::Route Gemm::route(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, i
 
 void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
                int K, cudaStream_t stream) {
-  switch (route(x, w, M, N, K)) {
+  launch(route(x, w, M, N, K), x, w, y, y_f32, M, N, K, stream);
+}
+
+void Gemm::launch(Route r, const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N,
+                  int K, cudaStream_t stream) {
+  switch (r) {
     case Route::kNone:
       return;
     case Route::kGemv:
@@ -109,8 +114,9 @@ void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f
 
 bool Gemm::run_argmax(const __nv_bfloat16* x, const __nv_bfloat16* w, float* y, int M, int N, int K,
                       const SkinnyArgmax& argmax, cudaStream_t stream, bool write_y) {
-  if (route(x, w, M, N, K) != Route::kSkinny) {
-    run(x, w, y, true, M, N, K, stream);
+  const Route r = route(x, w, M, N, K);
+  if (r != Route::kSkinny) {
+    launch(r, x, w, y, true, M, N, K, stream);
     return false;
   }
   CUDA_TRY(launch_skinny_gemm_argmax(x, w, write_y ? y : nullptr, M, N, K, argmax, skinny_target_ctas_, stream));

@@ -79,6 +79,9 @@ class Gemm {
   // Where run() sends an M x N x K product (none for an empty one).
   enum class Route { kNone, kGemv, kSkinny, kCublasLt };
   Route route(const __nv_bfloat16* x, const __nv_bfloat16* w, int M, int N, int K) const;
+  // run()'s launch once the route is known (run_argmax falls back to it without routing again).
+  void launch(Route r, const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int M, int N, int K,
+              cudaStream_t stream);
   struct Plan;
   Plan& plan_for(int M, int N, int K, bool y_f32);
 
