@@ -9,6 +9,10 @@
 // runner synchronises in sample() at the latest); median over --steps steps after 5 warm-up steps.
 // "fwd us" is forward() alone: the whole step's GPU time where forward() waits, only the host's
 // enqueue where it does not (1-64 rows, whose greedy argmax is fused into lm_head).
+// "overlap us" times the same steps as the engine runs them with Config::overlap_scheduling: each
+// forward() is enqueued fed by the previous step's greedy ids (StepBatch::feed) before collect()
+// waits for those ids (the host's work between steps overlaps the device's); median interval
+// between successive collect()s.
 // Run once with CUDA graphs and once without (same padded launches, eager).
 // CASCADE_BENCH_PROFILE_BATCH=B runs one extra step of batch B inside a cudaProfilerStart/Stop range.
 #include <cuda_profiler_api.h>
@@ -16,6 +20,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <numeric>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -148,8 +153,8 @@ int main(int argc, char** argv) {
                      ",\n  \"weight_bytes\": " + std::to_string(weight_bytes) + ",\n  \"results\": [\n";
   std::vector<std::string> rows;
   std::vector<std::vector<float>> graph_logits;  // first batch's logits per mode, compared below
-  std::printf("%-8s %-6s %10s %10s %10s %7s %10s\n", "batch", "graphs", "step us", "fwd us", "floor us",
-              "ratio", "tok/s");
+  std::printf("%-8s %-6s %10s %10s %10s %10s %7s %7s %10s\n", "batch", "graphs", "step us", "fwd us",
+              "overlap us", "floor us", "ratio", "ovl/fl", "tok/s");
   for (int mode = 0; mode < (eager ? 2 : 1); ++mode) {
     CudaRunnerOptions opt;
     opt.cuda_graphs = mode == 0;
@@ -186,6 +191,24 @@ int main(int argc, char** argv) {
         }
         (void)ids;
       }
+      // Overlapped: step s+1 enqueued on step s's ids (still on the device) before waiting for them.
+      StepBatch fed = step;
+      fed.feed.resize(B);
+      std::iota(fed.feed.begin(), fed.feed.end(), 0);
+      std::vector<double> t_ovl;
+      runner->forward(step);
+      runner->sample_async(greedy);
+      auto prev = std::chrono::steady_clock::now();
+      for (int i = 0; i < steps + 5; ++i) {
+        runner->forward(runner->can_feed() ? fed : step);  // not where sample_async() drew at once (256 rows)
+        const auto ids = runner->collect();
+        runner->sample_async(greedy);
+        const auto now = std::chrono::steady_clock::now();
+        if (i >= 5) t_ovl.push_back(std::chrono::duration<double, std::micro>(now - prev).count());
+        prev = now;
+        (void)ids;
+      }
+      (void)runner->collect();
       // With CASCADE_BENCH_PROFILE_BATCH=B, one more step of that batch runs inside a profiler
       // range (ncu --profile-from-start off) for a per-kernel breakdown.
       const char* prof = std::getenv("CASCADE_BENCH_PROFILE_BATCH");
@@ -202,18 +225,19 @@ int main(int argc, char** argv) {
         const auto logits = runner->copy_logits();
         graph_logits.push_back(logits);
       }
-      const double step_us = median(t_step), fwd_us = median(t_fwd);
+      const double step_us = median(t_step), fwd_us = median(t_fwd), ovl_us = median(t_ovl);
       const double floor_us = (weight_bytes + B * (ctx + 1.0) * kv_token_bytes) / bw * 1e6;
       const double tps = B / (step_us * 1e-6);
-      std::printf("%-8d %-6s %10.1f %10.1f %10.1f %7.2f %10.0f\n", B, mode == 0 ? "on" : "off", step_us,
-                  fwd_us, floor_us, step_us / floor_us, tps);
-      char buf[512];
+      std::printf("%-8d %-6s %10.1f %10.1f %10.1f %10.1f %7.2f %7.2f %10.0f\n", B, mode == 0 ? "on" : "off",
+                  step_us, fwd_us, ovl_us, floor_us, step_us / floor_us, ovl_us / floor_us, tps);
+      char buf[640];
       std::snprintf(buf, sizeof buf,
                     "    {\"batch\": %d, \"cuda_graphs\": %s, \"step_us\": %.1f, \"forward_us\": %.1f, "
                     "\"floor_us\": %.1f, \"step_over_floor\": %.3f, \"tokens_per_s\": %.0f, "
+                    "\"overlap_step_us\": %.1f, \"overlap_over_floor\": %.3f, "
                     "\"captures\": %ld, \"replays\": %ld}",
-                    B, mode == 0 ? "true" : "false", step_us, fwd_us, floor_us, step_us / floor_us, tps,
-                    gs.captures, gs.replays);
+                    B, mode == 0 ? "true" : "false", step_us, fwd_us, floor_us, step_us / floor_us, tps, ovl_us,
+                    ovl_us / floor_us, gs.captures, gs.replays);
       rows.push_back(buf);
     }
   }

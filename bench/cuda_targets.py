@@ -1,7 +1,9 @@
 """The CUDA backend's performance targets (issue 5) against one run of the two benchmarks.
 
 Reads the JSON written by `cuda_decode_bench OUT.json` and `cuda_attention_bench OUT.json` and
-prints markdown: the decode table (time per step against the weights + KV floor), the cascade
+prints markdown: the decode table (time per step against the weights + KV floor; where the run
+timed overlapped steps too, as the engine runs greedy decode with overlap_scheduling, the decode
+targets judge those: the engine's time per step), the cascade
 attention table (against the shared-read floor and against flat decode), then one line per target
 saying met or not met with the worst case. Exit status 0, or with --strict 1 when a target is not
 met or the attention bench's output checks failed.
@@ -24,18 +26,34 @@ def decode_rows(decode):
     return sorted(rows, key=lambda r: r["batch"])
 
 
+def engine_step(r):
+    """The row's step as the engine runs it: overlapped where the bench timed that, else synchronous."""
+    if "overlap_step_us" in r:
+        return r["overlap_step_us"], r["overlap_over_floor"], r["batch"] / (r["overlap_step_us"] * 1e-6)
+    return r["step_us"], r["step_over_floor"], r["tokens_per_s"]
+
+
 def report(decode, attention):
     """Markdown lines and a list of (target, met, detail)."""
     out = []
     out.append(f"Decode step, context {decode['context']} ({decode['device']}, copy bandwidth "
                f"{decode['copy_bandwidth_GBps'] / 1000:.2f} TB/s; CUDA graphs)")
     out.append("")
-    out.append("| batch | step (us) | floor (us) | step / floor | tokens/s |")
-    out.append("| --- | --- | --- | --- | --- |")
     rows = decode_rows(decode)
-    for r in rows:
-        out.append(f"| {r['batch']} | {r['step_us']:.1f} | {r['floor_us']:.1f} | {r['step_over_floor']:.2f} | "
-                   f"{r['tokens_per_s']:.0f} |")
+    if any("overlap_step_us" in r for r in rows):
+        out.append("| batch | step (us) | overlapped (us) | floor (us) | step / floor | overlapped / floor | tokens/s |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in rows:
+            us, ratio, tps = engine_step(r)
+            out.append(f"| {r['batch']} | {r['step_us']:.1f} | {us:.1f} | {r['floor_us']:.1f} | "
+                       f"{r['step_over_floor']:.2f} | {ratio:.2f} | {tps:.0f} |")
+    else:
+        out.append("| batch | step (us) | floor (us) | step / floor | tokens/s |")
+        out.append("| --- | --- | --- | --- | --- |")
+        for r in rows:
+            out.append(f"| {r['batch']} | {r['step_us']:.1f} | {r['floor_us']:.1f} | {r['step_over_floor']:.2f} | "
+                       f"{r['tokens_per_s']:.0f} |")
+    judged = [dict(r, engine_ratio=engine_step(r)[1], engine_tps=engine_step(r)[2]) for r in rows]
     out.append("")
     out.append(f"Cascade decode attention, one layer ({attention['device']}, copy bandwidth "
                f"{attention['copy_bandwidth_GBps'] / 1000:.2f} TB/s)")
@@ -59,11 +77,11 @@ def report(decode, attention):
             targets.append((name, worst[key] <= limit, f"worst {worst[key]:.2f}x at {where(worst)}"))
 
     worst_under(f"decode within {DECODE_RATIO}x of the floor at batch >= {DECODE_MIN_BATCH}",
-                [r for r in rows if r["batch"] >= DECODE_MIN_BATCH], "step_over_floor", DECODE_RATIO,
+                [r for r in judged if r["batch"] >= DECODE_MIN_BATCH], "engine_ratio", DECODE_RATIO,
                 lambda r: f"batch {r['batch']}")
-    one = [r for r in rows if r["batch"] == 1]
+    one = [r for r in judged if r["batch"] == 1]
     if one:
-        tps = one[0]["tokens_per_s"]
+        tps = one[0]["engine_tps"]
         targets.append((f">= {BATCH1_TOKENS_PER_S} tokens/s at batch 1", tps >= BATCH1_TOKENS_PER_S,
                         f"{tps:.0f} tokens/s"))
     worst_under(f"cascade within {CASCADE_RATIO}x of the shared-read floor", shapes, "cascade_over_floor",

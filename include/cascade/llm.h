@@ -57,6 +57,7 @@ struct EngineStats {
   std::int64_t cascade_steps = 0;  // steps that used a shared level
   int max_levels_used = 0;
   std::int64_t steps = 0, prefill_tokens = 0, decode_tokens = 0, preemptions = 0;
+  std::int64_t overlapped_steps = 0;  // steps enqueued before the previous step's tokens were known
   int running = 0, waiting = 0;
 };
 

@@ -34,6 +34,7 @@ struct CommonOptions {
   int max_cascade_levels = 3;
   std::string cascade = "auto";
   bool no_cache = false;
+  bool no_overlap = false;
   std::uint64_t model_seed = 1234;
 };
 
@@ -50,6 +51,8 @@ void add_common(CLI::App* app, CommonOptions& o) {
   app->add_option("--max-cascade-levels", o.max_cascade_levels, "cascade levels")->check(CLI::Range(1, 16));
   app->add_option("--cascade", o.cascade, "cascade attention: on, off or auto")->check(CLI::IsMember({"on", "off", "auto"}));
   app->add_flag("--no-cache", o.no_cache, "turn all chunk sharing off");
+  app->add_flag("--no-overlap", o.no_overlap,
+                "wait for each greedy step's tokens before enqueuing the next (overlap_scheduling off)");
   app->add_option("--model-seed", o.model_seed, "seed of the embedded default model's weights");
 }
 
@@ -66,6 +69,7 @@ Config to_config(const CommonOptions& o) {
   c.max_model_len = o.max_model_len;
   c.max_cascade_levels = o.max_cascade_levels;
   c.enable_prefix_cache = !o.no_cache;
+  c.overlap_scheduling = !o.no_overlap;
   c.enable_cascade_attention = o.cascade != "off";
   c.cascade_mode = o.cascade == "on" ? CascadeMode::kOn : o.cascade == "off" ? CascadeMode::kOff : CascadeMode::kAuto;
   c.default_model_seed = o.model_seed;

@@ -447,8 +447,141 @@ void Engine::append_token(Sequence& seq, std::int32_t token, StepUpdate& update)
   }
 }
 
+void Engine::apply_tokens(const std::vector<Sequence*>& seqs, const std::vector<std::int32_t>& tokens,
+                          const std::vector<float>& logits, std::vector<StepUpdate>& updates) {
+  for (std::size_t i = 0; i < seqs.size(); ++i) {
+    Sequence& s = *seqs[i];
+    StepUpdate up;
+    up.request_id = s.id;
+    const std::int32_t t = tokens[i];
+    if (s.sampling.logprobs) {
+      const int V = model_config_.vocab_size;
+      const float* row = logits.data() + i * static_cast<std::size_t>(V);
+      double mx = row[0];
+      for (int v = 1; v < V; ++v) mx = std::max<double>(mx, row[v]);
+      double sum = 0;
+      for (int v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
+      s.logprobs.push_back(static_cast<float>(row[t] - mx - std::log(sum)));
+    }
+    append_token(s, t, up);
+    FinishReason reason = up.finish_reason;
+    const bool is_eos = std::find(eos_ids_.begin(), eos_ids_.end(), t) != eos_ids_.end();
+    const bool is_stop_id =
+        std::find(s.sampling.stop_token_ids.begin(), s.sampling.stop_token_ids.end(), t) !=
+        s.sampling.stop_token_ids.end();
+    if (reason == FinishReason::kNone && ((is_eos && !s.sampling.ignore_eos) || is_stop_id)) {
+      reason = FinishReason::kStop;
+    }
+    if (reason == FinishReason::kNone &&
+        (static_cast<int>(s.generated.size()) >= s.sampling.max_tokens || s.total_len() >= max_model_len_)) {
+      reason = FinishReason::kLength;
+    }
+    updates.push_back(std::move(up));
+    if (reason != FinishReason::kNone) finish(s, reason, updates);
+  }
+}
+
+std::optional<Engine::Inflight> Engine::launch_fed_step(const Inflight& done) {
+  if (!runner_->can_feed() || !waiting_.empty() || running_.empty()) return std::nullopt;
+  std::unordered_map<std::uint64_t, int> row_of;  // logit row of `done` per sequence
+  for (std::size_t i = 0; i < done.seq_ids.size(); ++i) row_of[done.seq_ids[i]] = static_cast<int>(i);
+  std::vector<Sequence*> seqs;
+  for (Sequence* s : running_) {
+    // Every running sequence draws a greedy token in `done` (none is still in its prompt).
+    if (!row_of.count(s->id) || s->sampling.temperature > 0.0f || s->sampling.logprobs ||
+        s->num_computed != s->total_len()) {
+      return std::nullopt;
+    }
+    // `done`'s token is generated[g] at position total_len(); one that ends the sequence by
+    // length is known now (stops by token or text only after collect(): their rows are wasted).
+    const bool ends = static_cast<int>(s->generated.size()) + 1 >= s->sampling.max_tokens ||
+                      s->total_len() + 1 >= max_model_len_;
+    if (!ends) seqs.push_back(s);
+  }
+  if (seqs.empty() || static_cast<int>(seqs.size()) > config_.max_num_batched_tokens) return std::nullopt;
+  for (Sequence* s : seqs) {
+    if (!ensure_dyn_pages(*s, s->total_len())) return std::nullopt;  // the normal step preempts
+  }
+  StepBatch batch;
+  std::vector<SeqAttnInput> inputs;
+  Inflight next;
+  for (Sequence* s : seqs) {
+    const int pos = s->total_len();
+    batch.token_ids.push_back(0);  // fed: row_of[s] of `done`
+    batch.feed.push_back(row_of[s->id]);
+    batch.positions.push_back(pos);
+    batch.slot_mapping.push_back(slot_for(*s, pos));
+    batch.logit_rows.push_back(batch.num_rows() - 1);
+    SeqRows r;
+    r.seq = s;
+    r.first_pos = pos;
+    r.num_rows = 1;
+    r.wants_logits = true;
+    inputs.push_back(attn_input(*s, r));
+    next.seq_ids.push_back(s->id);
+    RowSampling p;  // greedy; the index of the token this step draws
+    p.seed = s->seed;
+    p.step = s->generated.size() + 1;
+    next.params.push_back(p);
+  }
+  CascadePlan plan = cascade_->plan(inputs);
+  batch.plan = &plan;
+  batch.keep_logits = false;
+  runner_->forward(batch);
+  for (Sequence* s : seqs) s->num_computed = s->total_len() + 1;
+  ++clock_;
+  ++stats_.steps;
+  ++stats_.overlapped_steps;
+  stats_.decode_tokens += static_cast<std::int64_t>(seqs.size());
+  if (plan.uses_shared_levels) ++stats_.cascade_steps;
+  stats_.max_levels_used = std::max(stats_.max_levels_used, static_cast<int>(plan.levels.size()));
+  return next;
+}
+
 std::vector<StepUpdate> Engine::step() {
   std::vector<StepUpdate> updates;
+  if (inflight_) {
+    // The last step's tokens are still on the device: enqueue the next decode step on them first,
+    // then wait for them.
+    const Inflight done = std::move(*inflight_);
+    inflight_.reset();
+    std::optional<Inflight> next = launch_fed_step(done);
+    std::vector<std::int32_t> tokens;
+    try {
+      tokens = runner_->collect();
+    } catch (...) {
+      // The fed step ran on tokens that failed: forget it, as if it had not been scheduled.
+      if (next) {
+        for (std::uint64_t id : next->seq_ids) --seqs_.at(id)->num_computed;
+      }
+      throw;
+    }
+    std::vector<Sequence*> seqs;
+    std::vector<std::int32_t> live;
+    for (std::size_t i = 0; i < done.seq_ids.size(); ++i) {
+      auto it = seqs_.find(done.seq_ids[i]);
+      if (it == seqs_.end() || it->second->state != SeqState::kRunning) continue;  // aborted meanwhile
+      seqs.push_back(it->second.get());
+      live.push_back(tokens[i]);
+    }
+    // While its tokens are applied, a sequence in the fed step counts only what it had computed
+    // before it (finish() reports it), so that a stop at `done` leaves the same accounts as
+    // without overlap.
+    if (next) {
+      for (std::uint64_t id : next->seq_ids) --seqs_.at(id)->num_computed;
+    }
+    apply_tokens(seqs, live, {}, updates);
+    if (next) {
+      for (std::uint64_t id : next->seq_ids) {
+        Sequence& s = *seqs_.at(id);
+        if (s.state == SeqState::kRunning) ++s.num_computed;
+      }
+      runner_->sample_async(next->params);
+      inflight_ = std::move(next);
+      stats_.peak_pages_used = std::max(stats_.peak_pages_used, pages_->num_used_pages());
+      return updates;
+    }
+  }
   ++clock_;
   // 1. Make room for every running sequence's next token; preempt the newest when pages run out.
   for (std::size_t i = 0; i < running_.size();) {
@@ -550,6 +683,21 @@ std::vector<StepUpdate> Engine::step() {
     p.step = s->generated.size();
     params.push_back(p);
   }
+  // Greedy without logprobs: the tokens are collected by the next step(), which may enqueue the
+  // following step on them first (launch_fed_step).
+  const bool overlap = config_.overlap_scheduling && !params.empty() &&
+                       std::none_of(logit_seqs.begin(), logit_seqs.end(), [](const Sequence* s) {
+                         return s->sampling.temperature > 0.0f || s->sampling.logprobs;
+                       });
+  if (overlap) {
+    runner_->sample_async(params);
+    Inflight f;
+    for (const Sequence* s : logit_seqs) f.seq_ids.push_back(s->id);
+    f.params = std::move(params);
+    inflight_ = std::move(f);
+    stats_.peak_pages_used = std::max(stats_.peak_pages_used, pages_->num_used_pages());
+    return updates;
+  }
   std::vector<std::int32_t> tokens = params.empty() ? std::vector<std::int32_t>{} : runner_->sample(params);
 
   std::vector<float> logits;
@@ -561,36 +709,7 @@ std::vector<StepUpdate> Engine::step() {
   }
 
   // 5. Append tokens and apply stop conditions.
-  for (std::size_t i = 0; i < logit_seqs.size(); ++i) {
-    Sequence& s = *logit_seqs[i];
-    StepUpdate up;
-    up.request_id = s.id;
-    const std::int32_t t = tokens[i];
-    if (s.sampling.logprobs) {
-      const int V = model_config_.vocab_size;
-      const float* row = logits.data() + i * static_cast<std::size_t>(V);
-      double mx = row[0];
-      for (int v = 1; v < V; ++v) mx = std::max<double>(mx, row[v]);
-      double sum = 0;
-      for (int v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
-      s.logprobs.push_back(static_cast<float>(row[t] - mx - std::log(sum)));
-    }
-    append_token(s, t, up);
-    FinishReason reason = up.finish_reason;
-    const bool is_eos = std::find(eos_ids_.begin(), eos_ids_.end(), t) != eos_ids_.end();
-    const bool is_stop_id =
-        std::find(s.sampling.stop_token_ids.begin(), s.sampling.stop_token_ids.end(), t) !=
-        s.sampling.stop_token_ids.end();
-    if (reason == FinishReason::kNone && ((is_eos && !s.sampling.ignore_eos) || is_stop_id)) {
-      reason = FinishReason::kStop;
-    }
-    if (reason == FinishReason::kNone &&
-        (static_cast<int>(s.generated.size()) >= s.sampling.max_tokens || s.total_len() >= max_model_len_)) {
-      reason = FinishReason::kLength;
-    }
-    updates.push_back(std::move(up));
-    if (reason != FinishReason::kNone) finish(s, reason, updates);
-  }
+  apply_tokens(logit_seqs, tokens, logits, updates);
   stats_.peak_pages_used = std::max(stats_.peak_pages_used, pages_->num_used_pages());
   return updates;
 }

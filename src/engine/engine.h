@@ -48,8 +48,10 @@ class Engine {
   std::uint64_t add_request(const Request& request);
   // Cancels a request; its pages return at once. Unknown or finished ids are ignored.
   void abort_request(std::uint64_t id);
-  bool has_unfinished() const { return !waiting_.empty() || !running_.empty(); }
-  // Runs one scheduling step (admission, one forward, sampling) and reports what changed.
+  bool has_unfinished() const { return !waiting_.empty() || !running_.empty() || inflight_.has_value(); }
+  // Runs one scheduling step (admission, one forward, sampling) and reports what changed. With
+  // Config::overlap_scheduling, a greedy step's tokens are reported by the next call, which first
+  // enqueues the following decode step on them where it can (launch_fed_step).
   std::vector<StepUpdate> step();
   // The final output of a finished request (then forgotten). nullopt if not finished.
   std::optional<RequestOutput> take_output(std::uint64_t id);
@@ -133,6 +135,19 @@ class Engine {
   std::int32_t slot_for(const Sequence& seq, int pos) const;
   SeqAttnInput attn_input(const Sequence& seq, const SeqRows& rows) const;
   void append_token(Sequence& seq, std::int32_t token, StepUpdate& update);
+  // Appends each logit row's token (logits: [rows, vocab] where a sequence wants logprobs) and
+  // applies the stop conditions.
+  void apply_tokens(const std::vector<Sequence*>& seqs, const std::vector<std::int32_t>& tokens,
+                    const std::vector<float>& logits, std::vector<StepUpdate>& updates);
+  // A step whose tokens the runner is still drawing (sample_async() ran, collect() not yet).
+  struct Inflight {
+    std::vector<std::uint64_t> seq_ids;  // per logit row
+    std::vector<RowSampling> params;
+  };
+  // Enqueues the decode step that follows `done` with its rows fed by done's tokens (StepBatch::feed),
+  // where every running sequence is a greedy decode in `done` and its next page is at hand; the
+  // sequences that `done` ends by length are left out. nullopt if it does not apply.
+  std::optional<Inflight> launch_fed_step(const Inflight& done);
   bool evict_one_chunk();
   void release_chunk(ContextChunk* chunk);
 
@@ -153,6 +168,7 @@ class Engine {
   std::deque<Sequence*> waiting_;
   std::vector<Sequence*> running_;
   std::unordered_map<std::uint64_t, RequestOutput> finished_;
+  std::optional<Inflight> inflight_;
   EngineStats stats_;
 };
 

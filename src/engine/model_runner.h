@@ -25,6 +25,10 @@ struct StepBatch {
   // leave the logits unwritten (the CUDA runner does where its skinny lm_head takes the greedy
   // argmax: 3-64 rows, and then copy_logits() or a sampled row throws).
   bool keep_logits = true;
+  // Overlapped decode: feed[r] >= 0 makes row r's token the one that sample_async() drew for logit
+  // row feed[r] of the previous forward, not yet collected; -1 keeps token_ids[r] (which must be a
+  // valid id either way). Empty: no row is fed. Allowed only while can_feed() is true.
+  std::vector<std::int32_t> feed;
 
   int num_rows() const { return static_cast<int>(token_ids.size()); }
 };
@@ -55,6 +59,15 @@ class ModelRunner {
   virtual void forward(const StepBatch& batch) = 0;
   // Samples one token per logit row of the last forward (params.size() == logit_rows.size()).
   virtual std::vector<std::int32_t> sample(const std::vector<RowSampling>& params) = 0;
+  // sample() in two halves, so that the next step can be enqueued before this one's tokens are
+  // known: sample_async() starts the draw (the CUDA runner only queues the copy of the greedy ids
+  // its lm_head took), collect() returns the tokens (waiting for them) and must follow before the
+  // next sample_async() or sample(). In between, one forward() may feed them to its rows
+  // (StepBatch::feed) where can_feed() is true: then it is enqueued behind this step on the device.
+  virtual void sample_async(const std::vector<RowSampling>& params) = 0;
+  virtual std::vector<std::int32_t> collect() = 0;
+  // True from a sample_async() until the next forward() when that forward may feed on its tokens.
+  virtual bool can_feed() const = 0;
   // Copies the last forward's logits to the host: [logit_rows.size(), vocab] fp32.
   virtual std::vector<float> copy_logits() = 0;
 };

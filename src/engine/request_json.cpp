@@ -123,6 +123,7 @@ json stats_to_json(const EngineStats& s) {
               {"steps", s.steps},
               {"prefill_tokens", s.prefill_tokens},
               {"decode_tokens", s.decode_tokens},
+              {"overlapped_steps", s.overlapped_steps},
               {"preemptions", s.preemptions}};
 }
 

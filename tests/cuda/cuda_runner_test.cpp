@@ -616,5 +616,89 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
   }
 }
 
+// Overlapped decode (Config::overlap_scheduling): steps fed by the previous step's greedy ids on
+// the device (sample_async(), StepBatch::feed, collect()) give the ids and logits of steps given
+// those ids from the host, at 1-2 rows (the GEMV's ids) and 3-6 (the skinny lm_head's keys), with
+// graphs and without. A sampled row is drawn at once and cannot be fed; misuse throws.
+TEST(CudaRunner, FedStepsMatchStepsGivenTheIds) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, false);
+  Qwen3Weights w = random_qwen3_weights(c, 93);
+  round_all(w);
+  const int page_size = 16, num_pages = 64, num_seqs = 6, steps = 4;
+  auto takes_argmax = [](int nb) {
+    if (nb <= 2) return !ab_switch_on("CASCADE_GEMM_NO_GEMV") && !ab_switch_on("CASCADE_GEMV_NO_NORM");
+    return skinny_gemm_available() && !ab_switch_on("CASCADE_GEMM_NO_SKINNY") &&
+           !ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
+  };
+  CudaRunnerOptions graphs, eager;
+  eager.cuda_graphs = false;
+  for (const CudaRunnerOptions& opt : {graphs, eager}) {
+    for (int nb : {1, 2, 3, 6}) {
+      const std::string what = std::string(opt.cuda_graphs ? "graphs" : "eager") + " batch " + std::to_string(nb);
+      auto host = make_cuda_runner(c, w, num_pages, page_size, opt);
+      auto fed = make_cuda_runner(c, w, num_pages, page_size, opt);
+      std::mt19937_64 rng(11 + nb);
+      std::vector<Seq> seqs(nb);
+      std::vector<int> len(nb), zero(nb, 0);
+      for (int s = 0; s < nb; ++s) {
+        for (int t = 0; t < 30; ++t) seqs[s].tokens.push_back(static_cast<int>(rng() % c.vocab_size));
+        for (int p = 0; p < 2; ++p) seqs[s].pages.push_back(s * 8 + p);
+        len[s] = 12 + s;
+      }
+      CascadePlan plan;
+      const StepBatch prefill = flat_step(seqs, zero, len, page_size, plan);
+      host->forward(prefill);
+      fed->forward(prefill);
+      const std::vector<RowSampling> greedy(nb);
+      std::vector<std::int32_t> ids = host->sample(greedy);
+      fed->sample_async(greedy);
+      EXPECT_EQ(fed->can_feed(), takes_argmax(nb)) << what;
+      if (!fed->can_feed()) {
+        EXPECT_EQ(fed->collect(), ids) << what;
+        continue;
+      }
+      EXPECT_THROW(fed->sample(greedy), Error) << what << ": sample() before collect()";
+      for (int k = 0; k < steps; ++k) {
+        // Row s takes the id of the last step's logit row nb-1-s (rows in reverse, so that each
+        // row names its source): the host runner's step as its token, the fed one's as a feed.
+        StepBatch step = decode_step(seqs, len, nb, page_size, plan);
+        step.keep_logits = k % 2 == 0;  // odd steps greedy-only, as the engine marks them
+        StepBatch host_step = step, fed_step = step;
+        fed_step.feed.resize(nb);
+        for (int s = 0; s < nb; ++s) {
+          host_step.token_ids[s] = ids[nb - 1 - s];
+          fed_step.feed[s] = nb - 1 - s;
+          fed_step.token_ids[s] = 0;
+        }
+        host->forward(host_step);
+        fed->forward(fed_step);
+        EXPECT_FALSE(fed->can_feed()) << what;
+        if (step.keep_logits) EXPECT_EQ(fed->copy_logits(), host->copy_logits()) << what << " step " << k;
+        EXPECT_EQ(fed->collect(), ids) << what << " step " << k << ": the previous step's ids";
+        ids = host->sample(greedy);
+        fed->sample_async(greedy);
+        ASSERT_TRUE(fed->can_feed()) << what;
+        for (int s = 0; s < nb; ++s) ++len[s];
+      }
+      EXPECT_EQ(fed->collect(), ids) << what << ": the last step's ids";
+      EXPECT_THROW(fed->collect(), Error) << what << ": collect() twice";
+      // A sampled row: drawn at once (the sampler), not feedable.
+      StepBatch step = decode_step(seqs, len, nb, page_size, plan);
+      fed->forward(step);
+      const auto logits = fed->copy_logits();
+      std::vector<RowSampling> mixed(nb);
+      mixed[0].temperature = 0.7f;
+      mixed[0].seed = 3;
+      fed->sample_async(mixed);
+      EXPECT_FALSE(fed->can_feed()) << what;
+      EXPECT_EQ(fed->collect(), sample_tokens(logits, c.vocab_size, mixed)) << what;
+      StepBatch fed_step = step;
+      fed_step.feed.assign(nb, 0);
+      EXPECT_THROW(fed->forward(fed_step), Error) << what << ": feed without a feedable sample_async()";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace cascade::cuda::test

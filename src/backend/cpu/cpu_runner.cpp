@@ -34,6 +34,18 @@ class CpuRunner final : public ModelRunner {
   void forward(const StepBatch& batch) override;
   std::vector<std::int32_t> sample(const std::vector<RowSampling>& params) override;
   std::vector<float> copy_logits() override { return logits_; }
+  // Draws at once: the CPU has nothing to overlap; the tokens wait for collect() and a feed.
+  void sample_async(const std::vector<RowSampling>& params) override {
+    drawn_ = sample(params);
+    drawn_pending_ = true;
+    can_feed_ = true;
+  }
+  std::vector<std::int32_t> collect() override {
+    if (!drawn_pending_) throw_error(ErrorCode::kInvalidArgument, "cpu runner: collect() without sample_async()");
+    drawn_pending_ = false;
+    return drawn_;
+  }
+  bool can_feed() const override { return can_feed_; }
 
  private:
   void write_kv(int layer, const StepBatch& batch, const float* k, const float* v);
@@ -44,6 +56,9 @@ class CpuRunner final : public ModelRunner {
   std::vector<float> k_cache_, v_cache_;
   std::vector<float> logits_;
   int num_logit_rows_ = 0;
+  std::vector<std::int32_t> drawn_;  // the last sample_async()'s tokens
+  bool drawn_pending_ = false;       // not collected yet
+  bool can_feed_ = false;            // the next forward may feed on drawn_
 };
 
 void CpuRunner::write_kv(int layer, const StepBatch& batch, const float* k, const float* v) {
@@ -67,10 +82,25 @@ void CpuRunner::forward(const StepBatch& batch) {
   CASCADE_CHECK(static_cast<int>(batch.positions.size()) == R &&
                     static_cast<int>(batch.slot_mapping.size()) == R,
                 "batch arrays disagree in length");
+  std::vector<std::int32_t> tokens = batch.token_ids;
+  if (!batch.feed.empty()) {
+    if (!can_feed_ || static_cast<int>(batch.feed.size()) != R) {
+      throw_error(ErrorCode::kInvalidArgument, "cpu runner: a fed step needs a sample_async() just before it and "
+                  "one feed entry per row ({} for {} rows)", batch.feed.size(), R);
+    }
+    for (int r = 0; r < R; ++r) {
+      const std::int32_t f = batch.feed[r];
+      if (f < -1 || f >= static_cast<int>(drawn_.size())) {
+        throw_error(ErrorCode::kInvalidArgument, "cpu runner: row {} feeds on logit row {} of {}", r, f, drawn_.size());
+      }
+      if (f >= 0) tokens[r] = drawn_[f];
+    }
+  }
+  can_feed_ = false;
   for (int r = 0; r < R; ++r) {
-    if (batch.token_ids[r] < 0 || batch.token_ids[r] >= c.vocab_size) {
+    if (tokens[r] < 0 || tokens[r] >= c.vocab_size) {
       throw_error(ErrorCode::kInvalidArgument, "token id {} is outside the vocabulary [0, {})",
-                  batch.token_ids[r], c.vocab_size);
+                  tokens[r], c.vocab_size);
     }
   }
   const int H = c.hidden_size, D = c.head_dim, NQ = c.num_attention_heads, NKV = c.num_key_value_heads;
@@ -84,7 +114,7 @@ void CpuRunner::forward(const StepBatch& batch) {
       v(k.size()), attn(q.size());
   std::vector<float> gate(static_cast<std::size_t>(R) * I), up(gate.size());
 
-  cpu::embedding(w_->embed_tokens.ptr(), batch.token_ids.data(), R, H, residual.data());
+  cpu::embedding(w_->embed_tokens.ptr(), tokens.data(), R, H, residual.data());
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = w_->layers[l];
     if (l == 0) {
@@ -136,6 +166,8 @@ void CpuRunner::forward(const StepBatch& batch) {
 }
 
 std::vector<std::int32_t> CpuRunner::sample(const std::vector<RowSampling>& params) {
+  if (drawn_pending_) throw_error(ErrorCode::kInvalidArgument, "cpu runner: sample() before collect()");
+  can_feed_ = false;
   CASCADE_CHECK(static_cast<int>(params.size()) == num_logit_rows_, "{} sampling params for {} rows",
                 params.size(), num_logit_rows_);
   std::vector<std::int32_t> out(params.size());

@@ -86,12 +86,13 @@ class CudaRunner final : public ModelRunner {
     CUDA_TRY(cudaMemsetAsync(argmax_keys_.get(), 0, argmax_keys_.bytes(), stream_));
     CUDA_TRY(cudaEventCreateWithFlags(&fwd_stage_.copied, cudaEventDisableTiming));
     CUDA_TRY(cudaEventCreateWithFlags(&sample_stage_.copied, cudaEventDisableTiming));
+    CUDA_TRY(cudaEventCreateWithFlags(&drawn_stage_.copied, cudaEventDisableTiming));
   }
 
   ~CudaRunner() override {
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     drop_graphs();
-    for (HostStage* h : {&fwd_stage_, &sample_stage_}) {
+    for (HostStage* h : {&fwd_stage_, &sample_stage_, &drawn_stage_}) {
       if (h->ptr != nullptr) cudaFreeHost(h->ptr);
       if (h->copied != nullptr) cudaEventDestroy(h->copied);
     }
@@ -109,6 +110,25 @@ class CudaRunner final : public ModelRunner {
     logits_skipped_ = false;
     const int n = batch.num_rows();
     validate_batch(batch);
+    // Fed rows (StepBatch::feed) as the embedding kernel reads them: k >= 0 the skinny lm_head's
+    // key k, -2 - k the GEMV's id k, -1 the row's own token. Only the forward right after a
+    // feedable sample_async() may feed: the next lm_head overwrites those ids.
+    std::vector<std::int32_t> feed;
+    if (!batch.feed.empty()) {
+      if (!can_feed_ || static_cast<int>(batch.feed.size()) != n) {
+        throw_error(ErrorCode::kInvalidArgument, "cuda runner: a fed step needs a feedable sample_async() just "
+                    "before it and one feed entry per row ({} for {} rows)", batch.feed.size(), n);
+      }
+      feed.resize(n);
+      for (int r = 0; r < n; ++r) {
+        const std::int32_t f = batch.feed[r];
+        if (f < -1 || f >= feed_rows_) {
+          throw_error(ErrorCode::kInvalidArgument, "cuda runner: row {} feeds on logit row {} of {}", r, f, feed_rows_);
+        }
+        feed[r] = f < 0 ? -1 : feed_keys_ ? f : -2 - f;
+      }
+    }
+    can_feed_ = false;
     const CascadePlan& plan = *batch.plan;
     cuda::PlanPack pack;
     const char* why = "";
@@ -137,9 +157,9 @@ class CudaRunner final : public ModelRunner {
     // elsewhere keep them, so that no graph is captured twice for nothing.
     const bool keep_logits = batch.keep_logits || !skinny_argmax_ || R < cuda::kSkinnyMinM || R > cuda::kSkinnyMaxM;
     if (R == n && n > 0 && n <= options_.max_graph_rows) {
-      argmax_ready_ = forward_bucketed(batch, plan, pack, keep_logits);
+      argmax_ready_ = forward_bucketed(batch, feed, plan, pack, keep_logits);
     } else {
-      argmax_ready_ = forward_eager(batch, pack, keep_logits);
+      argmax_ready_ = forward_eager(batch, feed, pack, keep_logits);
     }
     num_logit_rows_ = R;
     logits_skipped_ = argmax_ready_ && !keep_logits;
@@ -160,6 +180,8 @@ class CudaRunner final : public ModelRunner {
   CudaGraphStats stats() const { return stats_; }
 
   std::vector<std::int32_t> sample(const std::vector<RowSampling>& params) override {
+    if (drawn_.pending) throw_error(ErrorCode::kInvalidArgument, "cuda runner: sample() before collect()");
+    can_feed_ = false;
     const int R = static_cast<int>(params.size());
     if (R != num_logit_rows_) {
       throw_error(ErrorCode::kInvalidArgument,
@@ -244,6 +266,54 @@ class CudaRunner final : public ModelRunner {
     return out;
   }
 
+  // Where the lm_head took every row's greedy id, only queues their copy into pinned memory: the
+  // next forward may then feed on the ids still on the device (its embedding reads them), and
+  // collect() waits for the copy alone. Elsewhere draws at once (sample()), not feedable.
+  void sample_async(const std::vector<RowSampling>& params) override {
+    if (drawn_.pending) throw_error(ErrorCode::kInvalidArgument, "cuda runner: sample_async() before collect()");
+    const int R = static_cast<int>(params.size());
+    const bool greedy = std::all_of(params.begin(), params.end(),
+                                    [](const RowSampling& p) { return !(p.temperature > 0.0f); });
+    if (!(greedy && argmax_ready_ && R == num_logit_rows_ && R > 0)) {
+      drawn_.ids = sample(params);
+      drawn_.pending = true;
+      drawn_.on_device = false;
+      return;
+    }
+    last_sample_greedy_ = true;
+    const bool keys = R > cuda::kGemvMaxM;
+    void* h = acquire(drawn_stage_, static_cast<std::size_t>(R) * 8);
+    if (keys) {
+      CUDA_TRY(cudaMemcpyAsync(h, argmax_keys_.get(), R * 8, cudaMemcpyDeviceToHost, stream_));
+    } else {
+      CUDA_TRY(cudaMemcpyAsync(h, argmax_out_.get(), R * 4, cudaMemcpyDeviceToHost, stream_));
+    }
+    staged(drawn_stage_);
+    drawn_ = {{}, R, keys, true, true};
+    can_feed_ = true;
+    feed_keys_ = keys;
+    feed_rows_ = R;
+  }
+
+  std::vector<std::int32_t> collect() override {
+    if (!drawn_.pending) throw_error(ErrorCode::kInvalidArgument, "cuda runner: collect() without sample_async()");
+    drawn_.pending = false;
+    if (!drawn_.on_device) return std::move(drawn_.ids);
+    CUDA_TRY(cudaEventSynchronize(drawn_stage_.copied));  // a failure of the step's kernels shows here
+    drawn_stage_.pending = false;
+    std::vector<std::int32_t> out(drawn_.rows);
+    if (drawn_.keys) {
+      const auto* k = static_cast<const unsigned long long*>(drawn_stage_.ptr);
+      std::transform(k, k + drawn_.rows, out.begin(), cuda::skinny_argmax_id);
+    } else {
+      std::memcpy(out.data(), drawn_stage_.ptr, drawn_.rows * 4);
+    }
+    check_sampled(out);
+    return out;
+  }
+
+  bool can_feed() const override { return can_feed_; }
+
   std::vector<float> copy_logits() override {
     if (logits_skipped_) {
       throw_error(ErrorCode::kInvalidArgument,
@@ -321,6 +391,7 @@ class CudaRunner final : public ModelRunner {
     bool keep_logits = true;  // false: a skinny lm_head taking the argmax leaves the logits unwritten
     const std::int32_t *tok = nullptr, *pos = nullptr, *slot = nullptr, *logit = nullptr,
                        *row_order = nullptr, *q_pos = nullptr;
+    const std::int32_t* feed = nullptr;  // EmbeddingParams::feed (nullptr: no row fed)
     std::vector<LevelLaunch> levels;
   };
 
@@ -357,19 +428,22 @@ class CudaRunner final : public ModelRunner {
     reserve_work(logits_, static_cast<std::size_t>(std::max(logit_rows, 1)) * config_.vocab_size);
   }
 
-  bool forward_eager(const StepBatch& batch, const cuda::PlanPack& pack, bool keep_logits) {
+  bool forward_eager(const StepBatch& batch, const std::vector<std::int32_t>& feed, const cuda::PlanPack& pack,
+                     bool keep_logits) {
     ++stats_.eager;
     const int n = batch.num_rows();
     const int R = static_cast<int>(batch.logit_rows.size());
-    // One H2D copy: tokens | positions | slots | logit rows | plan.
+    // One H2D copy: tokens | positions | slots | logit rows | plan | feed (if any).
     const std::size_t off_pos = n, off_slot = 2 * n, off_logit = 3 * n, off_plan = 3 * n + R;
-    const std::size_t total = off_plan + pack.data.size();
+    const std::size_t off_feed = off_plan + pack.data.size();
+    const std::size_t total = off_feed + feed.size();
     auto* h = static_cast<std::int32_t*>(acquire(fwd_stage_, total * sizeof(std::int32_t)));
     std::memcpy(h, batch.token_ids.data(), n * 4);
     std::memcpy(h + off_pos, batch.positions.data(), n * 4);
     std::memcpy(h + off_slot, batch.slot_mapping.data(), n * 4);
     std::memcpy(h + off_logit, batch.logit_rows.data(), R * 4);
     std::memcpy(h + off_plan, pack.data.data(), pack.data.size() * 4);
+    if (!feed.empty()) std::memcpy(h + off_feed, feed.data(), feed.size() * 4);
     grow(batch_dev_, total);  // graphs never read batch_dev_
     CUDA_TRY(cudaMemcpyAsync(batch_dev_.get(), h, total * 4, cudaMemcpyHostToDevice, stream_));
     staged(fwd_stage_);
@@ -383,6 +457,7 @@ class CudaRunner final : public ModelRunner {
     s.pos = d + off_pos;
     s.slot = d + off_slot;
     s.logit = d + off_logit;
+    if (!feed.empty()) s.feed = d + off_feed;
     const std::int32_t* d_plan = d + off_plan;
     s.row_order = d_plan + pack.row_order;
     s.q_pos = d_plan + pack.q_pos;
@@ -410,7 +485,7 @@ class CudaRunner final : public ModelRunner {
     bool keep_logits = true;  // lm_head writes the logits (else only the argmax keys)
     std::vector<LevelCaps> levels;
     // Offsets (int32 elements) of the fixed arrays; level arrays follow in LevelPack form.
-    int tok = 0, pos = 0, slot = 0, logit = 0, row_order = 0, q_pos = 0, total = 0;
+    int tok = 0, pos = 0, slot = 0, logit = 0, row_order = 0, q_pos = 0, feed = 0, total = 0;
     std::vector<cuda::LevelPack> offs;
   };
   struct GraphEntry {
@@ -475,6 +550,7 @@ class CudaRunner final : public ModelRunner {
     lay.logit = take(rows);
     lay.row_order = take(rows);
     lay.q_pos = take(rows);
+    lay.feed = take(rows);
     int base = 0;
     for (const LevelCaps& c : lay.levels) {
       cuda::LevelPack o;
@@ -501,8 +577,8 @@ class CudaRunner final : public ModelRunner {
     return lay;
   }
 
-  bool forward_bucketed(const StepBatch& batch, const CascadePlan& plan, const cuda::PlanPack& pack,
-                        bool keep_logits) {
+  bool forward_bucketed(const StepBatch& batch, const std::vector<std::int32_t>& feed, const CascadePlan& plan,
+                        const cuda::PlanPack& pack, bool keep_logits) {
     const int n = batch.num_rows();
     const int rows = pow2_at_least(n);
     std::vector<LevelCaps> need(pack.levels.size());
@@ -549,8 +625,9 @@ class CudaRunner final : public ModelRunner {
     }
     const Layout lay = entry->layout;  // a copy: buffer growth below may drop the entry
 
-    // Stage the fixed layout: padded rows get token 0, position 0, no KV write (slot -1) and
-    // logit row 0; plan arrays are copied into their capacity-sized places.
+    // Stage the fixed layout: padded rows get token 0, position 0, no KV write (slot -1), logit
+    // row 0 and no feed (-1, as every row of a step not fed); plan arrays are copied into their
+    // capacity-sized places.
     auto* h = static_cast<std::int32_t*>(acquire(fwd_stage_, static_cast<std::size_t>(lay.total) * 4));
     std::fill(h, h + lay.total, 0);
     std::memcpy(h + lay.tok, batch.token_ids.data(), n * 4);
@@ -560,6 +637,8 @@ class CudaRunner final : public ModelRunner {
     std::memcpy(h + lay.logit, batch.logit_rows.data(), n * 4);
     std::memcpy(h + lay.row_order, pack.data.data() + pack.row_order, n * 4);
     std::memcpy(h + lay.q_pos, pack.data.data() + pack.q_pos, n * 4);
+    std::fill(h + lay.feed, h + lay.feed + rows, -1);
+    if (!feed.empty()) std::memcpy(h + lay.feed, feed.data(), n * 4);
     for (std::size_t l = 0; l < need.size(); ++l) {
       const cuda::LevelPack& src = pack.levels[l];
       const cuda::LevelPack& dst = lay.offs[l];
@@ -597,6 +676,7 @@ class CudaRunner final : public ModelRunner {
     s.logit = d + lay.logit;
     s.row_order = d + lay.row_order;
     s.q_pos = d + lay.q_pos;
+    s.feed = d + lay.feed;  // baked into the graph: every replay reads it
     s.keep_logits = keep_logits;
     for (const cuda::LevelPack& o : lay.offs) {
       s.levels.push_back({cuda::level_arrays(o, d), o.slice_base, o.num_items, o.num_splits, o.warps,
@@ -679,7 +759,8 @@ class CudaRunner final : public ModelRunner {
       CUDA_TRY(cuda::launch_fill_f32(states_lse_.get(), static_cast<std::int64_t>(s.slices) * n * H,
                                      -INFINITY, stream_));
     }
-    CUDA_TRY(cuda::launch_embedding({embed_.get(), s.tok, residual_.get(), n, hidden}, stream_));
+    CUDA_TRY(cuda::launch_embedding(
+        {embed_.get(), s.tok, residual_.get(), n, hidden, s.feed, argmax_out_.get(), argmax_keys_.get()}, stream_));
     const std::int64_t layer_elems = layout_.layer_elems();
     bf16* mlp_out = nullptr;
     // The residual stream starts the step in residual_. Each residual add + RMSNorm reads it and
@@ -1032,6 +1113,20 @@ class CudaRunner final : public ModelRunner {
   DeviceBuffer<unsigned long long> argmax_keys_;  // the skinny lm_head's greedy argmax (SkinnyArgmax)
   HostStage fwd_stage_, sample_stage_;
   int num_logit_rows_ = 0;
+  // The last sample_async(): its tokens (drawn at once), or where they come from (the lm_head's
+  // ids, copied into drawn_stage_).
+  struct Drawn {
+    std::vector<std::int32_t> ids;
+    int rows = 0;
+    bool keys = false;       // SkinnyArgmax keys (else int32 ids)
+    bool on_device = false;  // copy queued into drawn_stage_
+    bool pending = false;    // not collected yet
+  };
+  Drawn drawn_;
+  HostStage drawn_stage_;
+  bool can_feed_ = false;   // the next forward may feed on the last sample_async()'s ids
+  bool feed_keys_ = false;  // ... held as argmax_keys_ (else argmax_out_)
+  int feed_rows_ = 0;
   bool argmax_ready_ = false;  // argmax_out_ / argmax_keys_ hold the last forward's greedy argmax
   bool last_sample_greedy_ = true;  // the last sample() had greedy rows only (forward's wait)
   bool logits_skipped_ = false;     // the last forward left the logits unwritten (keep_logits)

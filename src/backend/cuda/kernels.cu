@@ -7,6 +7,7 @@
 
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/skinny_gemm.h"
 #include "engine/sampler.h"
 
 namespace cascade::cuda {
@@ -36,7 +37,14 @@ __global__ void embedding_kernel(EmbeddingParams p) {
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
   const int r = blockIdx.x;
-  const bf16* src = p.table + static_cast<std::int64_t>(p.ids[r]) * p.dim;
+  std::int32_t id = p.ids[r];
+  if (p.feed != nullptr) {
+    const std::int32_t f = p.feed[r];
+    if (f >= 0) id = skinny_argmax_id(p.fed_keys[f]);
+    if (f <= -2) id = p.fed_ids[-2 - f];
+    if (id < 0) id = 0;
+  }
+  const bf16* src = p.table + static_cast<std::int64_t>(id) * p.dim;
   float* dst = p.residual + static_cast<std::int64_t>(r) * p.dim;
   for (int i = threadIdx.x; i < p.dim; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
 }

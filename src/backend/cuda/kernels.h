@@ -25,12 +25,18 @@ cudaError_t launch_convert_f32_to_bf16(const ConvertParams& p, cudaStream_t stre
 /// \brief Fills an fp32 buffer with one value (e.g. -inf for empty attention states).
 cudaError_t launch_fill_f32(float* out, std::int64_t n, float value, cudaStream_t stream);
 
-// residual[r, :] = float(table[ids[r], :]).
+// residual[r, :] = float(table[id_r, :]), id_r = ids[r] unless feed says otherwise: feed[r] >= 0
+// takes the greedy id of fed_keys[feed[r]] (a SkinnyArgmax key), feed[r] <= -2 takes
+// fed_ids[-2 - feed[r]], -1 keeps ids[r]. A fed id of -1 (a row without a greedy id) becomes 0:
+// the step that drew it reports the error and the fed step is dropped.
 struct EmbeddingParams {
   const bf16* table = nullptr;     // [vocab, dim]
   const std::int32_t* ids = nullptr;  // [rows]
   float* residual = nullptr;       // [rows, dim] fp32 residual stream
   int rows = 0, dim = 0;
+  const std::int32_t* feed = nullptr;  // [rows] or nullptr (no row fed)
+  const std::int32_t* fed_ids = nullptr;
+  const unsigned long long* fed_keys = nullptr;
 };
 /// \brief Embedding gather into the fp32 residual stream.
 cudaError_t launch_embedding(const EmbeddingParams& p, cudaStream_t stream);
