@@ -74,7 +74,9 @@ def report(decode, attention):
         """Appends the target `key <= limit` judged by its worst row, if there are rows."""
         if rows:
             worst = max(rows, key=lambda r: r[key])
-            targets.append((name, worst[key] <= limit, f"worst {worst[key]:.2f}x at {where(worst)}"))
+            # Three decimals where two would print the limit itself (1.498 is not 1.50).
+            digits = 3 if round(worst[key], 2) == limit else 2
+            targets.append((name, worst[key] <= limit, f"worst {worst[key]:.{digits}f}x at {where(worst)}"))
 
     worst_under(f"decode within {DECODE_RATIO}x of the floor at batch >= {DECODE_MIN_BATCH}",
                 [r for r in judged if r["batch"] >= DECODE_MIN_BATCH], "engine_ratio", DECODE_RATIO,

@@ -89,6 +89,24 @@ TEST(CudaTargets, StrictPassesOnlyWhenEveryTargetIsMet) {
   fs::remove(ap);
 }
 
+// The run of scripts/gpu_check.sh on the H100 after overlap scheduling landed (decode_h100_overlap.json,
+// attention_h100_v23.json): both decode columns, the targets judged on the overlapped steps, and a
+// ratio that would print as the limit itself printed with three decimals.
+TEST(CudaTargets, JudgesTheOverlappedH100Run) {
+  CASCADE_REQUIRE_PYTHON();
+  const fs::path d = kSource / "tests/fixtures/bench/decode_h100_overlap.json";
+  const fs::path a = kSource / "tests/fixtures/bench/attention_h100_v23.json";
+  const Report r = run(d, a, false);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_TRUE(contains(r.out, "| 64 | 2490.1 | 2463.5 | 1644.0 | 1.51 | 1.50 | 25979 |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| decode within 1.5x of the floor at batch >= 64 | met | worst 1.498x at batch 64 |"))
+      << r.out;
+  EXPECT_TRUE(contains(r.out, "| >= 1000 tokens/s at batch 1 | met | 1068 tokens/s |")) << r.out;
+  EXPECT_TRUE(contains(r.out, "| cascade within 1.25x of the shared-read floor | NOT MET | worst 2.19x at 16384/128/256 |"))
+      << r.out;
+  EXPECT_EQ(run(d, a, true).status, 1);
+}
+
 // Where the decode bench timed overlapped steps too (the engine's greedy decode with
 // overlap_scheduling), the decode targets judge those and the table shows both.
 TEST(CudaTargets, JudgesOverlappedStepsWhereTimed) {
