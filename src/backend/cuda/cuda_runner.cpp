@@ -79,18 +79,33 @@ class CudaRunner final : public ModelRunner {
     const int parts = cuda::gemv_argmax_parts(cuda::kGemvMaxM, gemm_->sm_count());
     argmax_v_.resize(parts);
     argmax_i_.resize(parts);
-    argmax_out_.resize(cuda::kGemvMaxM);
-    argmax_keys_.resize(cuda::kSkinnyMaxM);
+    // Two sets of ids/keys (parity_): a step writes one while the previous step's are copied
+    // out or fed from the other.
+    argmax_out_.resize(2 * cuda::kGemvMaxM);
+    argmax_keys_.resize(2 * cuda::kSkinnyMaxM);
     argmax_counter_.resize(1);
     CUDA_TRY(cudaMemsetAsync(argmax_counter_.get(), 0, argmax_counter_.bytes(), stream_));
     CUDA_TRY(cudaMemsetAsync(argmax_keys_.get(), 0, argmax_keys_.bytes(), stream_));
     CUDA_TRY(cudaEventCreateWithFlags(&fwd_stage_.copied, cudaEventDisableTiming));
     CUDA_TRY(cudaEventCreateWithFlags(&sample_stage_.copied, cudaEventDisableTiming));
     CUDA_TRY(cudaEventCreateWithFlags(&drawn_stage_.copied, cudaEventDisableTiming));
+    CUDA_TRY(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+    CUDA_TRY(cudaStreamCreateWithFlags(&ids_stream_, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&step_done_, &staged_ev_, &ids_copied_[0], &ids_copied_[1]}) {
+      CUDA_TRY(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    }
   }
 
   ~CudaRunner() override {
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    if (copy_stream_ != nullptr) cudaStreamSynchronize(copy_stream_);
+    if (ids_stream_ != nullptr) cudaStreamSynchronize(ids_stream_);
+    for (cudaEvent_t e : {step_done_, staged_ev_, ids_copied_[0], ids_copied_[1]}) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
+    for (auto& [key, e] : bucket_free_) cudaEventDestroy(e);
+    if (copy_stream_ != nullptr) cudaStreamDestroy(copy_stream_);
+    if (ids_stream_ != nullptr) cudaStreamDestroy(ids_stream_);
     drop_graphs();
     for (HostStage* h : {&fwd_stage_, &sample_stage_, &drawn_stage_}) {
       if (h->ptr != nullptr) cudaFreeHost(h->ptr);
@@ -156,11 +171,19 @@ class CudaRunner final : public ModelRunner {
     // Leaving the logits out matters only where the skinny lm_head takes the argmax (3-64 rows):
     // elsewhere keep them, so that no graph is captured twice for nothing.
     const bool keep_logits = batch.keep_logits || !skinny_argmax_ || R < cuda::kSkinnyMinM || R > cuda::kSkinnyMaxM;
-    if (R == n && n > 0 && n <= options_.max_graph_rows) {
-      argmax_ready_ = forward_bucketed(batch, feed, plan, pack, keep_logits);
-    } else {
-      argmax_ready_ = forward_eager(batch, feed, pack, keep_logits);
+    // This step writes the ids/keys of parity `cur` (and feeds from the other, the last
+    // step's): it waits for a copy of them still queued from the step before last.
+    const int cur = 1 - last_parity_;
+    if (ids_copy_pending_[cur]) {
+      CUDA_TRY(cudaStreamWaitEvent(stream_, ids_copied_[cur], 0));
+      ids_copy_pending_[cur] = false;
     }
+    if (R == n && n > 0 && n <= options_.max_graph_rows) {
+      argmax_ready_ = forward_bucketed(batch, feed, plan, pack, keep_logits, cur);
+    } else {
+      argmax_ready_ = forward_eager(batch, feed, pack, keep_logits, cur);
+    }
+    last_parity_ = cur;
     num_logit_rows_ = R;
     logits_skipped_ = argmax_ready_ && !keep_logits;
     // Where the lm_head took the greedy argmax (1-64 rows), the step is left enqueued:
@@ -200,11 +223,11 @@ class CudaRunner final : public ModelRunner {
       // (1-2 rows), the skinny GEMM as keys (3-64 rows).
       std::vector<std::int32_t> out(R);
       if (R <= cuda::kGemvMaxM) {
-        CUDA_TRY(cudaMemcpyAsync(out.data(), argmax_out_.get(), R * 4, cudaMemcpyDeviceToHost, stream_));
+        CUDA_TRY(cudaMemcpyAsync(out.data(), ids_of(last_parity_), R * 4, cudaMemcpyDeviceToHost, stream_));
         CUDA_TRY(cudaStreamSynchronize(stream_));
       } else {
         std::vector<unsigned long long> keys(R);
-        CUDA_TRY(cudaMemcpyAsync(keys.data(), argmax_keys_.get(), R * 8, cudaMemcpyDeviceToHost, stream_));
+        CUDA_TRY(cudaMemcpyAsync(keys.data(), keys_of(last_parity_), R * 8, cudaMemcpyDeviceToHost, stream_));
         CUDA_TRY(cudaStreamSynchronize(stream_));
         std::transform(keys.begin(), keys.end(), out.begin(), cuda::skinny_argmax_id);
       }
@@ -283,12 +306,20 @@ class CudaRunner final : public ModelRunner {
     last_sample_greedy_ = true;
     const bool keys = R > cuda::kGemvMaxM;
     void* h = acquire(drawn_stage_, static_cast<std::size_t>(R) * 8);
+    // On the ids stream once the step is done, so that the next step (enqueued before
+    // collect()) need not wait for the copy: it writes the other parity's ids. The step after it
+    // (this parity again) waits for the copy before its lm_head rewrites them (enqueue_on()).
+    const int p = last_parity_;
+    CUDA_TRY(cudaEventRecord(step_done_, stream_));
+    CUDA_TRY(cudaStreamWaitEvent(ids_stream_, step_done_, 0));
     if (keys) {
-      CUDA_TRY(cudaMemcpyAsync(h, argmax_keys_.get(), R * 8, cudaMemcpyDeviceToHost, stream_));
+      CUDA_TRY(cudaMemcpyAsync(h, keys_of(p), R * 8, cudaMemcpyDeviceToHost, ids_stream_));
     } else {
-      CUDA_TRY(cudaMemcpyAsync(h, argmax_out_.get(), R * 4, cudaMemcpyDeviceToHost, stream_));
+      CUDA_TRY(cudaMemcpyAsync(h, ids_of(p), R * 4, cudaMemcpyDeviceToHost, ids_stream_));
     }
-    staged(drawn_stage_);
+    staged(drawn_stage_, ids_stream_);
+    CUDA_TRY(cudaEventRecord(ids_copied_[p], ids_stream_));
+    ids_copy_pending_[p] = true;
     drawn_ = {{}, R, keys, true, true};
     can_feed_ = true;
     feed_keys_ = keys;
@@ -358,13 +389,18 @@ class CudaRunner final : public ModelRunner {
     }
     return h.ptr;
   }
-  void staged(HostStage& h) {
-    CUDA_TRY(cudaEventRecord(h.copied, stream_));
+  void staged(HostStage& h, cudaStream_t on = nullptr) {
+    CUDA_TRY(cudaEventRecord(h.copied, on != nullptr ? on : stream_));
     h.pending = true;
   }
+  // The lm_head's greedy ids (GEMV) and keys (skinny GEMM) of parity p.
+  std::int32_t* ids_of(int p) { return argmax_out_.get() + p * cuda::kGemvMaxM; }
+  unsigned long long* keys_of(int p) { return argmax_keys_.get() + p * cuda::kSkinnyMaxM; }
   // Waits for the queued work, before a buffer or graph that it may use is freed.
   void quiesce() {  // the side stream too: a failed step may have left levels there unjoined
     CUDA_TRY(cudaStreamSynchronize(stream_));
+    CUDA_TRY(cudaStreamSynchronize(copy_stream_));
+    CUDA_TRY(cudaStreamSynchronize(ids_stream_));
     CUDA_TRY(level_fork_.synchronize());
   }
   template <typename T>
@@ -392,6 +428,7 @@ class CudaRunner final : public ModelRunner {
     const std::int32_t *tok = nullptr, *pos = nullptr, *slot = nullptr, *logit = nullptr,
                        *row_order = nullptr, *q_pos = nullptr;
     const std::int32_t* feed = nullptr;  // EmbeddingParams::feed (nullptr: no row fed)
+    int parity = 0;  // writes ids_of/keys_of(parity), feeds from the other
     std::vector<LevelLaunch> levels;
   };
 
@@ -429,7 +466,7 @@ class CudaRunner final : public ModelRunner {
   }
 
   bool forward_eager(const StepBatch& batch, const std::vector<std::int32_t>& feed, const cuda::PlanPack& pack,
-                     bool keep_logits) {
+                     bool keep_logits, int parity) {
     ++stats_.eager;
     const int n = batch.num_rows();
     const int R = static_cast<int>(batch.logit_rows.size());
@@ -458,6 +495,7 @@ class CudaRunner final : public ModelRunner {
     s.slot = d + off_slot;
     s.logit = d + off_logit;
     if (!feed.empty()) s.feed = d + off_feed;
+    s.parity = parity;
     const std::int32_t* d_plan = d + off_plan;
     s.row_order = d_plan + pack.row_order;
     s.q_pos = d_plan + pack.q_pos;
@@ -483,6 +521,7 @@ class CudaRunner final : public ModelRunner {
   struct Layout {
     int rows = 0, slices = 0;
     bool keep_logits = true;  // lm_head writes the logits (else only the argmax keys)
+    int parity = 0;           // StepLaunch::parity (and which of the bucket's two device buffers)
     std::vector<LevelCaps> levels;
     // Offsets (int32 elements) of the fixed arrays; level arrays follow in LevelPack form.
     int tok = 0, pos = 0, slot = 0, logit = 0, row_order = 0, q_pos = 0, feed = 0, total = 0;
@@ -501,8 +540,10 @@ class CudaRunner final : public ModelRunner {
     return p;
   }
 
-  static bool fits(const Layout& lay, int rows, bool keep_logits, const std::vector<LevelCaps>& need) {
-    if (lay.rows != rows || lay.keep_logits != keep_logits || lay.levels.size() != need.size()) return false;
+  static bool fits(const Layout& lay, int rows, bool keep_logits, int parity, const std::vector<LevelCaps>& need) {
+    if (lay.rows != rows || lay.keep_logits != keep_logits || lay.parity != parity || lay.levels.size() != need.size()) {
+      return false;
+    }
     for (std::size_t l = 0; l < need.size(); ++l) {
       const LevelCaps &c = lay.levels[l], &q = need[l];
       if (c.warps != q.warps || c.short_tiles != q.short_tiles || c.direct_out != q.direct_out ||
@@ -578,7 +619,7 @@ class CudaRunner final : public ModelRunner {
   }
 
   bool forward_bucketed(const StepBatch& batch, const std::vector<std::int32_t>& feed, const CascadePlan& plan,
-                        const cuda::PlanPack& pack, bool keep_logits) {
+                        const cuda::PlanPack& pack, bool keep_logits, int parity) {
     const int n = batch.num_rows();
     const int rows = pow2_at_least(n);
     std::vector<LevelCaps> need(pack.levels.size());
@@ -590,7 +631,7 @@ class CudaRunner final : public ModelRunner {
     }
     GraphEntry* entry = nullptr;
     for (GraphEntry& e : graphs_) {
-      if (fits(e.layout, rows, keep_logits, need)) {
+      if (fits(e.layout, rows, keep_logits, parity, need)) {
         entry = &e;
         break;
       }
@@ -598,7 +639,8 @@ class CudaRunner final : public ModelRunner {
     if (entry == nullptr) {
       // Replace an entry of this bucket and plan shape whose capacities were outgrown, or add one.
       auto same_shape = [&](const GraphEntry& e) {
-        if (e.layout.rows != rows || e.layout.keep_logits != keep_logits || e.layout.levels.size() != need.size()) {
+        if (e.layout.rows != rows || e.layout.keep_logits != keep_logits || e.layout.parity != parity ||
+            e.layout.levels.size() != need.size()) {
           return false;
         }
         for (std::size_t l = 0; l < need.size(); ++l) {
@@ -620,6 +662,7 @@ class CudaRunner final : public ModelRunner {
       GraphEntry e;
       e.layout = make_layout(rows, need);
       e.layout.keep_logits = keep_logits;
+      e.layout.parity = parity;
       graphs_.push_back(std::move(e));
       entry = &graphs_.back();
     }
@@ -656,15 +699,26 @@ class CudaRunner final : public ModelRunner {
       copy(dst.kv_fresh, src.kv_fresh, groups);
       copy(dst.counts, src.counts, 3);
     }
-    // Per-bucket device buffer: its address is baked into the graph.
-    DeviceBuffer<std::int32_t>& dev = bucket_dev_[rows];
+    // Per-bucket device buffer, one per parity: its address is baked into the graph. Uploaded on
+    // the copy stream once the step before last (the buffer's last reader) is done, so that the
+    // copy runs beside the last step instead of between it and this one.
+    const int key = 2 * rows + parity;
+    DeviceBuffer<std::int32_t>& dev = bucket_dev_[key];
     if (static_cast<std::size_t>(lay.total) > dev.size()) {
       grow(dev, static_cast<std::size_t>(lay.total) * 2);
       drop_graphs_of(rows);
     }
+    cudaEvent_t& free_ev = bucket_free_[key];
+    if (free_ev == nullptr) {
+      CUDA_TRY(cudaEventCreateWithFlags(&free_ev, cudaEventDisableTiming));
+    } else {
+      CUDA_TRY(cudaStreamWaitEvent(copy_stream_, free_ev, 0));
+    }
     CUDA_TRY(cudaMemcpyAsync(dev.get(), h, static_cast<std::size_t>(lay.total) * 4,
-                             cudaMemcpyHostToDevice, stream_));
-    staged(fwd_stage_);
+                             cudaMemcpyHostToDevice, copy_stream_));
+    staged(fwd_stage_, copy_stream_);
+    CUDA_TRY(cudaEventRecord(staged_ev_, copy_stream_));
+    CUDA_TRY(cudaStreamWaitEvent(stream_, staged_ev_, 0));
     const std::int32_t* d = dev.get();
     StepLaunch s;
     s.rows = rows;
@@ -677,6 +731,7 @@ class CudaRunner final : public ModelRunner {
     s.row_order = d + lay.row_order;
     s.q_pos = d + lay.q_pos;
     s.feed = d + lay.feed;  // baked into the graph: every replay reads it
+    s.parity = parity;
     s.keep_logits = keep_logits;
     for (const cuda::LevelPack& o : lay.offs) {
       s.levels.push_back({cuda::level_arrays(o, d), o.slice_base, o.num_items, o.num_splits, o.warps,
@@ -686,7 +741,9 @@ class CudaRunner final : public ModelRunner {
     entry = find_entry(lay);
     if (!options_.cuda_graphs) {
       ++stats_.padded_eager;
-      return enqueue(s);
+      const bool argmax = enqueue(s);
+      CUDA_TRY(cudaEventRecord(bucket_free_[key], stream_));
+      return argmax;
     }
     if (entry == nullptr) {
       GraphEntry e;
@@ -699,13 +756,15 @@ class CudaRunner final : public ModelRunner {
       ++stats_.captures;
     }
     CUDA_TRY(cudaGraphLaunch(entry->exec, stream_));
+    CUDA_TRY(cudaEventRecord(bucket_free_[key], stream_));
     ++stats_.replays;
     return entry->argmax;
   }
 
   GraphEntry* find_entry(const Layout& lay) {
     for (GraphEntry& e : graphs_) {
-      if (e.layout.rows == lay.rows && e.layout.keep_logits == lay.keep_logits && e.layout.levels == lay.levels) {
+      if (e.layout.rows == lay.rows && e.layout.keep_logits == lay.keep_logits && e.layout.parity == lay.parity &&
+          e.layout.levels == lay.levels) {
         return &e;
       }
     }
@@ -760,7 +819,7 @@ class CudaRunner final : public ModelRunner {
                                      -INFINITY, stream_));
     }
     CUDA_TRY(cuda::launch_embedding(
-        {embed_.get(), s.tok, residual_.get(), n, hidden, s.feed, argmax_out_.get(), argmax_keys_.get()}, stream_));
+        {embed_.get(), s.tok, residual_.get(), n, hidden, s.feed, ids_of(1 - s.parity), keys_of(1 - s.parity)}, stream_));
     const std::int64_t layer_elems = layout_.layer_elems();
     bf16* mlp_out = nullptr;
     // The residual stream starts the step in residual_. Each residual add + RMSNorm reads it and
@@ -934,9 +993,9 @@ class CudaRunner final : public ModelRunner {
     fn.eps = eps;
     fn.row_index = s.logit;
     fn.src_rows = n;
-    const cuda::GemvArgmax am{argmax_v_.get(), argmax_i_.get(), argmax_counter_.get(), argmax_out_.get()};
+    const cuda::GemvArgmax am{argmax_v_.get(), argmax_i_.get(), argmax_counter_.get(), ids_of(s.parity)};
     static_assert(cuda::kSkinnyMinM > cuda::kGemvMaxM, "sample() tells the GEMV's ids from the keys by R");
-    const cuda::SkinnyArgmax sam{argmax_keys_.get()};
+    const cuda::SkinnyArgmax sam{keys_of(s.parity)};
     return norm_gemm(fn, R, lm_head_, logits_.get(), true, config_.vocab_size, &am,
                      skinny_argmax_ && R <= cuda::kSkinnyMaxM ? &sam : nullptr, s.keep_logits) &&
            R > 0;
@@ -1137,7 +1196,16 @@ class CudaRunner final : public ModelRunner {
   CudaRunnerOptions options_;
   CudaGraphStats stats_;
   std::deque<GraphEntry> graphs_;  // deque: entries keep their address while others are added
-  std::map<int, DeviceBuffer<std::int32_t>> bucket_dev_;
+  std::map<int, DeviceBuffer<std::int32_t>> bucket_dev_;  // per 2 * rows + parity
+  std::map<int, cudaEvent_t> bucket_free_;                 // recorded after the buffer's last reader
+  // Uploads of staged steps (the bucketed path) and downloads of greedy ids (sample_async()),
+  // beside the running step; two streams, so that an upload does not queue behind a download
+  // that waits for the running step.
+  cudaStream_t copy_stream_ = nullptr, ids_stream_ = nullptr;
+  cudaEvent_t step_done_ = nullptr, staged_ev_ = nullptr;
+  cudaEvent_t ids_copied_[2] = {nullptr, nullptr};
+  bool ids_copy_pending_[2] = {false, false};
+  int last_parity_ = 1;  // parity of the last forward (the first one writes parity 0)
 };
 
 }  // namespace
