@@ -482,7 +482,10 @@ void Engine::apply_tokens(const std::vector<Sequence*>& seqs, const std::vector<
 }
 
 std::optional<Engine::Inflight> Engine::launch_fed_step(const Inflight& done) {
-  if (!runner_->can_feed() || !waiting_.empty() || running_.empty()) return std::nullopt;
+  if (!runner_->can_feed() || running_.empty()) return std::nullopt;
+  // A waiting request may be admitted only by a normal step; with the batch full none could be
+  // now (a sequence that `done` ends frees its slot for the step after the fed one).
+  if (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs) return std::nullopt;
   std::unordered_map<std::uint64_t, int> row_of;  // logit row of `done` per sequence
   for (std::size_t i = 0; i < done.seq_ids.size(); ++i) row_of[done.seq_ids[i]] = static_cast<int>(i);
   std::vector<Sequence*> seqs;

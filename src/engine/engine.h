@@ -145,7 +145,8 @@ class Engine {
     std::vector<RowSampling> params;
   };
   // Enqueues the decode step that follows `done` with its rows fed by done's tokens (StepBatch::feed),
-  // where every running sequence is a greedy decode in `done` and its next page is at hand; the
+  // where every running sequence is a greedy decode in `done`, no waiting request could be
+  // admitted (none waits, or the batch is full) and each sequence's next page is at hand; the
   // sequences that `done` ends by length are left out. nullopt if it does not apply.
   std::optional<Inflight> launch_fed_step(const Inflight& done);
   bool evict_one_chunk();
