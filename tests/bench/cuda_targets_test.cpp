@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "bench/bench_json.h"
 #include "common/run_command.h"
@@ -32,22 +33,27 @@ fs::path write_temp(const json& j, const std::string& name) {
   return cascade::test::write_temp_json(j, "cascade_targets", name);
 }
 
-TEST(CudaTargets, JudgesTheH100Run) {
-  CASCADE_REQUIRE_PYTHON();
-  const fs::path d = kSource / "tests/fixtures/bench/decode_h100.json";
-  const fs::path a = kSource / "tests/fixtures/bench/attention_h100.json";
+// Runs the report on a decode and an attention fixture: each expected line is in it, and --strict
+// exits with `strict_status`.
+void expect_report(const std::string& decode, const std::string& attention, const std::vector<std::string>& lines,
+                   int strict_status) {
+  const fs::path d = kSource / "tests/fixtures/bench" / decode;
+  const fs::path a = kSource / "tests/fixtures/bench" / attention;
   const Report r = run(d, a, false);
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_TRUE(contains(r.out, "| 1 | 1184.2 | 418.9 | 2.83 | 844 |")) << r.out;
-  EXPECT_TRUE(contains(r.out, "| 16384/128/256 | 3952.4 | 307.4 | 67.8 | 4.53 | 0.08 |")) << r.out;
-  EXPECT_TRUE(contains(r.out, "| decode within 1.5x of the floor at batch >= 64 | NOT MET | worst 1.77x at batch 64 |"))
-      << r.out;
-  EXPECT_TRUE(contains(r.out, "| >= 1000 tokens/s at batch 1 | NOT MET | 844 tokens/s |")) << r.out;
-  EXPECT_TRUE(contains(r.out, "| cascade within 1.25x of the shared-read floor | NOT MET | worst 4.53x at 16384/128/256 |"))
-      << r.out;
-  EXPECT_TRUE(contains(r.out, "| cascade at most 5% slower than flat with nothing shared | met | worst 1.01x at 0/128/64 |"))
-      << r.out;
-  EXPECT_EQ(run(d, a, true).status, 1);
+  for (const std::string& line : lines) EXPECT_TRUE(contains(r.out, line)) << line << "\n" << r.out;
+  EXPECT_EQ(run(d, a, true).status, strict_status);
+}
+
+TEST(CudaTargets, JudgesTheH100Run) {
+  CASCADE_REQUIRE_PYTHON();
+  expect_report("decode_h100.json", "attention_h100.json",
+                {"| 1 | 1184.2 | 418.9 | 2.83 | 844 |", "| 16384/128/256 | 3952.4 | 307.4 | 67.8 | 4.53 | 0.08 |",
+                 "| decode within 1.5x of the floor at batch >= 64 | NOT MET | worst 1.77x at batch 64 |",
+                 "| >= 1000 tokens/s at batch 1 | NOT MET | 844 tokens/s |",
+                 "| cascade within 1.25x of the shared-read floor | NOT MET | worst 4.53x at 16384/128/256 |",
+                 "| cascade at most 5% slower than flat with nothing shared | met | worst 1.01x at 0/128/64 |"},
+                1);
 }
 
 TEST(CudaTargets, StrictPassesOnlyWhenEveryTargetIsMet) {
@@ -94,17 +100,12 @@ TEST(CudaTargets, StrictPassesOnlyWhenEveryTargetIsMet) {
 // ratio that would print as the limit itself printed with three decimals.
 TEST(CudaTargets, JudgesTheOverlappedH100Run) {
   CASCADE_REQUIRE_PYTHON();
-  const fs::path d = kSource / "tests/fixtures/bench/decode_h100_overlap.json";
-  const fs::path a = kSource / "tests/fixtures/bench/attention_h100_v23.json";
-  const Report r = run(d, a, false);
-  ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_TRUE(contains(r.out, "| 64 | 2490.1 | 2463.5 | 1644.0 | 1.51 | 1.50 | 25979 |")) << r.out;
-  EXPECT_TRUE(contains(r.out, "| decode within 1.5x of the floor at batch >= 64 | met | worst 1.498x at batch 64 |"))
-      << r.out;
-  EXPECT_TRUE(contains(r.out, "| >= 1000 tokens/s at batch 1 | met | 1068 tokens/s |")) << r.out;
-  EXPECT_TRUE(contains(r.out, "| cascade within 1.25x of the shared-read floor | NOT MET | worst 2.19x at 16384/128/256 |"))
-      << r.out;
-  EXPECT_EQ(run(d, a, true).status, 1);
+  expect_report("decode_h100_overlap.json", "attention_h100_v23.json",
+                {"| 64 | 2490.1 | 2463.5 | 1644.0 | 1.51 | 1.50 | 25979 |",
+                 "| decode within 1.5x of the floor at batch >= 64 | met | worst 1.498x at batch 64 |",
+                 "| >= 1000 tokens/s at batch 1 | met | 1068 tokens/s |",
+                 "| cascade within 1.25x of the shared-read floor | NOT MET | worst 2.19x at 16384/128/256 |"},
+                1);
 }
 
 // Where the decode bench timed overlapped steps too (the engine's greedy decode with

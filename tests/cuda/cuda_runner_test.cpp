@@ -535,6 +535,13 @@ TEST(CudaRunner, FusedLayersMatchUnfusedAndCpu) {
 // or not beside it, goes through the sampling kernel and must equal the CPU sampler too; and a
 // second forward before any sample() replaces the first one's ids. A step with keep_logits = false
 // gives the same greedy ids.
+// Where the lm_head takes the greedy argmax of nb logit rows (A/B switches off, and for 3-64 rows
+// an sm_90a device).
+bool takes_argmax(int nb) {
+  if (nb <= 2) return !ab_switch_on("CASCADE_GEMM_NO_GEMV") && !ab_switch_on("CASCADE_GEMV_NO_NORM");
+  return skinny_gemm_available() && !ab_switch_on("CASCADE_GEMM_NO_SKINNY") && !ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
+}
+
 TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, false);
@@ -542,12 +549,6 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
   round_all(w);
   const int page_size = 16, num_pages = 64, num_seqs = 6;
   const int batches[] = {1, 2, 5, 3, 2, 6, 1, 4};
-  // Where the lm_head takes the argmax (A/B switches off, and for 3-64 rows an sm_90a device).
-  auto takes_argmax = [](int nb) {
-    if (nb <= 2) return !ab_switch_on("CASCADE_GEMM_NO_GEMV") && !ab_switch_on("CASCADE_GEMV_NO_NORM");
-    return skinny_gemm_available() && !ab_switch_on("CASCADE_GEMM_NO_SKINNY") &&
-           !ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
-  };
   CudaRunnerOptions graphs, eager;
   eager.cuda_graphs = false;
   for (const CudaRunnerOptions& opt : {graphs, eager}) {
@@ -625,12 +626,7 @@ TEST(CudaRunner, FedStepsMatchStepsGivenTheIds) {
   const ModelConfig c = small_config(128, false);
   Qwen3Weights w = random_qwen3_weights(c, 93);
   round_all(w);
-  const int page_size = 16, num_pages = 64, num_seqs = 6, steps = 4;
-  auto takes_argmax = [](int nb) {
-    if (nb <= 2) return !ab_switch_on("CASCADE_GEMM_NO_GEMV") && !ab_switch_on("CASCADE_GEMV_NO_NORM");
-    return skinny_gemm_available() && !ab_switch_on("CASCADE_GEMM_NO_SKINNY") &&
-           !ab_switch_on("CASCADE_GEMM_NO_ARGMAX");
-  };
+  const int page_size = 16, num_pages = 64, steps = 4;
   CudaRunnerOptions graphs, eager;
   eager.cuda_graphs = false;
   for (const CudaRunnerOptions& opt : {graphs, eager}) {
