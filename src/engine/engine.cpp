@@ -548,37 +548,58 @@ std::vector<StepUpdate> Engine::step() {
     // then wait for them.
     const Inflight done = std::move(*inflight_);
     inflight_.reset();
-    std::optional<Inflight> next = launch_fed_step(done);
-    std::vector<std::int32_t> tokens;
-    try {
-      tokens = runner_->collect();
-    } catch (...) {
-      // The fed step ran on tokens that failed: forget it, as if it had not been scheduled.
+    // Collects `done`'s tokens and applies them to the sequences still running. While they are
+    // applied, a sequence in the fed step `next` counts only what it had computed before it
+    // (finish() reports it), and a row of `next` whose sequence stops here is not counted as a
+    // decode token, so the accounts match a run without overlap.
+    auto collect_and_apply = [&](const std::optional<Inflight>& next) {
+      std::vector<std::int32_t> tokens;
+      try {
+        tokens = runner_->collect();
+      } catch (...) {
+        // The fed step ran on tokens that failed: forget it, as if it had not been scheduled.
+        if (next) {
+          for (std::uint64_t id : next->seq_ids) --seqs_.at(id)->num_computed;
+        }
+        throw;
+      }
+      std::vector<Sequence*> seqs;
+      std::vector<std::int32_t> live;
+      for (std::size_t i = 0; i < done.seq_ids.size(); ++i) {
+        auto it = seqs_.find(done.seq_ids[i]);
+        if (it == seqs_.end() || it->second->state != SeqState::kRunning) continue;  // aborted meanwhile
+        seqs.push_back(it->second.get());
+        live.push_back(tokens[i]);
+      }
       if (next) {
         for (std::uint64_t id : next->seq_ids) --seqs_.at(id)->num_computed;
       }
+      apply_tokens(seqs, live, {}, updates);
+      if (next) {
+        for (std::uint64_t id : next->seq_ids) {
+          Sequence& s = *seqs_.at(id);
+          if (s.state == SeqState::kRunning) {
+            ++s.num_computed;
+          } else {
+            --stats_.decode_tokens;
+          }
+        }
+      }
+    };
+    std::optional<Inflight> next;
+    try {
+      next = launch_fed_step(done);
+    } catch (...) {
+      // The fed step could not be enqueued: still take `done`'s tokens, so that the runner has
+      // nothing left uncollected and the sequences keep them, then report the failure.
+      try {
+        collect_and_apply(std::nullopt);
+      } catch (...) {
+      }
       throw;
     }
-    std::vector<Sequence*> seqs;
-    std::vector<std::int32_t> live;
-    for (std::size_t i = 0; i < done.seq_ids.size(); ++i) {
-      auto it = seqs_.find(done.seq_ids[i]);
-      if (it == seqs_.end() || it->second->state != SeqState::kRunning) continue;  // aborted meanwhile
-      seqs.push_back(it->second.get());
-      live.push_back(tokens[i]);
-    }
-    // While its tokens are applied, a sequence in the fed step counts only what it had computed
-    // before it (finish() reports it), so that a stop at `done` leaves the same accounts as
-    // without overlap.
+    collect_and_apply(next);
     if (next) {
-      for (std::uint64_t id : next->seq_ids) --seqs_.at(id)->num_computed;
-    }
-    apply_tokens(seqs, live, {}, updates);
-    if (next) {
-      for (std::uint64_t id : next->seq_ids) {
-        Sequence& s = *seqs_.at(id);
-        if (s.state == SeqState::kRunning) ++s.num_computed;
-      }
       runner_->sample_async(next->params);
       inflight_ = std::move(next);
       stats_.peak_pages_used = std::max(stats_.peak_pages_used, pages_->num_used_pages());

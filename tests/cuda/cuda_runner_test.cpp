@@ -620,18 +620,21 @@ TEST(CudaRunner, GreedyIdsFromLmHeadMatchTheCpuSampler) {
 // Overlapped decode (Config::overlap_scheduling): steps fed by the previous step's greedy ids on
 // the device (sample_async(), StepBatch::feed, collect()) give the ids and logits of steps given
 // those ids from the host, at 1-2 rows (the GEMV's ids) and 3-6 (the skinny lm_head's keys), with
-// graphs and without. A sampled row is drawn at once and cannot be fed; misuse throws.
+// graphs, without, and unpadded. A sampled row is drawn at once and cannot be fed; misuse throws.
 TEST(CudaRunner, FedStepsMatchStepsGivenTheIds) {
   SKIP_WITHOUT_GPU();
   const ModelConfig c = small_config(128, false);
   Qwen3Weights w = random_qwen3_weights(c, 93);
   round_all(w);
   const int page_size = 16, num_pages = 64, steps = 4;
-  CudaRunnerOptions graphs, eager;
+  // Graphs, the same padded launches without graphs, and the unpadded eager path (its own staging).
+  CudaRunnerOptions graphs, eager, unpadded;
   eager.cuda_graphs = false;
-  for (const CudaRunnerOptions& opt : {graphs, eager}) {
+  unpadded.max_graph_rows = 0;
+  for (const CudaRunnerOptions& opt : {graphs, eager, unpadded}) {
     for (int nb : {1, 2, 3, 6}) {
-      const std::string what = std::string(opt.cuda_graphs ? "graphs" : "eager") + " batch " + std::to_string(nb);
+      const std::string what = std::string(opt.max_graph_rows == 0 ? "unpadded" : opt.cuda_graphs ? "graphs" : "eager") +
+                               " batch " + std::to_string(nb);
       auto host = make_cuda_runner(c, w, num_pages, page_size, opt);
       auto fed = make_cuda_runner(c, w, num_pages, page_size, opt);
       std::mt19937_64 rng(11 + nb);

@@ -76,6 +76,8 @@ void CpuRunner::write_kv(int layer, const StepBatch& batch, const float* k, cons
 }
 
 void CpuRunner::forward(const StepBatch& batch) {
+  const bool could_feed = can_feed_;  // only this forward may feed on them, even if it throws
+  can_feed_ = false;
   const ModelConfig& c = config_;
   const int R = batch.num_rows();
   CASCADE_CHECK(batch.plan != nullptr && batch.plan->num_rows == R, "plan does not cover the batch");
@@ -84,7 +86,7 @@ void CpuRunner::forward(const StepBatch& batch) {
                 "batch arrays disagree in length");
   std::vector<std::int32_t> tokens = batch.token_ids;
   if (!batch.feed.empty()) {
-    if (!can_feed_ || static_cast<int>(batch.feed.size()) != R) {
+    if (!could_feed || static_cast<int>(batch.feed.size()) != R) {
       throw_error(ErrorCode::kInvalidArgument, "cpu runner: a fed step needs a sample_async() just before it and "
                   "one feed entry per row ({} for {} rows)", batch.feed.size(), R);
     }
@@ -96,7 +98,6 @@ void CpuRunner::forward(const StepBatch& batch) {
       if (f >= 0) tokens[r] = drawn_[f];
     }
   }
-  can_feed_ = false;
   for (int r = 0; r < R; ++r) {
     if (tokens[r] < 0 || tokens[r] >= c.vocab_size) {
       throw_error(ErrorCode::kInvalidArgument, "token id {} is outside the vocabulary [0, {})",

@@ -123,6 +123,8 @@ class CudaRunner final : public ModelRunner {
     num_logit_rows_ = 0;
     argmax_ready_ = false;
     logits_skipped_ = false;
+    const bool could_feed = can_feed_;  // only this forward may feed on them, even if it throws
+    can_feed_ = false;
     const int n = batch.num_rows();
     validate_batch(batch);
     // Fed rows (StepBatch::feed) as the embedding kernel reads them: k >= 0 the skinny lm_head's
@@ -130,7 +132,7 @@ class CudaRunner final : public ModelRunner {
     // feedable sample_async() may feed: the next lm_head overwrites those ids.
     std::vector<std::int32_t> feed;
     if (!batch.feed.empty()) {
-      if (!can_feed_ || static_cast<int>(batch.feed.size()) != n) {
+      if (!could_feed || static_cast<int>(batch.feed.size()) != n) {
         throw_error(ErrorCode::kInvalidArgument, "cuda runner: a fed step needs a feedable sample_async() just "
                     "before it and one feed entry per row ({} for {} rows)", batch.feed.size(), n);
       }
@@ -143,7 +145,6 @@ class CudaRunner final : public ModelRunner {
         feed[r] = f < 0 ? -1 : feed_keys_ ? f : -2 - f;
       }
     }
-    can_feed_ = false;
     const CascadePlan& plan = *batch.plan;
     cuda::PlanPack pack;
     const char* why = "";
