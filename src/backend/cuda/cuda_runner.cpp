@@ -79,8 +79,8 @@ class CudaRunner final : public ModelRunner {
     const int parts = cuda::gemv_argmax_parts(cuda::kGemvMaxM, gemm_->sm_count());
     argmax_v_.resize(parts);
     argmax_i_.resize(parts);
-    // Two sets of ids/keys (parity_): a step writes one while the previous step's are copied
-    // out or fed from the other.
+    // Two sets of ids/keys (ids_of/keys_of, by the parity that alternates per forward): a step
+    // writes one while the previous step's set is copied out or fed from.
     argmax_out_.resize(2 * cuda::kGemvMaxM);
     argmax_keys_.resize(2 * cuda::kSkinnyMaxM);
     argmax_counter_.resize(1);
@@ -309,7 +309,8 @@ class CudaRunner final : public ModelRunner {
     void* h = acquire(drawn_stage_, static_cast<std::size_t>(R) * 8);
     // On the ids stream once the step is done, so that the next step (enqueued before
     // collect()) need not wait for the copy: it writes the other parity's ids. The step after it
-    // (this parity again) waits for the copy before its lm_head rewrites them (enqueue_on()).
+    // (this parity again) waits for the copy before its lm_head rewrites them (forward(),
+    // ids_copied_).
     const int p = last_parity_;
     CUDA_TRY(cudaEventRecord(step_done_, stream_));
     CUDA_TRY(cudaStreamWaitEvent(ids_stream_, step_done_, 0));
