@@ -32,9 +32,10 @@ struct Config {
   int max_num_seqs = 256;
   int max_num_batched_tokens = 4096;
   int max_model_len = 0;  // 0: the model's max_position_embeddings
-  // Greedy decode steps are enqueued before the previous step's tokens reach the host (the device
-  // takes them from the previous lm_head), so the host's work between steps overlaps the device's.
-  // Same tokens either way; a sequence that stops at a step has computed one row more.
+  // Decode steps are enqueued before the previous step's tokens reach the host (the device takes
+  // them from the previous lm_head: on the GPU where every row is greedy), so the host's work
+  // between steps overlaps the device's. Not for requests with logprobs. Same tokens either way;
+  // a sequence that stops at a step has computed one row more.
   bool overlap_scheduling = true;
 
   // CPU threads (0: OpenMP default).

@@ -447,6 +447,17 @@ void Engine::append_token(Sequence& seq, std::int32_t token, StepUpdate& update)
   }
 }
 
+RowSampling Engine::row_sampling(const Sequence& s, std::uint64_t step) {
+  RowSampling p;
+  p.temperature = s.sampling.temperature;
+  p.top_k = s.sampling.top_k;
+  p.top_p = s.sampling.top_p;
+  p.min_p = s.sampling.min_p;
+  p.seed = s.seed;
+  p.step = step;
+  return p;
+}
+
 void Engine::apply_tokens(const std::vector<Sequence*>& seqs, const std::vector<std::int32_t>& tokens,
                           const std::vector<float>& logits, std::vector<StepUpdate>& updates) {
   for (std::size_t i = 0; i < seqs.size(); ++i) {
@@ -490,9 +501,9 @@ std::optional<Engine::Inflight> Engine::launch_fed_step(const Inflight& done) {
   for (std::size_t i = 0; i < done.seq_ids.size(); ++i) row_of[done.seq_ids[i]] = static_cast<int>(i);
   std::vector<Sequence*> seqs;
   for (Sequence* s : running_) {
-    // Every running sequence draws a greedy token in `done` (none is still in its prompt).
-    if (!row_of.count(s->id) || s->sampling.temperature > 0.0f || s->sampling.logprobs ||
-        s->num_computed != s->total_len()) {
+    // Every running sequence draws a token in `done` (none is still in its prompt), without
+    // logprobs (they need the logits on the host).
+    if (!row_of.count(s->id) || s->sampling.logprobs || s->num_computed != s->total_len()) {
       return std::nullopt;
     }
     // `done`'s token is generated[g] at position total_len(); one that ends the sequence by
@@ -522,14 +533,11 @@ std::optional<Engine::Inflight> Engine::launch_fed_step(const Inflight& done) {
     r.wants_logits = true;
     inputs.push_back(attn_input(*s, r));
     next.seq_ids.push_back(s->id);
-    RowSampling p;  // greedy; the index of the token this step draws
-    p.seed = s->seed;
-    p.step = s->generated.size() + 1;
-    next.params.push_back(p);
+    next.params.push_back(row_sampling(*s, s->generated.size() + 1));  // the token this step draws
   }
   CascadePlan plan = cascade_->plan(inputs);
   batch.plan = &plan;
-  batch.keep_logits = false;
+  batch.keep_logits = std::any_of(seqs.begin(), seqs.end(), [](const Sequence* s) { return s->sampling.temperature > 0.0f; });
   runner_->forward(batch);
   for (Sequence* s : seqs) s->num_computed = s->total_len() + 1;
   ++clock_;
@@ -697,22 +705,12 @@ std::vector<StepUpdate> Engine::step() {
   });
   runner_->forward(batch);
   std::vector<RowSampling> params;
-  for (Sequence* s : logit_seqs) {
-    RowSampling p;
-    p.temperature = s->sampling.temperature;
-    p.top_k = s->sampling.top_k;
-    p.top_p = s->sampling.top_p;
-    p.min_p = s->sampling.min_p;
-    p.seed = s->seed;
-    p.step = s->generated.size();
-    params.push_back(p);
-  }
-  // Greedy without logprobs: the tokens are collected by the next step(), which may enqueue the
-  // following step on them first (launch_fed_step).
+  for (Sequence* s : logit_seqs) params.push_back(row_sampling(*s, s->generated.size()));
+  // No logprobs wanted: the tokens are collected by the next step(), which may enqueue the
+  // following step on them first (launch_fed_step; the runner says whether it can feed them).
   const bool overlap = config_.overlap_scheduling && !params.empty() &&
-                       std::none_of(logit_seqs.begin(), logit_seqs.end(), [](const Sequence* s) {
-                         return s->sampling.temperature > 0.0f || s->sampling.logprobs;
-                       });
+                       std::none_of(logit_seqs.begin(), logit_seqs.end(),
+                                    [](const Sequence* s) { return s->sampling.logprobs; });
   if (overlap) {
     runner_->sample_async(params);
     Inflight f;

@@ -50,8 +50,9 @@ class Engine {
   void abort_request(std::uint64_t id);
   bool has_unfinished() const { return !waiting_.empty() || !running_.empty() || inflight_.has_value(); }
   // Runs one scheduling step (admission, one forward, sampling) and reports what changed. With
-  // Config::overlap_scheduling, a greedy step's tokens are reported by the next call, which first
-  // enqueues the following decode step on them where it can (launch_fed_step).
+  // Config::overlap_scheduling, the tokens of a step that wants no logprobs are reported by the
+  // next call, which first enqueues the following decode step on them where the runner can feed
+  // them (launch_fed_step).
   std::vector<StepUpdate> step();
   // The final output of a finished request (then forgotten). nullopt if not finished.
   std::optional<RequestOutput> take_output(std::uint64_t id);
@@ -135,6 +136,8 @@ class Engine {
   std::int32_t slot_for(const Sequence& seq, int pos) const;
   SeqAttnInput attn_input(const Sequence& seq, const SeqRows& rows) const;
   void append_token(Sequence& seq, std::int32_t token, StepUpdate& update);
+  // How the runner draws the sequence's token number `step` (its sampling parameters and seed).
+  static RowSampling row_sampling(const Sequence& s, std::uint64_t step);
   // Appends each logit row's token (logits: [rows, vocab] where a sequence wants logprobs) and
   // applies the stop conditions.
   void apply_tokens(const std::vector<Sequence*>& seqs, const std::vector<std::int32_t>& tokens,
@@ -145,7 +148,7 @@ class Engine {
     std::vector<RowSampling> params;
   };
   // Enqueues the decode step that follows `done` with its rows fed by done's tokens (StepBatch::feed),
-  // where every running sequence is a greedy decode in `done`, no waiting request could be
+  // where every running sequence is a decode in `done` without logprobs, no waiting request could be
   // admitted (none waits, or the batch is full) and each sequence's next page is at hand; the
   // sequences that `done` ends by length are left out. nullopt if it does not apply.
   std::optional<Inflight> launch_fed_step(const Inflight& done);

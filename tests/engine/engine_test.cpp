@@ -202,9 +202,9 @@ TEST(Engine, NoPageLeakUnderRandomCancellation) {
   EXPECT_EQ(engine.stats().pages_used, 0);
 }
 
-// Greedy requests without logprobs, as overlap_scheduling runs them: stops by token id make some
+// Requests without logprobs (greedy, or a share sampled), as overlap_scheduling runs them: stops by token id make some
 // end early (one row computed past their stop), the rest run to max_tokens.
-std::vector<Request> greedy_workload(std::uint32_t seed, int n, float sampled_share) {
+std::vector<Request> decode_workload(std::uint32_t seed, int n, float sampled_share) {
   auto reqs = random_workload(seed, n, 0.0f);
   std::mt19937 rng(seed);
   for (Request& r : reqs) {
@@ -224,14 +224,16 @@ TEST(Engine, OverlapSchedulingGivesTheSameTokens) {
     std::size_t kv_bytes;
     int max_num_seqs;
   };
-  // Roomy; a few sampled requests (no overlap while they run); a pool that forces preemption; fewer
-  // slots than requests (admission between overlapped runs).
+  // Roomy; some or all requests sampled (the CPU runner feeds drawn tokens too, the CUDA runner
+  // only greedy ids); a pool that forces preemption; fewer slots than requests (admission between
+  // overlapped runs).
   const Case cases[] = {{"greedy", 0.0f, 4u << 20, 256},
                         {"some sampled", 0.2f, 4u << 20, 256},
+                        {"all sampled", 1.0f, 4u << 20, 256},
                         {"tight pool", 0.0f, 24 * 8192, 256},
                         {"few slots", 0.0f, 4u << 20, 5}};
   for (const Case& k : cases) {
-    const auto reqs = greedy_workload(41, 24, k.sampled_share);
+    const auto reqs = decode_workload(41, 24, k.sampled_share);
     Config on = base_config();
     on.kv_cache_bytes = k.kv_bytes;
     on.max_num_seqs = k.max_num_seqs;
@@ -273,7 +275,7 @@ TEST(Engine, OverlapSchedulingSurvivesCancellation) {
     on.max_num_batched_tokens = 48;
     Config off = on;
     off.overlap_scheduling = false;
-    auto reqs = greedy_workload(seed, 40, 0.0f);
+    auto reqs = decode_workload(seed, 40, 0.0f);
     LLM ref(off);
     const auto want = ref.generate(reqs);
     Engine engine(on);
