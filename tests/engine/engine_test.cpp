@@ -202,8 +202,8 @@ TEST(Engine, NoPageLeakUnderRandomCancellation) {
   EXPECT_EQ(engine.stats().pages_used, 0);
 }
 
-// Requests without logprobs (greedy, or a share sampled), as overlap_scheduling runs them: stops by token id make some
-// end early (one row computed past their stop), the rest run to max_tokens.
+// Requests without logprobs (greedy, or a share sampled), as overlap_scheduling runs them: stops
+// by token id make some end early (one row computed past their stop), the rest run to max_tokens.
 std::vector<Request> decode_workload(std::uint32_t seed, int n, float sampled_share) {
   auto reqs = random_workload(seed, n, 0.0f);
   std::mt19937 rng(seed);
