@@ -20,10 +20,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <numeric>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <string>

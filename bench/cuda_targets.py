@@ -53,7 +53,10 @@ def report(decode, attention):
         for r in rows:
             out.append(f"| {r['batch']} | {r['step_us']:.1f} | {r['floor_us']:.1f} | {r['step_over_floor']:.2f} | "
                        f"{r['tokens_per_s']:.0f} |")
-    judged = [dict(r, engine_ratio=engine_step(r)[1], engine_tps=engine_step(r)[2]) for r in rows]
+    judged = []  # each row with its engine-path ratio and tokens/s, for the targets
+    for r in rows:
+        _, ratio, tps = engine_step(r)
+        judged.append(dict(r, engine_ratio=ratio, engine_tps=tps))
     out.append("")
     out.append(f"Cascade decode attention, one layer ({attention['device']}, copy bandwidth "
                f"{attention['copy_bandwidth_GBps'] / 1000:.2f} TB/s)")

@@ -537,13 +537,14 @@ std::optional<Engine::Inflight> Engine::launch_fed_step(const Inflight& done) {
   }
   CascadePlan plan = cascade_->plan(inputs);
   batch.plan = &plan;
-  batch.keep_logits = std::any_of(seqs.begin(), seqs.end(), [](const Sequence* s) { return s->sampling.temperature > 0.0f; });
+  batch.keep_logits =
+      std::any_of(seqs.begin(), seqs.end(), [](const Sequence* s) { return s->sampling.temperature > 0.0f; });
+  // num_computed and decode_tokens follow when `done`'s tokens are applied (step()): a row of a
+  // sequence that stops at `done` counts neither as held KV nor as a decode token.
   runner_->forward(batch);
-  for (Sequence* s : seqs) s->num_computed = s->total_len() + 1;
   ++clock_;
   ++stats_.steps;
   ++stats_.overlapped_steps;
-  stats_.decode_tokens += static_cast<std::int64_t>(seqs.size());
   if (plan.uses_shared_levels) ++stats_.cascade_steps;
   stats_.max_levels_used = std::max(stats_.max_levels_used, static_cast<int>(plan.levels.size()));
   return next;
@@ -556,21 +557,10 @@ std::vector<StepUpdate> Engine::step() {
     // then wait for them.
     const Inflight done = std::move(*inflight_);
     inflight_.reset();
-    // Collects `done`'s tokens and applies them to the sequences still running. While they are
-    // applied, a sequence in the fed step `next` counts only what it had computed before it
-    // (finish() reports it), and a row of `next` whose sequence stops here is not counted as a
-    // decode token, so the accounts match a run without overlap.
+    // Collects `done`'s tokens and applies them to the sequences still running; then a sequence
+    // of the fed step `next` that is still running has computed that step's row too.
     auto collect_and_apply = [&](const std::optional<Inflight>& next) {
-      std::vector<std::int32_t> tokens;
-      try {
-        tokens = runner_->collect();
-      } catch (...) {
-        // The fed step ran on tokens that failed: forget it, as if it had not been scheduled.
-        if (next) {
-          for (std::uint64_t id : next->seq_ids) --seqs_.at(id)->num_computed;
-        }
-        throw;
-      }
+      const std::vector<std::int32_t> tokens = runner_->collect();
       std::vector<Sequence*> seqs;
       std::vector<std::int32_t> live;
       for (std::size_t i = 0; i < done.seq_ids.size(); ++i) {
@@ -579,19 +569,13 @@ std::vector<StepUpdate> Engine::step() {
         seqs.push_back(it->second.get());
         live.push_back(tokens[i]);
       }
-      if (next) {
-        for (std::uint64_t id : next->seq_ids) --seqs_.at(id)->num_computed;
-      }
       apply_tokens(seqs, live, {}, updates);
-      if (next) {
-        for (std::uint64_t id : next->seq_ids) {
-          Sequence& s = *seqs_.at(id);
-          if (s.state == SeqState::kRunning) {
-            ++s.num_computed;
-          } else {
-            --stats_.decode_tokens;
-          }
-        }
+      if (!next) return;
+      for (std::uint64_t id : next->seq_ids) {
+        Sequence& s = *seqs_.at(id);
+        if (s.state != SeqState::kRunning) continue;
+        s.num_computed = s.total_len();
+        ++stats_.decode_tokens;
       }
     };
     std::optional<Inflight> next;

@@ -139,10 +139,10 @@ class CudaRunner final : public ModelRunner {
       feed.resize(n);
       for (int r = 0; r < n; ++r) {
         const std::int32_t f = batch.feed[r];
-        if (f < -1 || f >= feed_rows_) {
-          throw_error(ErrorCode::kInvalidArgument, "cuda runner: row {} feeds on logit row {} of {}", r, f, feed_rows_);
+        if (f < -1 || f >= drawn_.rows) {
+          throw_error(ErrorCode::kInvalidArgument, "cuda runner: row {} feeds on logit row {} of {}", r, f, drawn_.rows);
         }
-        feed[r] = f < 0 ? -1 : feed_keys_ ? f : -2 - f;
+        feed[r] = f < 0 ? -1 : drawn_.keys ? f : -2 - f;
       }
     }
     const CascadePlan& plan = *batch.plan;
@@ -324,8 +324,6 @@ class CudaRunner final : public ModelRunner {
     ids_copy_pending_[p] = true;
     drawn_ = {{}, R, keys, true, true};
     can_feed_ = true;
-    feed_keys_ = keys;
-    feed_rows_ = R;
   }
 
   std::vector<std::int32_t> collect() override {
@@ -1185,9 +1183,7 @@ class CudaRunner final : public ModelRunner {
   };
   Drawn drawn_;
   HostStage drawn_stage_;
-  bool can_feed_ = false;   // the next forward may feed on the last sample_async()'s ids
-  bool feed_keys_ = false;  // ... held as argmax_keys_ (else argmax_out_)
-  int feed_rows_ = 0;
+  bool can_feed_ = false;  // the next forward may feed on drawn_ (its ids still on the device)
   bool argmax_ready_ = false;  // argmax_out_ / argmax_keys_ hold the last forward's greedy argmax
   bool last_sample_greedy_ = true;  // the last sample() had greedy rows only (forward's wait)
   bool logits_skipped_ = false;     // the last forward left the logits unwritten (keep_logits)
