@@ -5,25 +5,12 @@
 
 #include "backend/cpu/cpu_runner.h"
 #include "common/single_sequence.h"
+#include "common/tiny_model.h"
 #include "core/error.h"
 #include "model/weights.h"
 
 namespace cascade {
 namespace {
-
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 300;
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.max_position_embeddings = 256;
-  c.tie_word_embeddings = true;
-  return c;
-}
 
 // One decode row at position `pos` over pages 0.. of a sequence of pos + 1 tokens.
 test::SingleSequenceStep decode_row(int pos, std::int32_t token, int page_size) {
@@ -46,7 +33,7 @@ test::SingleSequenceStep decode_row(int pos, std::int32_t token, int page_size) 
 }
 
 TEST(CpuRunnerFeed, FedStepMatchesTheStepGivenTheIds) {
-  const ModelConfig c = tiny_config();
+  const ModelConfig c = test::tiny_qwen3_config();
   auto w = std::make_shared<Qwen3Weights>(random_qwen3_weights(c, 17));
   const int page_size = 4;
   const std::vector<std::int32_t> prompt = {5, 77, 120, 3, 250, 9, 41};
@@ -81,7 +68,7 @@ TEST(CpuRunnerFeed, FedStepMatchesTheStepGivenTheIds) {
 }
 
 TEST(CpuRunnerFeed, RefusesFeedsItCannotServe) {
-  const ModelConfig c = tiny_config();
+  const ModelConfig c = test::tiny_qwen3_config();
   auto w = std::make_shared<Qwen3Weights>(random_qwen3_weights(c, 18));
   auto r = make_cpu_runner(c, w, 8, 4);
   test::SingleSequenceStep pre = test::single_sequence_prefill({1, 2, 3}, 4);

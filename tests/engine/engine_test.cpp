@@ -10,6 +10,7 @@
 #include <random>
 
 #include "cascade/llm.h"
+#include "common/tiny_model.h"
 #include "core/error.h"
 #include "engine/engine.h"
 #include "model/weights.h"
@@ -24,17 +25,7 @@ fs::path make_model_dir() {
   static const fs::path dir = [] {
     fs::path d = fs::temp_directory_path() / ("cascade_engine_test_" + std::to_string(::getpid()));
     fs::create_directories(d);
-    ModelConfig c;
-    c.vocab_size = 300;
-    c.hidden_size = 64;
-    c.intermediate_size = 128;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim = 16;
-    c.max_position_embeddings = 2048;
-    c.tie_word_embeddings = true;
-    c.eos_token_ids = {299};
+    const ModelConfig c = test::tiny_qwen3_config();
     std::ofstream(d / "config.json") << model_config_to_json(c);
     save_qwen3_weights(d, c, random_qwen3_weights(c, 7), "F32");
     return d;
