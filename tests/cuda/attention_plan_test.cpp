@@ -95,9 +95,14 @@ void check_pack(const CascadePlan& plan, const PlanPack& pk, int heads, int kv_h
         t += lv.page_lens[i];
       }
     }
-    EXPECT_EQ(lp.warps, max_m <= 16 ? 1 : 4);
-    // Items: every 16 * warps stacked rows of every group with keys, in order.
-    const int m_tile = 16 * lp.warps;
+    // (The wide form only where the caller allowed it; wide_form_rule checks when.)
+    if (lp.warps == kWideWarps) {
+      EXPECT_GT(max_m, 64);
+    } else {
+      EXPECT_EQ(lp.warps, max_m <= 16 ? 1 : 4);
+    }
+    // Items: every 16 * warps (wide: 128) stacked rows of every group with keys, in order.
+    const int m_tile = lp.warps == kWideWarps ? 128 : 16 * lp.warps;
     std::vector<std::int32_t> want_items;
     for (int g = 0; g < groups; ++g) {
       if (lv.group_kv_len(g) == 0) continue;
@@ -112,7 +117,7 @@ void check_pack(const CascadePlan& plan, const PlanPack& pk, int heads, int kv_h
     ASSERT_GE(lp.num_splits, 1);
     if (lp.num_splits > 1) {
       EXPECT_GT(num_sms, 0) << "split without SMs to fill";
-      EXPECT_EQ(lp.tokens_per_split % 64, 0);
+      EXPECT_EQ(lp.tokens_per_split % (lp.warps == kWideWarps ? 128 : 64), 0);
       EXPECT_LT(static_cast<long long>(lp.num_splits - 1) * lp.tokens_per_split, max_len);
     }
     EXPECT_GE(static_cast<long long>(lp.num_splits) * lp.tokens_per_split, max_len);
@@ -314,6 +319,52 @@ TEST(CudaPlanPack, SharedLevelSplitsWeighTheUniqueWorkBesideIt) {
   ASSERT_TRUE(pack_plan(middle_only, 16, kv_heads, num_sms, 64, &mid_alone, &why)) << why;
   EXPECT_EQ(pk3.levels[1].num_splits, mid_alone.levels[0].num_splits);
   EXPECT_EQ(pk3.levels[1].tokens_per_split, mid_alone.levels[0].tokens_per_split);
+}
+
+// The wide form (attention.h, kWideWarps) where the caller allows it, for levels of more than 64
+// stacked rows per group that no causal cut divides, whose pages fit the page size, and whose
+// rows x keys are at least 128 times the one-warp work beside them (kWideMinRatio: here prefix /
+// unique keys per sequence); 128-row items; splits of whole 128-key tiles that make at most one
+// CTA per SM. Never without wide_ok.
+TEST(CudaPlanPack, WideFormRule) {
+  if (std::getenv("CASCADE_ATTENTION_NO_FORK") != nullptr) GTEST_SKIP() << "the A/B switch changes the rule";
+  const int num_sms = 132;
+  struct Case {
+    int seqs, prefix, unique;
+    bool wide;
+  };
+  for (const Case c : {Case{256, 16384, 128, true}, Case{64, 16384, 128, true}, Case{256, 4096, 128, false},
+                       Case{256, 16384, 512, false}, Case{33, 1000, 1, true}, Case{32, 5000, 7, false},
+                       Case{300, 100, 3, false}, Case{300, 2000, 0, true}}) {
+    const CascadePlan plan = prefix_unique_plan(c.seqs, c.prefix, c.unique);
+    const std::string at = std::to_string(c.prefix) + "/" + std::to_string(c.unique) + "/" + std::to_string(c.seqs);
+    PlanPack pk, off;
+    const char* why = "";
+    ASSERT_TRUE(pack_plan(plan, 16, 8, num_sms, 64, &pk, &why, nullptr, 16, true)) << why;
+    ASSERT_TRUE(pack_plan(plan, 16, 8, num_sms, 64, &off, &why, nullptr, 16, false)) << why;
+    check_pack(plan, pk, 16, 8, num_sms, 64);
+    EXPECT_NE(off.levels[0].warps, kWideWarps) << at;
+    EXPECT_EQ(pk.levels[0].warps == kWideWarps, c.wide) << at;
+    if (pk.levels[0].warps == kWideWarps) {
+      const LevelPack& lp = pk.levels[0];
+      EXPECT_EQ(lp.num_items, (2 * c.seqs + 127) / 128) << at;  // GQA 2
+      EXPECT_LE(lp.num_items * 8 * lp.num_splits, std::max(num_sms, lp.num_items * 8)) << at;
+      EXPECT_TRUE(lp.num_splits == 1 || lp.tokens_per_split % 128 == 0) << at;
+    }
+  }
+  // A causal cut (a prefill row sees only part of the shared keys), or a page that holds more
+  // keys than a page has slots: not wide.
+  CascadePlan cut = prefix_unique_plan(100, 2048, 0);
+  PlanPack pk;
+  const char* why = "";
+  ASSERT_TRUE(pack_plan(cut, 16, 8, num_sms, 64, &pk, &why, nullptr, 16, true)) << why;
+  ASSERT_EQ(pk.levels[0].warps, kWideWarps);
+  cut.q_pos[7] = 1000;
+  ASSERT_TRUE(pack_plan(cut, 16, 8, num_sms, 64, &pk, &why, nullptr, 16, true)) << why;
+  EXPECT_EQ(pk.levels[0].warps, 4);
+  const CascadePlan big_page = prefix_unique_plan(100, 2048, 0);
+  ASSERT_TRUE(pack_plan(big_page, 16, 8, num_sms, 64, &pk, &why, nullptr, 8, true)) << why;
+  EXPECT_EQ(pk.levels[0].warps, 4) << "pages of 16 keys where a page has 8 slots";
 }
 
 // 16-token tiles exactly for one-warp CTAs of at most 192 keys, and never where the caller may

@@ -87,6 +87,7 @@ struct RunOptions {
   LevelFork* fork = nullptr;  // levels after the first busy one on its side stream, as the engine
   int short_tiles = -1;       // one-warp levels: -1 the pack's choice, 0 or 1 forced
   bool direct_out = false;    // a lone level the pack marks direct_out writes the output itself
+  bool wide = false;          // pack_plan may take the wide form (attention_wide_usable must hold)
   // A one-warp level (not read ahead; these are decode plans) forms q from rope->qkv and writes
   // the step's K/V into this run's pools (rope's k_cache / v_cache are replaced by them);
   // k_after / v_after receive the pools after the run.
@@ -101,6 +102,8 @@ struct RunOptions {
 
 // Runs of a level of several splits that merged them in its CTAs (direct_out with splits > 1).
 int cta_merges = 0;
+// Levels run in the wide form.
+int wide_levels = 0;
 
 // Runs every level on the GPU and merges; returns the merged fp32 output [rows, heads, head_dim].
 std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const std::vector<float>& q,
@@ -110,7 +113,7 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
   LevelFork* fork = opt.fork;
   PlanPack pack;
   const char* why = "";
-  EXPECT_TRUE(pack_plan(plan, m.heads, m.kv_heads, num_sms, 64, &pack, &why, written, m.page_size)) << why;
+  EXPECT_TRUE(pack_plan(plan, m.heads, m.kv_heads, num_sms, 64, &pack, &why, written, m.page_size, opt.wide)) << why;
   const int n = plan.num_rows;
   auto d_q = upload(to_bf16(q));
   auto d_k = upload(to_bf16(kpool)), d_v = upload(to_bf16(vpool));
@@ -152,6 +155,8 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
     p.grid_items = lp.num_items;
     p.grid_splits = lp.num_splits;
     p.warps = lp.warps;
+    p.num_slots = m.num_pages * m.page_size;
+    wide_levels += lp.warps == kWideWarps ? 1 : 0;
     p.no_wgmma = opt.no_wgmma;
     p.short_tiles = opt.short_tiles < 0 ? lp.short_tiles : lp.warps == 1 && opt.short_tiles == 1;
     // A level of several splits writes directly only as the CTA merge (short tiles, not read ahead).
@@ -272,6 +277,15 @@ struct Fixture {
       EXPECT_LT(rel_error(got, ref), 1e-2)
           << what << " (mma.sync) H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
     }
+    // Shared levels in the wide form where it runs (the engine's choice on an H100/H200), with
+    // one split and with the split count 132 SMs give.
+    if (attention_wide_usable(m.head_dim, m.page_size)) {
+      for (int sms : {0, 132}) {
+        const auto got = gpu_attention(m, plan, q, kpool, vpool, sms, {.wide = true});
+        EXPECT_LT(rel_error(got, ref), 1e-2) << what << " (wide form) H=" << m.heads << " KVH=" << m.kv_heads
+                                             << " D=" << m.head_dim << " page " << m.page_size << " sms=" << sms;
+      }
+    }
     // One-warp levels with 16- and 32-token tiles whatever the pack chose (short_tiles): both
     // forms must pass.
     std::vector<float> tiles32;
@@ -381,6 +395,45 @@ TEST(CudaAttention, LongSharedPrefixAtLargePositions) {
     const CascadePlan plan = shared_then_own(rows, {shared / 3 + 5, shared / 3 - 7, shared - 2 * (shared / 3) + 2},
                                              start, 40, f.rng, alloc, model.page_size);
     f.check(plan, "long shared prefix");
+  }
+}
+
+// The wide form (attention_wide.cu) on the shared levels it is made for: many rows over a long
+// prefix (its rule: the level's rows x keys at least 128 times the unique level's keys), not a
+// multiple of 128 stacked rows (so the last CTA's second warpgroup is partly or wholly idle),
+// prefixes cut into chunks with partial pages, page sizes 8-64 (2-16 pages a tile), GQA 1-8;
+// at page size 4 (not taken) the other forms.
+TEST(CudaAttention, WideFormOnSharedLevels) {
+  SKIP_WITHOUT_GPU();
+  const int before = wide_levels;
+  struct Case {
+    Model model;
+    int rows, shared;
+  };
+  const Case cases[] = {{{16, 8, 128, 16, 2048}, 150, 3000}, {{8, 2, 128, 8, 4096}, 40, 1234},
+                        {{8, 1, 128, 32, 1024}, 17, 2049},  {{4, 4, 128, 16, 2048}, 200, 3000}, {{8, 2, 128, 4, 4096}, 50, 600},
+                        {{16, 16, 128, 64, 256}, 65, 5000}};
+  for (const Case& c : cases) {
+    Fixture f(c.model, 23);
+    PageAlloc alloc(c.model.num_pages, f.rng);
+    std::vector<int> rows(c.rows);
+    std::iota(rows.begin(), rows.end(), 0);
+    std::shuffle(rows.begin(), rows.end(), f.rng);
+    const int a = c.shared / 3 + 5, b = c.shared / 3 - 7;
+    const CascadePlan plan = shared_then_own(rows, {a, b, c.shared - a - b}, 77, 30, f.rng, alloc, c.model.page_size);
+    f.check(plan, "wide form");
+    if (attention_wide_usable(c.model.head_dim, c.model.page_size)) {
+      PlanPack pack;
+      const char* why = "";
+      ASSERT_TRUE(pack_plan(plan, c.model.heads, c.model.kv_heads, 132, 64, &pack, &why, nullptr, c.model.page_size,
+                            true))
+          << why;
+      EXPECT_EQ(pack.levels[0].warps, kWideWarps) << "rows " << c.rows << " page " << c.model.page_size;
+    }
+  }
+  // On an H100/H200 the form must have run (the repository builds sm_90a code).
+  if (device_is_sm90() && !ab_switch_on("CASCADE_ATTENTION_NO_WIDE") && !ab_switch_on("CASCADE_ATTENTION_NO_WGMMA")) {
+    EXPECT_GT(wide_levels, before);
   }
 }
 

@@ -83,7 +83,23 @@ struct AttentionLevelParams {
   // q_norm, k_norm, inv_freq, positions and eps are read. The launcher refuses it
   // (cudaErrorInvalidValue) for four-warp or read-ahead levels, a qkv bias or missing pools.
   QkNormRopeParams rope;
+  // Slots in each KV pool (k_cache / v_cache hold num_slots x num_kv_heads x head_dim): the
+  // extent of the wide form's tensor maps (warps == kWideWarps); other forms ignore it.
+  int num_slots = 0;
 };
+
+// `warps` of a level in the wide form (LevelPack, AttentionLevelParams): CTAs of 128 stacked rows
+// (two consumer warpgroups of 64) and one producer warp that loads 128-key tiles of whole pages
+// with TMA into a two-stage ring, for shared levels without a causal cut (every row sees every
+// key of its group) at head_dim 128 on sm_90a (attention_wide.cu). pack_plan takes it only when
+// its caller says the form can run (attention_wide_usable).
+inline constexpr int kWideWarps = 8;
+
+/// \brief True when levels may take the wide form on this device for this model: the sm_90a
+/// code runs (attention_wgmma_available), head_dim is 128, the page size a power of two in
+/// 8..128, the driver gives cuTensorMapEncodeTiled, and CASCADE_ATTENTION_NO_WIDE=1 is not set.
+/// Call it first outside stream capture (it probes the device).
+bool attention_wide_usable(int head_dim, int page_size);
 
 /// \brief True when four-warp levels (more than 16 stacked rows per group: shared cascade levels,
 /// prefill) run as warpgroup MMAs: the device runs this build's sm_90a code and
@@ -107,6 +123,10 @@ bool attention_fork_enabled();
 /// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice, or with
 /// direct_out the bf16 output row.
 cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream);
+
+// The wide form (p.warps == kWideWarps), which launch_attention_level hands on to; refuses
+// (cudaErrorInvalidValue) what attention_wide_usable or the form's rules exclude.
+cudaError_t launch_attention_wide(const AttentionLevelParams& p, cudaStream_t stream);
 
 // Host-side packing of a plan into one int32 buffer (uploaded with one copy) plus per-level
 // launch metadata. Offsets are in int32 elements from the buffer start.
@@ -153,9 +173,12 @@ struct PlanPack {
 // such page (its key count if none), and the kernels may read the keys before it ahead of the
 // step's earlier kernels. Without it kv_fresh is 0 (nothing read ahead). Returns false (with *why
 // set) if the plan is malformed.
+// wide_ok (attention_wide_usable for the model and page size): four-warp levels of more than 64
+// stacked rows per group whose rows all see every key of their group take the wide form.
 bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num_sms,
                int max_slices, PlanPack* out, const char** why,
-               const std::vector<std::int32_t>* written_slots = nullptr, int page_size = 0);
+               const std::vector<std::int32_t>* written_slots = nullptr, int page_size = 0,
+               bool wide_ok = false);
 
 // Concurrent levels. A plan's levels write disjoint state slices and read only q, the plan and
 // the KV pools (a level that writes K/V itself, qk_rope, is the plan's only busy one), so none

@@ -1,6 +1,7 @@
 // Host side of the attention kernels (see attention.h): packing a CascadePlan, and LevelFork.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "backend/cuda/ab_switch.h"
 #include "backend/cuda/attention.h"
@@ -30,6 +31,26 @@ constexpr double kBesideTileUs = 4.0;
 constexpr double kBesideFixedTiles = 6.0;
 constexpr double kBesideFixedUs = 8.6;
 constexpr double kBesideBytesPerUs = 2.9e6;
+// Keys per tile of the wide form (attention_wide.cu), its split granularity.
+constexpr int kWideTile = 128;
+// The wide form holds its SMs' registers and most of their shared memory, so the one-warp levels
+// LevelFork runs beside the level wait for it: the level takes the form only where its stacked
+// rows x keys (x KV heads) are at least this many times the one-warp work beside it (keys x
+// 16-row tiles x KV heads, level_work), or nothing runs beside it. A fit to the H100's cascade
+// bench (v24): the wide form won at a ratio of 256 (16384/128 at batch 64 and 256: 57 and 138 us
+// against 59 and 149) and lost at 64 and below (4096/128/*, 16384/512/*: 42-268 us against
+// 35-256; 4096/512/* lost more).
+constexpr long long kWideMinRatio = 128;
+// Wide CTAs per SM that a wide level's splits aim for (CASCADE_ATTENTION_WIDE_CTAS_PER_SM, A/B;
+// one fits at a time, so 2 is two waves of shorter CTAs: 8-23% slower in v24's first form).
+int wide_ctas_per_sm() {
+  static const int n = [] {
+    const char* v = std::getenv("CASCADE_ATTENTION_WIDE_CTAS_PER_SM");
+    const int k = v != nullptr ? std::atoi(v) : 0;
+    return k > 0 ? k : 1;
+  }();
+  return n;
+}
 
 // A level's keys: each page's first token within its group and each group's key count.
 struct LevelKeys {
@@ -95,7 +116,7 @@ int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) 
 
 bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num_sms,
                int max_slices, PlanPack* out, const char** why,
-               const std::vector<std::int32_t>* written_slots, int page_size) {
+               const std::vector<std::int32_t>* written_slots, int page_size, bool wide_ok) {
   const int rows = plan.num_rows;
   const int gqa = num_heads / num_kv_heads;
   if (static_cast<int>(plan.row_order.size()) != rows || static_cast<int>(plan.q_pos.size()) != rows) {
@@ -173,6 +194,9 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // Every row in a group with keys (and row_order a permutation, so none twice).
     bool all_keyed = groups > 0 && lv.q_indptr.back() == rows && row_order_is_permutation;
     bool decode_rows = true;  // every group one row whose q position is its last key (qk_rope)
+    // Every row sees every key of its group (no causal cut) and no page holds more keys than a
+    // page has slots: what the wide form needs besides enough rows.
+    bool uncut = wide_ok && page_size > 0;
     for (int g = 0; g < groups; ++g) {
       const int t = kv_len[g];
       all_keyed = all_keyed && t > 0;
@@ -193,11 +217,28 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
         decode_rows = decode_rows && static_cast<std::int64_t>(plan.q_pos[row]) ==
                                          static_cast<std::int64_t>(lv.kv_start_pos[g]) + t - 1;
       }
+      if (uncut && t > 0) {
+        const std::int64_t last_key = static_cast<std::int64_t>(lv.kv_start_pos[g]) + t - 1;
+        for (int i = lv.q_indptr[g]; i < lv.q_indptr[g + 1] && uncut; ++i) {
+          uncut = plan.q_pos[plan.row_order[i]] >= last_key;
+        }
+        for (int i = lv.page_indptr[g]; i < lv.page_indptr[g + 1] && uncut; ++i) uncut = lv.page_lens[i] <= page_size;
+      }
       max_len = std::max(max_len, t);
       max_m = std::max(max_m, (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa);
     }
-    lp.warps = max_m <= 16 ? 1 : 4;
-    const int m_tile = 16 * lp.warps;
+    // The wide form's work against the one-warp levels' beside it (kWideMinRatio; they run beside
+    // only the first busy level, and only on LevelFork's second stream).
+    bool wide = uncut && max_m > 64;
+    if (wide && l == first_busy && attention_fork_enabled()) {
+      long long rows_keys = 0;
+      for (int g = 0; g < groups; ++g) {
+        rows_keys += static_cast<long long>(lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa * kv_len[g] * num_kv_heads;
+      }
+      wide = rows_keys >= kWideMinRatio * beside_keys;
+    }
+    lp.warps = max_m <= 16 ? 1 : wide ? kWideWarps : 4;
+    const int m_tile = lp.warps == kWideWarps ? 128 : 16 * lp.warps;
     for (int g = 0; g < groups; ++g) {
       const int m = (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa;
       if (kv_len[g] == 0) continue;  // contributes the empty state, which the fill provides
@@ -221,7 +262,15 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     const int ctas = lp.num_items * num_kv_heads;
     const auto waves = [&](long long n, long long per_sm) { return (n + per_sm * num_sms - 1) / (per_sm * num_sms); };
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
-    if (lp.warps == 1) {
+    if (lp.warps == kWideWarps) {
+      // One wide CTA fills an SM (its registers and most of its shared memory): as many splits
+      // as make wide_ctas_per_sm() x SMs CTAs, of whole 128-key tiles.
+      const long long target = static_cast<long long>(wide_ctas_per_sm()) * num_sms;
+      if (num_sms > 0 && ctas > 0 && ctas < target && max_len > 0) {
+        splits = static_cast<int>(std::min<long long>(target / ctas, (max_len + kWideTile - 1) / kWideTile));
+        splits = std::max(1, std::min(splits, slice_budget));
+      }
+    } else if (lp.warps == 1) {
       const int target = kOneWarpCtasPerSm * num_sms;
       if (num_sms > 0 && ctas > 0 && ctas < target) {
         splits = std::min((target + ctas - 1) / ctas, (max_len + kTile - 1) / kTile);
@@ -264,7 +313,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     }
     int per_split = std::max(1, (max_len + splits - 1) / splits);
     if (splits > 1) {
-      per_split = (per_split + kTile - 1) / kTile * kTile;
+      const int unit = lp.warps == kWideWarps ? kWideTile : kTile;
+      per_split = (per_split + unit - 1) / unit * unit;
       splits = (max_len + per_split - 1) / per_split;
     }
     lp.num_splits = splits;
