@@ -228,6 +228,100 @@ TEST(CudaRunner, LogitsMatchCpuForwardOverPrefillAndDecode) {
   }
 }
 
+// A decode step of 40 sequences over one shared prefix of 650 keys (its last page partial), then a
+// second step: a two-level cascade whose shared level is 80 stacked rows (GQA 2) at head_dim
+// 128, so it takes the wide form where that runs (attention_wide.cu), in a CUDA graph and eagerly.
+// Logits of a few sequences against the CPU forward of their whole token list, and the same tokens
+// with the wide form switched off.
+TEST(CudaRunner, SharedPrefixDecodeInTheWideForm) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_config(128, true);
+  Qwen3Weights w = random_qwen3_weights(c, 5);
+  round_all(w);
+  const int page_size = 16, num_pages = 512, N = 40, P = 650, V = c.vocab_size;
+  CudaRunnerOptions graphs, eager, narrow;
+  eager.cuda_graphs = false;
+  narrow.wide = false;
+  auto g = make_cuda_runner(c, w, num_pages, page_size, graphs);
+  auto e = make_cuda_runner(c, w, num_pages, page_size, eager);
+  auto n = make_cuda_runner(c, w, num_pages, page_size, narrow);
+  std::mt19937_64 rng(17);
+  // The prefix in pages 0..40, each sequence's own tokens in page 100 + s.
+  Seq prefix;
+  for (int t = 0; t < P; ++t) prefix.tokens.push_back(static_cast<int>(rng() % V));
+  for (int p = 0; p * page_size < P; ++p) prefix.pages.push_back(p);
+  CascadePlan plan;
+  const StepBatch prefill = flat_step({prefix}, {0}, {P}, page_size, plan);
+  for (auto* r : {g.get(), e.get(), n.get()}) r->forward(prefill);
+  std::vector<std::vector<int>> own(N);
+  for (auto& o : own) o = {static_cast<int>(rng() % V), static_cast<int>(rng() % V)};
+  // Step k (0, 1): every sequence's own token k at position P + k.
+  auto step = [&](int k, CascadePlan& pl) {
+    StepBatch b;
+    pl = CascadePlan{};
+    pl.num_rows = N;
+    pl.uses_shared_levels = true;
+    pl.levels.resize(2);
+    CascadeLevel& l0 = pl.levels[0];
+    l0.q_indptr = {0, N};
+    l0.page_indptr = {0};
+    for (int p = 0; p * page_size < P; ++p) {
+      l0.page_ids.push_back(prefix.pages[p]);
+      l0.page_lens.push_back(std::min(page_size, P - p * page_size));
+    }
+    l0.page_indptr.push_back(static_cast<int>(l0.page_ids.size()));
+    l0.kv_start_pos = {0};
+    CascadeLevel& l1 = pl.levels[1];
+    l1.q_indptr = {0};
+    l1.page_indptr = {0};
+    for (int s = 0; s < N; ++s) {
+      pl.row_order.push_back(s);
+      pl.q_pos.push_back(P + k);
+      b.token_ids.push_back(own[s][k]);
+      b.positions.push_back(P + k);
+      b.slot_mapping.push_back((100 + s) * page_size + k);
+      b.logit_rows.push_back(s);
+      l1.q_indptr.push_back(s + 1);
+      l1.page_ids.push_back(100 + s);
+      l1.page_lens.push_back(k + 1);
+      l1.page_indptr.push_back(s + 1);
+      l1.kv_start_pos.push_back(P);
+    }
+    b.plan = &pl;
+    return b;
+  };
+  const bool wide_runs = attention_wide_usable(c.head_dim, page_size);
+  if (device_is_sm90() && !ab_switch_on("CASCADE_ATTENTION_NO_WIDE") && !ab_switch_on("CASCADE_ATTENTION_NO_WGMMA")) {
+    EXPECT_TRUE(wide_runs);
+  }
+  for (int k = 0; k < 2; ++k) {
+    CascadePlan pl;
+    const StepBatch b = step(k, pl);
+    std::vector<std::vector<float>> logits;
+    for (auto* r : {g.get(), e.get(), n.get()}) {
+      r->forward(b);
+      logits.push_back(r->copy_logits());
+      ASSERT_EQ(logits.back().size(), static_cast<std::size_t>(N) * V);
+    }
+    EXPECT_EQ(logits[0], logits[1]) << "step " << k << ": graph and eager differ";
+    for (const int s : {0, 17, N - 1}) {
+      std::vector<int> tokens = prefix.tokens;
+      tokens.insert(tokens.end(), own[s].begin(), own[s].begin() + k + 1);
+      const std::vector<float> ref = cpu_forward(c, w, tokens);
+      const std::vector<float> want(ref.end() - V, ref.end());
+      for (int r = 0; r < 3; ++r) {
+        const std::vector<float> got(logits[r].begin() + static_cast<std::size_t>(s) * V,
+                                     logits[r].begin() + static_cast<std::size_t>(s + 1) * V);
+        EXPECT_LT(rel_error(got, want), 3e-2) << "step " << k << " seq " << s << " runner " << r;
+      }
+    }
+  }
+  EXPECT_EQ(cuda_graph_stats(*g).wide, wide_runs ? 2 : 0);
+  EXPECT_EQ(cuda_graph_stats(*e).wide, wide_runs ? 2 : 0);
+  EXPECT_EQ(cuda_graph_stats(*n).wide, 0);
+  EXPECT_GT(cuda_graph_stats(*g).replays, 0);
+}
+
 TEST(CudaRunner, RejectsUnsupportedHeadDim) {
   SKIP_WITHOUT_GPU();
   ModelConfig c = small_config(64, true);

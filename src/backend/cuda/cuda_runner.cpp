@@ -56,6 +56,8 @@ class CudaRunner final : public ModelRunner {
     layout_.page_size = page_size;
     layout_.num_kv_heads = config.num_key_value_heads;
     layout_.head_dim = config.head_dim;
+    // Shared levels without a causal cut take the wide form where it runs (attention.h).
+    wide_ok_ = options_.wide && cuda::attention_wide_usable(config.head_dim, page_size);
 
     upload_weights(w);
     const std::size_t pool = static_cast<std::size_t>(layout_.layer_elems()) * layout_.num_layers;
@@ -155,10 +157,14 @@ class CudaRunner final : public ModelRunner {
     const int plan_sms = options_.num_sms > 0 ? options_.num_sms : num_sms_;
     if (!cuda::pack_plan(plan, config_.num_attention_heads, config_.num_key_value_heads, plan_sms,
                          kMaxStateSlices, &pack, &why, small ? &batch.slot_mapping : nullptr,
-                         layout_.page_size)) {
+                         layout_.page_size, wide_ok_)) {
       throw_error(ErrorCode::kInvalidArgument, "cuda runner: invalid cascade plan: {}", why);
     }
     const int R = static_cast<int>(batch.logit_rows.size());
+    if (std::any_of(pack.levels.begin(), pack.levels.end(),
+                    [](const cuda::LevelPack& lp) { return lp.warps == cuda::kWideWarps && lp.num_items > 0; })) {
+      ++stats_.wide;
+    }
     if (cuda::resolve_direct_out(&pack, options_.direct_out)) ++stats_.direct_out;
     // q/k RMSNorm + RoPE inside a lone decode level where that measured faster (qk_rope_pays),
     // or wherever it can (options_.qk_rope, for tests); never with a qkv bias, and only where
@@ -930,6 +936,7 @@ class CudaRunner final : public ModelRunner {
         ap.read_ahead = early;  // after an early-released qk_norm_rope (measured no gain without)
         ap.kv_fresh = lv.kv_fresh;
         ap.short_tiles = lv.short_tiles;
+        ap.num_slots = layout_.num_pages * layout_.page_size;
         // Rows outside the level (a bucket's padding rows) then keep what xb_ held: zero when it
         // was allocated (reserve_step), bf16 results of earlier kernels since; rows are
         // independent from o_proj to the logits, and padding rows' logits are never read.
@@ -1156,6 +1163,7 @@ class CudaRunner final : public ModelRunner {
   const bf16* lm_head_ = nullptr;
   std::vector<LayerDev> layers_;
   DeviceBuffer<bf16> k_pool_, v_pool_;
+  bool wide_ok_ = false;  // pack_plan may pick the wide form (attention_wide_usable)
   DeviceBuffer<float> inv_freq_;
 
   DeviceBuffer<std::int32_t> batch_dev_;

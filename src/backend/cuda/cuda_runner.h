@@ -40,6 +40,9 @@ struct CudaRunnerOptions {
   // batches), and false to keep every level on states + the merge kernel (no LevelPack::direct_out).
   int num_sms = 0;
   bool direct_out = true;
+  // false: shared levels never take the wide form (attention.h), for A/B tests; true: where
+  // cuda::attention_wide_usable holds.
+  bool wide = true;
 };
 
 // Counters of the decode path, for tests and benchmarks.
@@ -51,6 +54,7 @@ struct CudaGraphStats {
   long direct_out = 0;      // steps whose lone attention level wrote its rows itself (no merge)
   long qk_rope = 0;         // steps whose lone attention level formed q and wrote K/V (no qk_norm_rope)
   long lm_head_argmax = 0;  // steps whose lm_head (GEMV or skinny GEMM) took every row's greedy id
+  long wide = 0;            // steps with a level in the wide form
 };
 
 // make_cuda_runner with explicit options.
