@@ -107,6 +107,9 @@ int main(int argc, char** argv) {
   // One pool big enough for the largest shape; pages are handed out in a shuffled order.
   int max_pages = 0;
   for (const Shape& s : shapes) max_pages = std::max(max_pages, (s.prefix + s.batch * s.unique) / kPage + 1);
+  // Shared levels take the wide form where the engine would (attention.h).
+  const bool wide_ok = cascade::cuda::attention_wide_usable(kDim, kPage);
+  std::fprintf(stderr, "wide form of shared levels: %s\n", wide_ok ? "on" : "off");
   const std::size_t pool_elems = static_cast<std::size_t>(max_pages) * kPage * kKvHeads * kDim;
   bf16 *k_pool, *v_pool, *q, *out_flat, *out_casc;
   CK(cudaMalloc(&k_pool, pool_elems * 2));
@@ -201,7 +204,8 @@ int main(int argc, char** argv) {
     }
     auto build = [&](const cascade::CascadePlan& plan, bf16* out, Op& op) {
       const char* why = "";
-      if (!cascade::cuda::pack_plan(plan, kHeads, kKvHeads, num_sms, max_slices, &op.pack, &why)) {
+      if (!cascade::cuda::pack_plan(plan, kHeads, kKvHeads, num_sms, max_slices, &op.pack, &why, nullptr, kPage,
+                                    wide_ok)) {
         std::fprintf(stderr, "pack_plan failed: %s\n", why);
         std::exit(2);
       }
@@ -238,6 +242,7 @@ int main(int argc, char** argv) {
         p.grid_splits = lp.num_splits;
         p.warps = lp.warps;
         p.short_tiles = lp.short_tiles;
+        p.num_slots = max_pages * kPage;
         if (direct_out) p.direct_out = out;
         CK(cascade::cuda::launch_attention_level(p, level_fork.next_stream()));
       }
