@@ -564,22 +564,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       }
     }
     float corr[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-      const float m_new = fmaxf(m_run[h], tile_max[h]);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // all masked so far: avoid inf-inf
-      corr[h] = exp2f(m_run[h] - m_use);
-      m_run[h] = m_new;
-      l_run[h] *= corr[h];
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j) {
-        s[j][2 * h] = exp2f(s[j][2 * h] - m_use);
-        s[j][2 * h + 1] = exp2f(s[j][2 * h + 1] - m_use);
-        l_run[h] += s[j][2 * h] + s[j][2 * h + 1];
-      }
-    }
+    online_softmax_step(s, tile_max, m_run, l_run, corr);
 #pragma unroll
     for (int n = 0; n < kD / 8; ++n) {
       acc[n][0] *= corr[0];

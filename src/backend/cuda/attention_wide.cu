@@ -272,16 +272,16 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
       if constexpr (kSub == 64) {
         auto& s64 = reinterpret_cast<float (&)[32]>(s);
         if (kk == 0) {
-          wgmma_m64n64k16_rs_imm<0>(s64, qa[kk], kd);
+          wgmma_m64n64k16_rs<0, 0>(s64, qa[kk], kd);
         } else {
-          wgmma_m64n64k16_rs_imm<1>(s64, qa[kk], kd);
+          wgmma_m64n64k16_rs<0, 1>(s64, qa[kk], kd);
         }
       } else {
         auto& s128 = reinterpret_cast<float (&)[64]>(s);
         if (kk == 0) {
-          wgmma_m64n128k16_rs_imm<0, 0>(s128, qa[kk], kd);
+          wgmma_m64n128k16_rs<0, 0>(s128, qa[kk], kd);
         } else {
-          wgmma_m64n128k16_rs_imm<0, 1>(s128, qa[kk], kd);
+          wgmma_m64n128k16_rs<0, 1>(s128, qa[kk], kd);
         }
       }
     }
@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     wgmma_fence();
 #pragma unroll
     for (int kj = 0; kj < kSub / 16; ++kj) {
-      wgmma_m64n128k16_rs_imm<1>(o, pa[kj], sw128_desc(v_addr + kj * 16 * 128, kHalfBytes, 1024));
+      wgmma_m64n128k16_rs<1>(o, pa[kj], sw128_desc(v_addr + kj * 16 * 128, kHalfBytes, 1024));
     }
     wgmma_commit();
   };
@@ -331,22 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
         }
       }
     }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-      const float m_new = fmaxf(m_run[h], tile_max[h]);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // all masked so far: avoid inf-inf
-      corr[h] = exp2f(m_run[h] - m_use);
-      m_run[h] = m_new;
-      l_run[h] *= corr[h];
-#pragma unroll
-      for (int j = 0; j < kSub / 8; ++j) {
-        s[4 * j + 2 * h] = exp2f(s[4 * j + 2 * h] - m_use);
-        s[4 * j + 2 * h + 1] = exp2f(s[4 * j + 2 * h + 1] - m_use);
-        l_run[h] += s[4 * j + 2 * h] + s[4 * j + 2 * h + 1];
-      }
-    }
+    online_softmax_step(reinterpret_cast<float (&)[kSub / 8][4]>(s), tile_max, m_run, l_run, corr);
 #pragma unroll
     for (int kj = 0; kj < kSub / 16; ++kj) {
       pa[kj][0] = pack_bf16x2(s[8 * kj], s[8 * kj + 1]);

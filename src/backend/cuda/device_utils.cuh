@@ -167,6 +167,33 @@ __device__ __forceinline__ void norm_rope_head(float (&v)[kD / 32], const float 
 }
 
 // `red` is shared scratch of 32 elements.
+// One step of FlashAttention's online softmax over a tile of scores in an mma/wgmma accumulator
+// layout: s[j][e] is column 8j + 2 tig + (e & 1) of the thread's row e >> 1 (rows g and g + 8),
+// already scaled to log2 units and masked (-inf), and tile_max each row's maximum over this
+// thread's columns. Reduces the maxima over the row's 4 threads, moves the running max, scales
+// the running sum, exponentiates s in place and adds it to the sum; corr[h] is what row h's
+// output accumulators must be multiplied by before this tile's P V.
+template <int kN>
+__device__ __forceinline__ void online_softmax_step(float (&s)[kN][4], float (&tile_max)[2], float (&m_run)[2],
+                                                    float (&l_run)[2], float (&corr)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+    tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+    const float m_new = fmaxf(m_run[h], tile_max[h]);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // all masked so far: avoid inf-inf
+    corr[h] = exp2f(m_run[h] - m_use);
+    m_run[h] = m_new;
+    l_run[h] *= corr[h];
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      s[j][2 * h] = exp2f(s[j][2 * h] - m_use);
+      s[j][2 * h + 1] = exp2f(s[j][2 * h + 1] - m_use);
+      l_run[h] += s[j][2 * h] + s[j][2 * h + 1];
+    }
+  }
+}
+
 template <typename T, typename Op>
 __device__ inline T block_reduce(T v, T* red, Op op) {
   v = warp_reduce(v, op);

@@ -90,23 +90,25 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], std::uint64_t
       : "l"(a), "l"(b), "r"(1));
 }
 
-// The accumulate flag (scale-d) as an immediate, not a predicate register set per call: kAcc 0
-// ignores D's old values (D = A · B), so the accumulators need no zeroing first.
-// D[64 x 64] (+)= A[64 x 16] · B[16 x 64], A in registers (as wgmma_m64n64k16_rs), B in shared
-// memory K-major.
-template <int kAcc>
-__device__ __forceinline__ void wgmma_m64n64k16_rs_imm(float (&d)[32], const unsigned (&a)[4], std::uint64_t b) {
+// D[64 x 64] (+)= A[64 x 16] · B[16 x 64] with A in registers (the mma.m16n8k16 A layout per warp,
+// warp w holding rows 16w..16w+15) and B in shared memory, K-major (kTransB 0) or MN-major (1).
+// The accumulate flag (scale-d) is the immediate kAcc: 0 ignores D's old values (D = A · B).
+// (An immediate, not a predicate set per call: a kernel that computes while a wgmma is in flight
+// must not let ptxas reuse that predicate's register meanwhile.)
+template <int kTransB, int kAcc = 1>
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const unsigned (&a)[4], std::uint64_t b) {
   asm volatile(
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
-      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, %37, 1, 1, 0;\n"
+      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, %38, 1, 1, "
+      "%37;\n"
       : CASCADE_WG_F8(0), CASCADE_WG_F8(8), CASCADE_WG_F8(16), CASCADE_WG_F8(24)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kAcc));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB), "n"(kAcc));
 }
-// D[64 x 128] += A[64 x 16] · B[16 x 128], A in registers, B in shared memory (kTransB as
-// wgmma_m64n128k16_rs), scale-d the immediate kAcc.
+
+// D[64 x 128] (+)= A[64 x 16] · B[16 x 128], A in registers, B in shared memory (as above).
 template <int kTransB, int kAcc = 1>
-__device__ __forceinline__ void wgmma_m64n128k16_rs_imm(float (&d)[64], const unsigned (&a)[4], std::uint64_t b) {
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], std::uint64_t b) {
   asm volatile(
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
@@ -116,35 +118,6 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_imm(float (&d)[64], const un
       : CASCADE_WG_F8(0), CASCADE_WG_F8(8), CASCADE_WG_F8(16), CASCADE_WG_F8(24), CASCADE_WG_F8(32),
         CASCADE_WG_F8(40), CASCADE_WG_F8(48), CASCADE_WG_F8(56)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB), "n"(kAcc));
-}
-
-// D[64 x 64] += A[64 x 16] · B[16 x 64] with A in registers (the mma.m16n8k16 A layout per warp,
-// warp w holding rows 16w..16w+15) and B in shared memory, K-major (kTransB 0) or MN-major (1).
-template <int kTransB>
-__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const unsigned (&a)[4], std::uint64_t b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
-      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, "
-      "%37;\n}\n"
-      : CASCADE_WG_F8(0), CASCADE_WG_F8(8), CASCADE_WG_F8(16), CASCADE_WG_F8(24)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB), "r"(1));
-}
-
-// D[64 x 128] += A[64 x 16] · B[16 x 128], A in registers, B in shared memory (as above).
-template <int kTransB>
-__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], std::uint64_t b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %70, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
-      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "
-      "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "
-      "%56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, %69;\n}\n"
-      : CASCADE_WG_F8(0), CASCADE_WG_F8(8), CASCADE_WG_F8(16), CASCADE_WG_F8(24), CASCADE_WG_F8(32),
-        CASCADE_WG_F8(40), CASCADE_WG_F8(48), CASCADE_WG_F8(56)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(kTransB), "r"(1));
 }
 
 #undef CASCADE_WG_F8
