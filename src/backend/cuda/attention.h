@@ -53,7 +53,7 @@ struct AttentionLevelParams {
   float sm_scale = 0.0f;
   // Launch shape (grid.x >= num_items, grid.z >= num_splits; extra CTAs exit): host-known maxima.
   int grid_items = 0, grid_splits = 0;
-  int warps = 1;         // 1 (decode-like) or 4
+  int warps = 1;         // 1 (decode-like), 4, or kWideWarps (the wide form)
   // One-warp levels: load the first KV tiles before the PDL wait where kv_fresh allows (worth it
   // when the previous kernel releases early, launch.cuh; the runner's small batches). kv_fresh:
   // the level's [groups] array of LevelPack::kv_fresh (level_kv_fresh). These come last so that
@@ -90,7 +90,7 @@ struct AttentionLevelParams {
 
 // `warps` of a level in the wide form (LevelPack, AttentionLevelParams): CTAs of 128 stacked rows
 // (two consumer warpgroups of 64) and one producer warp that loads 128-key tiles of whole pages
-// with TMA into a two-stage ring, for shared levels without a causal cut (every row sees every
+// with TMA into a three-stage ring, for shared levels without a causal cut (every row sees every
 // key of its group) at head_dim 128 on sm_90a (attention_wide.cu). pack_plan takes it only when
 // its caller says the form can run (attention_wide_usable).
 inline constexpr int kWideWarps = 8;

@@ -35,12 +35,20 @@ constexpr double kBesideBytesPerUs = 2.9e6;
 constexpr int kWideTile = 128;
 // The wide form holds its SMs' registers and most of their shared memory, so the one-warp levels
 // LevelFork runs beside the level wait for it: the level takes the form only where its stacked
-// rows x keys (x KV heads) are at least this many times the one-warp work beside it (keys x
-// 16-row tiles x KV heads, level_work), or nothing runs beside it. A fit to the H100's cascade
+// rows x keys (x KV heads) are at least wide_min_ratio() times the one-warp work beside it (keys
+// x 16-row tiles x KV heads, level_work), or nothing runs beside it. A fit to the H100's cascade
 // bench (v24): the wide form won at a ratio of 256 (16384/128 at batch 64 and 256: 57 and 138 us
 // against 59 and 149) and lost at 64 and below (4096/128/*, 16384/512/*: 42-268 us against
-// 35-256; 4096/512/* lost more).
-constexpr long long kWideMinRatio = 128;
+// 35-256; 4096/512/* lost more). Leaving room for one-warp CTAs beside it (128 registers a
+// thread at launch, 64-key tiles) measured slower, 145 against 137 us at 16384/128/256 (run 8).
+// CASCADE_ATTENTION_WIDE_MIN_RATIO=R replaces the 128 (A/B; 0: wherever the form may run).
+long long wide_min_ratio() {
+  static const long long r = [] {
+    const char* v = std::getenv("CASCADE_ATTENTION_WIDE_MIN_RATIO");
+    return v != nullptr ? std::atoll(v) : 128LL;
+  }();
+  return r;
+}
 // Wide CTAs per SM that a wide level's splits aim for (CASCADE_ATTENTION_WIDE_CTAS_PER_SM, A/B;
 // one fits at a time, so 2 is two waves of shorter CTAs: 8-23% slower in v24's first form).
 int wide_ctas_per_sm() {
@@ -227,7 +235,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       max_len = std::max(max_len, t);
       max_m = std::max(max_m, (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa);
     }
-    // The wide form's work against the one-warp levels' beside it (kWideMinRatio; they run beside
+    // The wide form's work against the one-warp levels' beside it (wide_min_ratio(); they run beside
     // only the first busy level, and only on LevelFork's second stream).
     bool wide = uncut && max_m > 64;
     if (wide && l == first_busy && attention_fork_enabled()) {
@@ -235,7 +243,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       for (int g = 0; g < groups; ++g) {
         rows_keys += static_cast<long long>(lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa * kv_len[g] * num_kv_heads;
       }
-      wide = rows_keys >= kWideMinRatio * beside_keys;
+      wide = rows_keys >= wide_min_ratio() * beside_keys;
     }
     lp.warps = max_m <= 16 ? 1 : wide ? kWideWarps : 4;
     const int m_tile = lp.warps == kWideWarps ? 128 : 16 * lp.warps;

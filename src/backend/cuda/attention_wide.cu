@@ -72,7 +72,7 @@ constexpr int kMaxPages = kTile / 8;         // pages per tile at the smallest p
 constexpr int kOffV = kStages * kTileBytes;
 constexpr int kOffRange = 2 * kStages * kTileBytes;
 constexpr int kOffFlag = kOffRange + kStages * kMaxPages * 8;
-constexpr int kOffBar = kOffFlag + 16;
+constexpr int kOffBar = kOffFlag + (4 * kStages + 15) / 16 * 16;
 constexpr int kOffInfo = kOffBar + 2 * kStages * 8;
 constexpr int kSmem = kOffInfo + 16 + 1024;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     if (warp != kProducerWarp) return;
     for (int t = 0; t < num_tiles; ++t) {
       const int stage = t % kStages;
-      if (t >= kStages) mbar_wait(empty_bar + 8 * stage, (t / kStages - 1) & 1);
+      // The tile's pages (plan arrays) before the wait for its stage, off the critical path.
       const int pi = t * ppt + lane;
       const bool in = lane < ppt && pi < num_pages;
       int lo = 0, hi = 0, pid = 0;
@@ -175,6 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
         hi = min(pend, t_end) - pstart;
         pid = L.page_ids[pg];
       }
+      if (t >= kStages) mbar_wait(empty_bar + 8 * stage, (t / kStages - 1) & 1);
       if (lane < ppt) range_s[stage * kMaxPages + lane] = make_int2(lo, hi);
       const unsigned loaded = __ballot_sync(0xffffffffu, in);
       const unsigned whole = __ballot_sync(0xffffffffu, in && lo == 0 && hi == ps);

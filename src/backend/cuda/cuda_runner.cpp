@@ -575,9 +575,10 @@ class CudaRunner final : public ModelRunner {
       slices += c.splits;
     }
     // Spare slices go to the levels in order, doubling their splits while they fit; not to a
-    // level writing its rows itself: its splits are a CTA's warps, spare ones would hold SM room.
+    // level writing its rows itself: its splits are a CTA's warps, spare ones would hold SM room;
+    // nor to a wide level (attention.h): each spare CTA would wait for a whole SM to exit.
     for (LevelCaps& c : lay.levels) {
-      if (c.direct_out) continue;
+      if (c.direct_out || c.warps == cuda::kWideWarps) continue;
       const int want = std::min(2 * c.splits, pow2_at_least(c.splits));
       if (slices - c.splits + want <= kMaxStateSlices) {
         slices += want - c.splits;

@@ -166,7 +166,6 @@ __device__ __forceinline__ void norm_rope_head(float (&v)[kD / 32], const float 
   }
 }
 
-// `red` is shared scratch of 32 elements.
 // One step of FlashAttention's online softmax over a tile of scores in an mma/wgmma accumulator
 // layout: s[j][e] is column 8j + 2 tig + (e & 1) of the thread's row e >> 1 (rows g and g + 8),
 // already scaled to log2 units and masked (-inf), and tile_max each row's maximum over this
@@ -194,6 +193,7 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[kN][4], float (&t
   }
 }
 
+// `red` is shared scratch of 32 elements.
 template <typename T, typename Op>
 __device__ inline T block_reduce(T v, T* red, Op op) {
   v = warp_reduce(v, op);
