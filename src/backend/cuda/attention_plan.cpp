@@ -1,7 +1,6 @@
 // Host side of the attention kernels (see attention.h): packing a CascadePlan, and LevelFork.
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "backend/cuda/ab_switch.h"
 #include "backend/cuda/attention.h"
@@ -43,20 +42,13 @@ constexpr int kWideTile = 128;
 // thread at launch, 64-key tiles) measured slower, 145 against 137 us at 16384/128/256 (run 8).
 // CASCADE_ATTENTION_WIDE_MIN_RATIO=R replaces the 128 (A/B; 0: wherever the form may run).
 long long wide_min_ratio() {
-  static const long long r = [] {
-    const char* v = std::getenv("CASCADE_ATTENTION_WIDE_MIN_RATIO");
-    return v != nullptr ? std::atoll(v) : 128LL;
-  }();
+  static const long long r = ab_switch_value("CASCADE_ATTENTION_WIDE_MIN_RATIO", 128);
   return r;
 }
 // Wide CTAs per SM that a wide level's splits aim for (CASCADE_ATTENTION_WIDE_CTAS_PER_SM, A/B;
 // one fits at a time, so 2 is two waves of shorter CTAs: 8-23% slower in v24's first form).
 int wide_ctas_per_sm() {
-  static const int n = [] {
-    const char* v = std::getenv("CASCADE_ATTENTION_WIDE_CTAS_PER_SM");
-    const int k = v != nullptr ? std::atoi(v) : 0;
-    return k > 0 ? k : 1;
-  }();
+  static const int n = static_cast<int>(std::max(1LL, ab_switch_value("CASCADE_ATTENTION_WIDE_CTAS_PER_SM", 1)));
   return n;
 }
 

@@ -28,6 +28,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
+#include <unordered_map>
 
 #include "backend/cuda/ab_switch.h"
 #include "backend/cuda/attention.h"
@@ -38,24 +40,11 @@
 namespace cascade::cuda {
 namespace {
 
-constexpr int kD = 128;                      // head_dim of the form
-// Build-time knobs for experiments (v24: tiles of 64 keys with 4 or 6 stages, sub-tiles of 64
-// keys and 2 stages each measured slower).
-#ifndef CASCADE_WIDE_TILE
-#define CASCADE_WIDE_TILE 128
-#endif
-constexpr int kTile = CASCADE_WIDE_TILE;     // keys per tile
-#ifndef CASCADE_WIDE_STAGES
-#define CASCADE_WIDE_STAGES 3
-#endif
-constexpr int kStages = CASCADE_WIDE_STAGES;
-#ifndef CASCADE_WIDE_SUB
-#define CASCADE_WIDE_SUB 128
-#endif
-// Keys per softmax step (S is 64 rows x kSub per warpgroup): the whole tile, or its halves.
-constexpr int kSub = CASCADE_WIDE_SUB;
-constexpr int kSubs = kTile / kSub;
-static_assert(kSub == 64 || kSub == 128, "sub-tiles of 64 or 128 keys");
+constexpr int kD = 128;     // head_dim of the form
+constexpr int kTile = 128;  // keys per tile, and per softmax step (S is 64 rows x kTile a warpgroup)
+// Stages of the load ring (v24: 2 stages 113 us for the 16k shared level alone, 3 stages 83;
+// 64-key tiles in 4 stages 91, and S in 64-key halves slower).
+constexpr int kStages = 3;
 // Warpgroup 0 is the producer's (warp 0 loads, warps 1-3 leave at once), warpgroups 1 and 2 the
 // consumers: registers move from the first to the others (setmaxnreg), 232 a consumer thread,
 // so that Q's fragments, S, P and O stay in registers without spills (at 168, the most a CTA of
@@ -228,20 +217,18 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     }
   }
 
-  // Sub-tiles of kSub keys: S of sub-tile i and O += P V of sub-tile i - 1 are issued together.
+  // Tile i's S and tile i - 1's O += P V are issued together.
   float o[kD / 2];
 #pragma unroll
   for (int i = 0; i < kD / 2; ++i) o[i] = 0.0f;
   float m_run[2] = {-INFINITY, -INFINITY};
   float l_run[2] = {0.0f, 0.0f};
   const float scale2 = p.sm_scale * kLog2e;
-  const int num_sub = kSubs * num_tiles;
 
-  // Before S of a tile's first sub-tile i: the tile landed, and V rows outside the pages'
-  // ranges zeroed by both warpgroups before either reads them.
-  const auto acquire = [&](int i) {
-    if (i % kSubs != 0) return;
-    const int t = i / kSubs, stage = t % kStages;
+  // Before S of tile t: the tile landed, and V rows outside the pages' ranges zeroed by both
+  // warpgroups before either reads them.
+  const auto acquire = [&](int t) {
+    const int stage = t % kStages;
     mbar_wait(full_bar + 8 * stage, (t / kStages) & 1);
     if (flag_s[stage] != 0) return;
     const int2* rg = range_s + stage * kMaxPages;
@@ -259,58 +246,43 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     fence_proxy_async_smem();
     named_barrier_sync(3, 256);
   };
-  // S = Q Kᵀ for sub-tile i: s[4j + e] is row g + 8 (e >> 1) of this warp's 16, key
-  // 8j + 2 tig + (e & 1) of the sub-tile.
-  const auto issue_s = [&](int i, float (&s)[kSub / 2]) {
-    const int stage = (i / kSubs) % kStages;
-    const std::uint32_t k_addr = base + stage * kTileBytes + (i % kSubs) * kSub * 128;
+  // S = Q Kᵀ for tile t: s[4j + e] is row g + 8 (e >> 1) of this warp's 16, key 8j + 2 tig + (e & 1).
+  const auto issue_s = [&](int t, float (&s)[kTile / 2]) {
+    const std::uint32_t k_addr = base + (t % kStages) * kTileBytes;
     fence_operands(s);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {  // the first overwrites s
       const std::uint64_t kd = sw128_kmajor_desc(k_addr + (kk >> 2) * kHalfBytes + (kk & 3) * 32);
-      // (Casts: the branch not taken is still compiled, this lambda being no template.)
-      if constexpr (kSub == 64) {
-        auto& s64 = reinterpret_cast<float (&)[32]>(s);
-        if (kk == 0) {
-          wgmma_m64n64k16_rs<0, 0>(s64, qa[kk], kd);
-        } else {
-          wgmma_m64n64k16_rs<0, 1>(s64, qa[kk], kd);
-        }
+      if (kk == 0) {
+        wgmma_m64n128k16_rs<0, 0>(s, qa[kk], kd);
       } else {
-        auto& s128 = reinterpret_cast<float (&)[64]>(s);
-        if (kk == 0) {
-          wgmma_m64n128k16_rs<0, 0>(s128, qa[kk], kd);
-        } else {
-          wgmma_m64n128k16_rs<0, 1>(s128, qa[kk], kd);
-        }
+        wgmma_m64n128k16_rs<0, 1>(s, qa[kk], kd);
       }
     }
     wgmma_commit();
   };
-  // O += P V for sub-tile i (V MN-major: 16 keys = 16 rows, the next 64 columns of d a half
-  // further).
-  const auto issue_pv = [&](int i, const unsigned (&pa)[kSub / 16][4]) {
-    const int stage = (i / kSubs) % kStages;
-    const std::uint32_t v_addr = base + kOffV + stage * kTileBytes + (i % kSubs) * kSub * 128;
+  // O += P V for tile t (V MN-major: 16 keys = 16 rows, the next 64 columns of d a half further).
+  const auto issue_pv = [&](int t, const unsigned (&pa)[kTile / 16][4]) {
+    const std::uint32_t v_addr = base + kOffV + (t % kStages) * kTileBytes;
     fence_operands(o);
     wgmma_fence();
 #pragma unroll
-    for (int kj = 0; kj < kSub / 16; ++kj) {
+    for (int kj = 0; kj < kTile / 16; ++kj) {
       wgmma_m64n128k16_rs<1>(o, pa[kj], sw128_desc(v_addr + kj * 16 * 128, kHalfBytes, 1024));
     }
     wgmma_commit();
   };
-  // Masks, scales and exponentiates S of sub-tile i into P (bf16, the A layout), with the
-  // running max and sum; corr is what O must be multiplied by before P V of this sub-tile.
-  const auto softmax = [&](int i, float (&s)[kSub / 2], unsigned (&pa)[kSub / 16][4], float (&corr)[2]) {
-    const int stage = (i / kSubs) % kStages;
+  // Masks, scales and exponentiates S of tile t into P (bf16, the A layout), with the running
+  // max and sum; corr is what O must be multiplied by before P V of this tile.
+  const auto softmax = [&](int t, float (&s)[kTile / 2], unsigned (&pa)[kTile / 16][4], float (&corr)[2]) {
+    const int stage = t % kStages;
     const bool whole = flag_s[stage] != 0;
     const int2* rg = range_s + stage * kMaxPages;
     float tile_max[2] = {-INFINITY, -INFINITY};
     if (whole) {
 #pragma unroll
-      for (int j = 0; j < kSub / 8; ++j) {
+      for (int j = 0; j < kTile / 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           s[4 * j + e] *= scale2;
@@ -320,8 +292,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     } else {
       // A thread's keys 8j + 2 tig + {0, 1} lie in one page (pages of at least 8 slots).
 #pragma unroll
-      for (int j = 0; j < kSub / 8; ++j) {
-        const int c = (i % kSubs) * kSub + 8 * j + 2 * tig;
+      for (int j = 0; j < kTile / 8; ++j) {
+        const int c = 8 * j + 2 * tig;
         const int2 pr = rg[c >> ps_shift];
         const int off = c & (ps - 1);
 #pragma unroll
@@ -332,20 +304,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
         }
       }
     }
-    online_softmax_step(reinterpret_cast<float (&)[kSub / 8][4]>(s), tile_max, m_run, l_run, corr);
+    online_softmax_step(reinterpret_cast<float (&)[kTile / 8][4]>(s), tile_max, m_run, l_run, corr);
 #pragma unroll
-    for (int kj = 0; kj < kSub / 16; ++kj) {
+    for (int kj = 0; kj < kTile / 16; ++kj) {
       pa[kj][0] = pack_bf16x2(s[8 * kj], s[8 * kj + 1]);
       pa[kj][1] = pack_bf16x2(s[8 * kj + 2], s[8 * kj + 3]);
       pa[kj][2] = pack_bf16x2(s[8 * kj + 4], s[8 * kj + 5]);
       pa[kj][3] = pack_bf16x2(s[8 * kj + 6], s[8 * kj + 7]);
     }
   };
-  // After P V of a tile's last sub-tile i completed: this warp is done with the stage.
-  const auto release = [&](int i) {
-    if (i % kSubs != kSubs - 1) return;
+  // After P V of tile t completed: this warp is done with the stage.
+  const auto release = [&](int t) {
     __syncwarp();
-    if (lane == 0) mbar_arrive(empty_bar + 8 * ((i / kSubs) % kStages));
+    if (lane == 0) mbar_arrive(empty_bar + 8 * (t % kStages));
   };
   const auto rescale = [&](const float (&corr)[2]) {
 #pragma unroll
@@ -363,18 +334,18 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   // Named barriers 4 (warpgroup 0's turn) and 5 (1's), each the 128 threads of the one that
   // waits and the 128 of the one that arrives; warpgroup 1 opens with an arrive on 4 and leaves
   // out its last, so every arrive is waited for. (Without the turns: 2-3% slower, v24.)
-  const int issues = num_sub + 1;
+  const int issues = num_tiles + 1;
   int issued = 0;
   const auto turn_begin = [&] { named_barrier_sync(4 + wg, 256); };
   const auto turn_end = [&] {
     ++issued;
     if (wg == 0 || issued < issues) named_barrier_arrive(5 - wg, 256);
   };
-  if (wg == 1 && num_sub > 0) named_barrier_arrive(4, 256);
-  if (num_sub > 0) {
-    unsigned pa[kSub / 16][4];
+  if (wg == 1 && num_tiles > 0) named_barrier_arrive(4, 256);
+  if (num_tiles > 0) {
+    unsigned pa[kTile / 16][4];
     float corr[2];
-    float s[kSub / 2];
+    float s[kTile / 2];
     acquire(0);
     turn_begin();
     issue_s(0, s);
@@ -382,10 +353,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     wgmma_wait_all();
     fence_operands(s);
     softmax(0, s, pa, corr);  // O is zero: nothing to rescale
-    for (int i = 1; i < num_sub; ++i) {
-      // S of sub-tile i and P V of sub-tile i - 1 back to back on the tensor cores, then the
-      // softmax. (Waiting only for S, so that the softmax ran while P V did, as FlashAttention-3
-      // does, made ptxas serialize the wgmmas (C7513), v24.)
+    for (int i = 1; i < num_tiles; ++i) {
+      // S of tile i and P V of tile i - 1 back to back on the tensor cores, then the softmax.
+      // (Waiting only for S, so that the softmax ran while P V did, as FlashAttention-3 does,
+      // made ptxas serialize the wgmmas (C7513), v24.)
       acquire(i);
       turn_begin();
       issue_s(i, s);
@@ -400,12 +371,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
       rescale(corr);
     }
     turn_begin();
-    issue_pv(num_sub - 1, pa);
+    issue_pv(num_tiles - 1, pa);
     turn_end();
     wgmma_wait_all();
     fence_operands(o);
     fence_operands(pa);
-    release(num_sub - 1);
+    release(num_tiles - 1);
   }
 
   // The states of this thread's two rows, as the other forms write them.
@@ -467,6 +438,35 @@ bool encode_pool(CUtensorMap* map, const void* pool, int num_slots, int kv_heads
                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// The K and V pools' tensor maps, encoded once per pool and shape: a launch copies them instead of
+// encoding two per layer (the eager path launches every step; a graph, at capture). Keyed by the
+// K pool; the entry matches only with every input the maps encode, so a freed pool whose address
+// comes back for another shape is encoded anew.
+bool pool_maps(const AttentionLevelParams& p, CUtensorMap* k_map, CUtensorMap* v_map) {
+  struct Entry {
+    const void* v_cache;
+    int slots, kv_heads, page_size;
+    CUtensorMap k_map, v_map;
+  };
+  static std::mutex mu;
+  static std::unordered_map<const void*, Entry> cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(p.k_cache);
+  if (it == cache.end() || it->second.v_cache != p.v_cache || it->second.slots != p.num_slots ||
+      it->second.kv_heads != p.num_kv_heads || it->second.page_size != p.page_size) {
+    Entry e{p.v_cache, p.num_slots, p.num_kv_heads, p.page_size, {}, {}};
+    if (!encode_pool(&e.k_map, p.k_cache, p.num_slots, p.num_kv_heads, p.page_size) ||
+        !encode_pool(&e.v_map, p.v_cache, p.num_slots, p.num_kv_heads, p.page_size)) {
+      return false;
+    }
+    if (cache.size() >= 1024) cache.clear();  // pools come and go in tests and benches only
+    it = cache.insert_or_assign(p.k_cache, e).first;
+  }
+  *k_map = it->second.k_map;
+  *v_map = it->second.v_map;
+  return true;
+}
+
 }  // namespace
 
 bool attention_wide_usable(int head_dim, int page_size) {
@@ -485,10 +485,7 @@ cudaError_t launch_attention_wide(const AttentionLevelParams& p, cudaStream_t st
   }
   WideParams wp;
   wp.p = p;
-  if (!encode_pool(&wp.k_map, p.k_cache, p.num_slots, p.num_kv_heads, p.page_size) ||
-      !encode_pool(&wp.v_map, p.v_cache, p.num_slots, p.num_kv_heads, p.page_size)) {
-    return cudaErrorInvalidValue;
-  }
+  if (!pool_maps(p, &wp.k_map, &wp.v_map)) return cudaErrorInvalidValue;
   static bool configured = false;
   if (!configured) {
     const cudaError_t err =
