@@ -447,6 +447,12 @@ void Engine::append_token(Sequence& seq, std::int32_t token, StepUpdate& update)
   }
 }
 
+void Engine::count_step(const CascadePlan& plan) {
+  ++stats_.steps;
+  if (plan.uses_shared_levels) ++stats_.cascade_steps;
+  stats_.max_levels_used = std::max(stats_.max_levels_used, static_cast<int>(plan.levels.size()));
+}
+
 RowSampling Engine::row_sampling(const Sequence& s, std::uint64_t step) {
   RowSampling p;
   p.temperature = s.sampling.temperature;
@@ -543,10 +549,8 @@ std::optional<Engine::Inflight> Engine::launch_fed_step(const Inflight& done) {
   // sequence that stops at `done` counts neither as held KV nor as a decode token.
   runner_->forward(batch);
   ++clock_;
-  ++stats_.steps;
+  count_step(plan);
   ++stats_.overlapped_steps;
-  if (plan.uses_shared_levels) ++stats_.cascade_steps;
-  stats_.max_levels_used = std::max(stats_.max_levels_used, static_cast<int>(plan.levels.size()));
   return next;
 }
 
@@ -680,9 +684,7 @@ std::vector<StepUpdate> Engine::step() {
   }
   CascadePlan plan = cascade_->plan(inputs);
   batch.plan = &plan;
-  if (plan.uses_shared_levels) ++stats_.cascade_steps;
-  stats_.max_levels_used = std::max(stats_.max_levels_used, static_cast<int>(plan.levels.size()));
-  ++stats_.steps;
+  count_step(plan);
 
   batch.keep_logits = std::any_of(logit_seqs.begin(), logit_seqs.end(), [](const Sequence* s) {
     return s->sampling.temperature > 0.0f || s->sampling.logprobs;

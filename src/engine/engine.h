@@ -136,6 +136,8 @@ class Engine {
   std::int32_t slot_for(const Sequence& seq, int pos) const;
   SeqAttnInput attn_input(const Sequence& seq, const SeqRows& rows) const;
   void append_token(Sequence& seq, std::int32_t token, StepUpdate& update);
+  // Counts a forward of `plan` in the stats (steps, cascade steps, levels used).
+  void count_step(const CascadePlan& plan);
   // How the runner draws the sequence's token number `step` (its sampling parameters and seed).
   static RowSampling row_sampling(const Sequence& s, std::uint64_t step);
   // Appends each logit row's token (logits: [rows, vocab] where a sequence wants logprobs) and
