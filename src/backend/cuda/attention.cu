@@ -30,7 +30,6 @@ template <int kD, int kWarps, bool kWg, bool kShort>
 inline constexpr int kLevelSmem =
     kTileStages * (2 * kTileFor<kWarps, kShort> * kD * 2 + kTileFor<kWarps, kShort> * 4) + (kWg ? 1024 : 256);
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 __device__ inline void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm volatile(
@@ -620,24 +619,10 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   cp_async_wait<0>();
 
   // Finish: the row sums were kept per thread; reduce over the 4 threads of each row.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-  }
-  // The state of this thread's stacked row h: o / l at o_row (this thread's dims of it) and, by
-  // one thread of the row, its lse (natural log; -inf where empty) at *lse_out.
+  quad_sum_rows(l_run);
+  // The state of this thread's stacked row h (store_row_state) at o_row and *lse_out.
   const auto store_state = [&](int h, float* o_row, float* lse_out) {
-    const bool empty = !(l_run[h] > 0.0f);
-    const float inv = empty ? 0.0f : 1.0f / l_run[h];
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      float2 v;
-      v.x = acc[n][2 * h] * inv;
-      v.y = acc[n][2 * h + 1] * inv;
-      *reinterpret_cast<float2*>(o_row + n * 8 + tig * 2) = v;
-    }
-    if (tig == 0) *lse_out = empty ? -INFINITY : (m_run[h] + log2f(l_run[h])) * kLn2;
+    store_row_state<kD>([&](int n, int j) { return acc[n][2 * h + j]; }, m_run[h], l_run[h], tig, o_row, lse_out);
   };
   if constexpr (kCtaMerge) {
     // This warp's state (store_state, as the state path below) into its own slice of shared

@@ -65,7 +65,6 @@ constexpr int kOffBar = kOffFlag + (4 * kStages + 15) / 16 * 16;
 constexpr int kOffInfo = kOffBar + 2 * kStages * 8;
 constexpr int kSmem = kOffInfo + 16 + 1024;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 struct WideParams {
   AttentionLevelParams p;
@@ -379,12 +378,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     release(num_tiles - 1);
   }
 
-  // The states of this thread's two rows, as the other forms write them.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-  }
+  // The states of this thread's two rows, as the other forms write them (store_row_state).
+  quad_sum_rows(l_run);
   const int slice = p.slice_base + split;
   const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.num_heads;
 #pragma unroll
@@ -393,17 +388,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     if (m >= m_count) continue;
     const int row = p.row_order[q_begin + m / gqa];
     const std::int64_t rh = static_cast<std::int64_t>(row) * p.num_heads + kvh * gqa + m % gqa;
-    const bool empty = !(l_run[h] > 0.0f);
-    const float inv = empty ? 0.0f : 1.0f / l_run[h];
-    float* o_row = p.o + (slice * plane + rh) * kD;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      float2 v;
-      v.x = o[4 * n + 2 * h] * inv;
-      v.y = o[4 * n + 2 * h + 1] * inv;
-      *reinterpret_cast<float2*>(o_row + n * 8 + tig * 2) = v;
-    }
-    if (tig == 0) p.lse[slice * plane + rh] = empty ? -INFINITY : (m_run[h] + log2f(l_run[h])) * kLn2;
+    store_row_state<kD>([&](int n, int j) { return o[4 * n + 2 * h + j]; }, m_run[h], l_run[h], tig,
+                        p.o + (slice * plane + rh) * kD, p.lse + slice * plane + rh);
   }
 #endif
 }

@@ -193,6 +193,39 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[kN][4], float (&t
   }
 }
 
+// ln 2: the kernels' running maxima are in log2 units, the states' lse in natural log.
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+// The end of a level: its stacked rows' sums, kept per thread, summed over the 4 threads of each
+// row (rows g and g + 8 of the mma.sync and wgmma accumulator layouts, as online_softmax_step).
+__device__ __forceinline__ void quad_sum_rows(float (&l_run)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+}
+
+// The attention state of one stacked row from its running max (log2 units) and summed l: this
+// thread's dims of o / l at o_row (acc(n, j): the accumulator of column 8n + 2 tig + j, n <
+// kD / 8), zero where the row is empty (l 0 or NaN), and, by the row's thread tig 0, its lse
+// (natural log; -inf where empty) at *lse_out. Every attention form writes its states with it, so
+// merge_states sees one encoding.
+template <int kD, typename Acc>
+__device__ __forceinline__ void store_row_state(const Acc& acc, float m_run, float l_run, int tig, float* o_row,
+                                                float* lse_out) {
+  const bool empty = !(l_run > 0.0f);
+  const float inv = empty ? 0.0f : 1.0f / l_run;
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+    float2 v;
+    v.x = acc(n, 0) * inv;
+    v.y = acc(n, 1) * inv;
+    *reinterpret_cast<float2*>(o_row + n * 8 + tig * 2) = v;
+  }
+  if (tig == 0) *lse_out = empty ? -INFINITY : (m_run + log2f(l_run)) * kLn2;
+}
+
 // `red` is shared scratch of 32 elements.
 template <typename T, typename Op>
 __device__ inline T block_reduce(T v, T* red, Op op) {
