@@ -369,6 +369,46 @@ TEST(CudaPlanPack, WideFormRule) {
   EXPECT_EQ(pk.levels[0].warps, 4) << "pages of 16 keys where a page has 8 slots";
 }
 
+// A wide level's split count weighs the one-warp work LevelFork runs beside it (pack_plan's
+// wide_splits): at most one wave of wide CTAs; alone, and beside no keys or only a few (16
+// unique keys per row beside a 16k prefix), v24's split that fills every SM; never more CTAs the
+// more unique work there is beside them; and fewer than that where 128 unique keys per row of 256
+// sequences need SMs beside it. (The A/B switches change the rule: skipped under them.)
+TEST(CudaPlanPack, WideSplitsLeaveSmsToTheWorkBesideThem) {
+  for (const char* sw : {"CASCADE_ATTENTION_NO_FORK", "CASCADE_ATTENTION_WIDE_MIN_RATIO", "CASCADE_ATTENTION_WIDE_FILL",
+                         "CASCADE_ATTENTION_WIDE_CTAS", "CASCADE_ATTENTION_WIDE_CTAS_PER_SM"}) {
+    if (std::getenv(sw) != nullptr) GTEST_SKIP() << sw << " changes the rule";
+  }
+  const int num_sms = 132, kv_heads = 8;
+  for (const int seqs : {64, 128, 256}) {
+    const int ctas = (2 * seqs + 127) / 128 * kv_heads;  // GQA 2: 128 stacked rows an item
+    PlanPack alone;
+    const char* why = "";
+    ASSERT_TRUE(pack_plan(one_group_plan(seqs, 16384), 16, kv_heads, num_sms, 64, &alone, &why, nullptr, 16, true))
+        << why;
+    ASSERT_EQ(alone.levels[0].warps, kWideWarps);
+    EXPECT_EQ(alone.levels[0].num_splits, num_sms / ctas) << seqs << " sequences alone";
+    int last = alone.levels[0].num_splits;
+    for (const int unique : {0, 16, 32, 64, 128}) {
+      const CascadePlan plan = prefix_unique_plan(seqs, 16384, unique);
+      const std::string at = "16384/" + std::to_string(unique) + "/" + std::to_string(seqs);
+      PlanPack pk;
+      ASSERT_TRUE(pack_plan(plan, 16, kv_heads, num_sms, 64, &pk, &why, nullptr, 16, true)) << why;
+      check_pack(plan, pk, 16, kv_heads, num_sms, 64);
+      const LevelPack& lp = pk.levels[0];
+      ASSERT_EQ(lp.warps, kWideWarps) << at;
+      EXPECT_LE(lp.num_items * kv_heads * lp.num_splits, num_sms) << at << ": more than one wave";
+      EXPECT_LE(lp.num_splits, last) << at << ": more CTAs beside more unique work";
+      if (unique <= 16) {
+        EXPECT_EQ(lp.num_splits, alone.levels[0].num_splits) << at;
+        EXPECT_EQ(lp.tokens_per_split, alone.levels[0].tokens_per_split) << at;
+      }
+      if (unique == 128 && seqs == 256) EXPECT_LT(lp.num_splits, alone.levels[0].num_splits) << at;
+      last = lp.num_splits;
+    }
+  }
+}
+
 // 16-token tiles exactly for one-warp CTAs of at most 192 keys, and never where the caller may
 // read keys ahead (written slots given) or for four-warp levels.
 TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {

@@ -52,6 +52,66 @@ int wide_ctas_per_sm() {
   return n;
 }
 
+// The wide level's split model (wide_splits below): a wide CTA takes kWideTileUs per 128-key tile
+// plus kWideFixedUs (v24 run 5: 83 us for 32 tiles at 16384/128/256), one CTA per SM; the
+// one-warp work beside it reads at wide_sm_rate() bytes per us on each SM the wide CTAs leave
+// free (at most kBesideBytesPerUs, the whole chip's), after its kBesideFixedUs.
+constexpr double kWideTileUs = 2.5;
+constexpr double kWideFixedUs = 3.0;
+// One-warp CTAs' read rate per SM (B/us) beside the wide level: 60 KB/us saturates the chip's
+// kBesideBytesPerUs at ~48 SMs. The model's unknown: CASCADE_ATTENTION_WIDE_SM_RATE=B replaces it.
+double wide_sm_rate() {
+  static const double r = static_cast<double>(std::max(1LL, ab_switch_value("CASCADE_ATTENTION_WIDE_SM_RATE", 60000)));
+  return r;
+}
+
+// The modelled time (us) until both the wide level (`ctas` CTAs of `tiles` 128-key tiles each)
+// and the one-warp work beside it (`beside_bytes` of K/V) are done.
+double beside_makespan(long long ctas, int tiles, int num_sms, double beside_bytes) {
+  const long long waves = (ctas + num_sms - 1) / num_sms;
+  const double wide_us = static_cast<double>(waves) * (tiles * kWideTileUs + kWideFixedUs);
+  if (beside_bytes <= 0.0) return wide_us;
+  const long long free_sms = std::max(0LL, num_sms - ctas);
+  const double rate = std::min(kBesideBytesPerUs, static_cast<double>(free_sms) * wide_sm_rate());
+  // While the wide CTAs run, the work beside them starts (its fixed cost) and reads at `rate`;
+  // what is left after them reads on the whole chip.
+  const double during = rate * std::max(0.0, wide_us - kBesideFixedUs);
+  const double beside_end = during >= beside_bytes
+                                ? kBesideFixedUs + beside_bytes / rate
+                                : std::max(wide_us, kBesideFixedUs) + (beside_bytes - during) / kBesideBytesPerUs;
+  return std::max(wide_us, beside_end);
+}
+
+// The split count of a wide level of `ctas` CTAs (items x KV heads) over at most `max_len` keys.
+// Alone (no bytes beside it), as many splits of whole 128-key tiles as make wide_ctas_per_sm() x
+// SMs CTAs (v24's rule: one wide CTA holds an SM's registers and most of its shared memory).
+// Beside one-warp work that LevelFork runs on its second stream, the split count at most that one
+// that minimises beside_makespan(): fewer, longer CTAs leave SMs to the work beside them (v24 run
+// 5: at 16384/128/256 the unique level waited 83 us for the wide level's 128 CTAs, then took 55).
+// Ties go to the more splits. CASCADE_ATTENTION_WIDE_FILL=1 keeps v24's rule beside work too, and
+// CASCADE_ATTENTION_WIDE_CTAS=N makes it aim for N CTAs instead of the SMs' count (A/B, sweeps).
+int wide_splits(int ctas, int max_len, int num_sms, int slice_budget, double beside_bytes) {
+  static const bool fill = ab_switch_on("CASCADE_ATTENTION_WIDE_FILL");
+  static const long long cap = ab_switch_value("CASCADE_ATTENTION_WIDE_CTAS", 0);
+  if (num_sms <= 0 || ctas <= 0 || max_len <= 0 || slice_budget <= 1) return 1;
+  const int max_tiles = (max_len + kWideTile - 1) / kWideTile;
+  const long long target = cap > 0 ? cap : static_cast<long long>(wide_ctas_per_sm()) * num_sms;
+  const int most = static_cast<int>(std::max(1LL, std::min<long long>({target / ctas, max_tiles, slice_budget})));
+  if (fill || cap > 0 || beside_bytes <= 0.0) return most;
+  int best = 1;
+  double best_cost = -1;
+  for (int s = 1; s <= most; ++s) {
+    const int tiles = ((max_len + s - 1) / s + kWideTile - 1) / kWideTile;  // per split, rounded
+    const int real = (max_len + tiles * kWideTile - 1) / (tiles * kWideTile);
+    const double cost = beside_makespan(static_cast<long long>(ctas) * real, tiles, num_sms, beside_bytes);
+    if (best_cost < 0 || cost <= best_cost * (1.0 + 1e-9)) {
+      best_cost = cost;
+      best = real;
+    }
+  }
+  return best;
+}
+
 // A level's keys: each page's first token within its group and each group's key count.
 struct LevelKeys {
   std::vector<std::int32_t> page_start, kv_len;
@@ -263,13 +323,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     const auto waves = [&](long long n, long long per_sm) { return (n + per_sm * num_sms - 1) / (per_sm * num_sms); };
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
     if (lp.warps == kWideWarps) {
-      // One wide CTA fills an SM (its registers and most of its shared memory): as many splits
-      // as make wide_ctas_per_sm() x SMs CTAs, of whole 128-key tiles.
-      const long long target = static_cast<long long>(wide_ctas_per_sm()) * num_sms;
-      if (num_sms > 0 && ctas > 0 && ctas < target && max_len > 0) {
-        splits = static_cast<int>(std::min<long long>(target / ctas, (max_len + kWideTile - 1) / kWideTile));
-        splits = std::max(1, std::min(splits, slice_budget));
-      }
+      const bool beside = l == first_busy && beside_us > 0.0;
+      splits = wide_splits(ctas, max_len, num_sms, slice_budget, beside ? static_cast<double>(beside_keys) * 512.0 : 0.0);
     } else if (lp.warps == 1) {
       const int target = kOneWarpCtasPerSm * num_sms;
       if (num_sms > 0 && ctas > 0 && ctas < target) {
