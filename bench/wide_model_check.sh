@@ -2,7 +2,7 @@
 # The wide level's split model against v24's rule and the four-warp form, in one call on the GPU
 # machine (bench/NOTES_cuda.md v26):
 #   BIN=DIR bench/wide_model_check.sh [OUT_DIR]
-# For each cascade shape, DIR's cuda_attention_bench --shape P/U/B under each variant below (the
+# For each cascade shape (SHAPES="P/U/B ..." replaces the list), DIR's cuda_attention_bench --shape P/U/B under each variant below (the
 # four-warp form first and last, to see the noise), then the wide form's GPU tests; prints one
 # table of cascade us per shape and variant (the benchmark's JSON stays in OUT_DIR).
 set -uo pipefail
@@ -13,8 +13,9 @@ mkdir -p "$OUT_DIR"
 export CASCADE_SOURCE_DIR="$PWD"
 export LD_LIBRARY_PATH="$PWD/.devlibs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 SHAPES="${SHAPES:-16384/128/256 16384/128/64 4096/128/256 4096/128/64 16384/512/256 16384/512/64}"
-# name:switches (comma-separated NAME=VALUE; "-" for none)
-VARIANTS=(
+# name:switches (comma-separated NAME=VALUE; "-" for none); VARIANTS="name:switches ..." replaces
+# the list (e.g. a sweep of CASCADE_ATTENTION_WIDE_CTAS caps).
+DEFAULT_VARIANTS=(
   "nowide:CASCADE_ATTENTION_NO_WIDE=1"
   "v24:CASCADE_ATTENTION_WIDE_FILL=1"
   "model:-"
@@ -26,6 +27,7 @@ VARIANTS=(
   "cap96:CASCADE_ATTENTION_WIDE_MIN_RATIO=0,CASCADE_ATTENTION_WIDE_CTAS=96"
   "nowide2:CASCADE_ATTENTION_NO_WIDE=1"
 )
+if [[ -n "${VARIANTS:-}" ]]; then read -ra VARIANTS <<<"$VARIANTS"; else VARIANTS=("${DEFAULT_VARIANTS[@]}"); fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt"
 for shape in $SHAPES; do
   for v in "${VARIANTS[@]}"; do

@@ -53,15 +53,17 @@ int wide_ctas_per_sm() {
 }
 
 // The wide level's split model (wide_splits below): a wide CTA takes kWideTileUs per 128-key tile
-// plus kWideFixedUs (v24 run 5: 83 us for 32 tiles at 16384/128/256), one CTA per SM; the
-// one-warp work beside it reads at wide_sm_rate() bytes per us on each SM the wide CTAs leave
-// free (at most kBesideBytesPerUs, the whole chip's), after its kBesideFixedUs.
-constexpr double kWideTileUs = 2.5;
-constexpr double kWideFixedUs = 3.0;
-// One-warp CTAs' read rate per SM (B/us) beside the wide level: 60 KB/us saturates the chip's
-// kBesideBytesPerUs at ~48 SMs. The model's unknown: CASCADE_ATTENTION_WIDE_SM_RATE=B replaces it.
+// plus kWideFixedUs, one CTA per SM; the one-warp work beside it reads at wide_sm_rate() bytes per
+// us on each SM the wide CTAs leave free (at most kBesideBytesPerUs, the whole chip's), after its
+// kBesideFixedUs. An H100 fit (bench/NOTES_cuda.md v26): 83 us for 32 tiles alone (v24 run 5);
+// 128 CTAs of 2 tiles beside 33.5 MB of unique keys took 41 us where 88 of 3 took 34 (so the
+// fixed cost is well above v25's guess of 3 us); and 64 CTAs beat 80 beside 134 MB.
+constexpr double kWideTileUs = 2.28;
+constexpr double kWideFixedUs = 10.0;
+// One-warp CTAs' read rate per SM (B/us) beside the wide level: 40 KB/us saturates the chip's
+// kBesideBytesPerUs at ~72 SMs. CASCADE_ATTENTION_WIDE_SM_RATE=B replaces it (A/B, sweeps).
 double wide_sm_rate() {
-  static const double r = static_cast<double>(std::max(1LL, ab_switch_value("CASCADE_ATTENTION_WIDE_SM_RATE", 60000)));
+  static const double r = static_cast<double>(std::max(1LL, ab_switch_value("CASCADE_ATTENTION_WIDE_SM_RATE", 40000)));
   return r;
 }
 
