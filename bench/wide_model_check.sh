@@ -3,7 +3,7 @@
 # machine (bench/NOTES_cuda.md v26):
 #   BIN=DIR bench/wide_model_check.sh [OUT_DIR]
 # For each cascade shape (SHAPES="P/U/B ..." replaces the list), DIR's cuda_attention_bench --shape P/U/B under each variant below (the
-# four-warp form first and last, to see the noise), then the wide form's GPU tests; prints one
+# four-warp form first and last, to see the noise), then the wide form's GPU tests (TESTS=0: not); prints one
 # table of cascade us per shape and variant (the benchmark's JSON stays in OUT_DIR).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +59,7 @@ for s in shapes:
     print("| %s | %s | %s |" % (s, floor, " | ".join(cells)))
 print("cells: cascade us (state slices: the levels' splits summed)")
 PY
-if [[ -x "$BIN/test_cuda" ]]; then
+if [[ "${TESTS:-1}" != 0 && -x "$BIN/test_cuda" ]]; then
   "$BIN/test_cuda" --gtest_filter='*Wide*:CudaPlanPack.*:CudaRunner.*Shared*:CudaAttention.*Cascade*' \
     >"$OUT_DIR/wide_tests.log" 2>&1
   echo "wide tests rc=$? ($(grep -c '^\[       OK' "$OUT_DIR/wide_tests.log") ok, $(grep -c '^\[  FAILED' "$OUT_DIR/wide_tests.log") failed lines)"

@@ -323,8 +323,8 @@ TEST(CudaPlanPack, SharedLevelSplitsWeighTheUniqueWorkBesideIt) {
 
 // The wide form (attention.h, kWideWarps) where the caller allows it, for levels of more than 64
 // stacked rows per group that no causal cut divides, whose pages fit the page size, and whose
-// rows x keys are at least 128 times the one-warp work beside them (pack_plan's wide_min_ratio(): here prefix /
-// unique keys per sequence); 128-row items; splits of whole 128-key tiles that make at most one
+// rows x keys are at least 64 times the one-warp work beside them (pack_plan's wide_min_ratio(): here GQA 2 x
+// prefix / unique keys per sequence); 128-row items; splits of whole 128-key tiles that make at most one
 // CTA per SM. Never without wide_ok.
 TEST(CudaPlanPack, WideFormRule) {
   if (std::getenv("CASCADE_ATTENTION_NO_FORK") != nullptr || std::getenv("CASCADE_ATTENTION_WIDE_MIN_RATIO") != nullptr) {
@@ -335,9 +335,10 @@ TEST(CudaPlanPack, WideFormRule) {
     int seqs, prefix, unique;
     bool wide;
   };
-  for (const Case c : {Case{256, 16384, 128, true}, Case{64, 16384, 128, true}, Case{256, 4096, 128, false},
-                       Case{256, 16384, 512, false}, Case{33, 1000, 1, true}, Case{32, 5000, 7, false},
-                       Case{300, 100, 3, false}, Case{300, 2000, 0, true}}) {
+  for (const Case c : {Case{256, 16384, 128, true}, Case{64, 16384, 128, true}, Case{256, 4096, 128, true},
+                       Case{256, 16384, 512, true}, Case{256, 4096, 512, false}, Case{64, 4096, 512, false},
+                       Case{33, 1000, 1, true}, Case{32, 5000, 7, false}, Case{300, 100, 3, true},
+                       Case{300, 100, 4, false}, Case{300, 2000, 0, true}}) {
     const CascadePlan plan = prefix_unique_plan(c.seqs, c.prefix, c.unique);
     const std::string at = std::to_string(c.prefix) + "/" + std::to_string(c.unique) + "/" + std::to_string(c.seqs);
     PlanPack pk, off;

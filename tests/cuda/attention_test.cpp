@@ -399,7 +399,7 @@ TEST(CudaAttention, LongSharedPrefixAtLargePositions) {
 }
 
 // The wide form (attention_wide.cu) on the shared levels it is made for: many rows over a long
-// prefix (its rule: the level's rows x keys at least 128 times the unique level's keys), not a
+// prefix (its rule: the level's rows x keys at least 64 times the unique level's keys), not a
 // multiple of 128 stacked rows (so the last CTA's second warpgroup is partly or wholly idle),
 // prefixes cut into chunks with partial pages, page sizes 8-64 (2-16 pages a tile), GQA 1-8;
 // at page size 4 (not taken) the other forms.

@@ -36,13 +36,14 @@ constexpr int kWideTile = 128;
 // LevelFork runs beside the level wait for it: the level takes the form only where its stacked
 // rows x keys (x KV heads) are at least wide_min_ratio() times the one-warp work beside it (keys
 // x 16-row tiles x KV heads, level_work), or nothing runs beside it. A fit to the H100's cascade
-// bench (v24): the wide form won at a ratio of 256 (16384/128 at batch 64 and 256: 57 and 138 us
-// against 59 and 149) and lost at 64 and below (4096/128/*, 16384/512/*: 42-268 us against
-// 35-256; 4096/512/* lost more). Leaving room for one-warp CTAs beside it (128 registers a
-// thread at launch, 64-key tiles) measured slower, 145 against 137 us at 16384/128/256 (run 8).
-// CASCADE_ATTENTION_WIDE_MIN_RATIO=R replaces the 128 (A/B; 0: wherever the form may run).
+// bench with wide_splits' model (v26 run 2): the form won at a ratio of 256 (16384/128/*) and
+// 64 (4096/128/256 72.3 us against 80.5, 16384/512/256 233.9 against 255.7, 16384/512/64 87.0
+// against 92.2, 4096/128/64 even) and lost at 16 (4096/512/*: 215.8 and 71.3 against 203.7 and
+// 69.2). (v24's fill split lost at 64.) Leaving room for one-warp CTAs beside it (128 registers a
+// thread at launch, 64-key tiles) measured slower, 145 against 137 us at 16384/128/256 (v24 run 8).
+// CASCADE_ATTENTION_WIDE_MIN_RATIO=R replaces the 64 (A/B; 0: wherever the form may run).
 long long wide_min_ratio() {
-  static const long long r = ab_switch_value("CASCADE_ATTENTION_WIDE_MIN_RATIO", 128);
+  static const long long r = ab_switch_value("CASCADE_ATTENTION_WIDE_MIN_RATIO", 64);
   return r;
 }
 // Wide CTAs per SM that a wide level's splits aim for (CASCADE_ATTENTION_WIDE_CTAS_PER_SM, A/B;
