@@ -4,7 +4,8 @@
 #   BIN=DIR bench/wide_model_check.sh [OUT_DIR]
 # For each cascade shape (SHAPES="P/U/B ..." replaces the list), DIR's cuda_attention_bench --shape P/U/B under each variant below (the
 # four-warp form first and last, to see the noise), then the wide form's GPU tests (TESTS=0: not); prints one
-# table of cascade us per shape and variant (the benchmark's JSON stays in OUT_DIR).
+# table of cascade us per shape and variant (the benchmark's JSON stays in OUT_DIR). Relative BIN
+# and OUT_DIR are taken from the repository root. Switches set by the caller apply to every variant.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-build-gpu}"
@@ -17,10 +18,10 @@ SHAPES="${SHAPES:-16384/128/256 16384/128/64 4096/128/256 4096/128/64 16384/512/
 # the list (e.g. a sweep of CASCADE_ATTENTION_WIDE_CTAS caps).
 DEFAULT_VARIANTS=(
   "nowide:CASCADE_ATTENTION_NO_WIDE=1"
-  "v24:CASCADE_ATTENTION_WIDE_FILL=1"
+  "v24:CASCADE_ATTENTION_WIDE_FILL=1,CASCADE_ATTENTION_WIDE_MIN_RATIO=128"
   "model:-"
   "prio:CASCADE_ATTENTION_WIDE_PRIORITY=1"
-  "v24prio:CASCADE_ATTENTION_WIDE_FILL=1,CASCADE_ATTENTION_WIDE_PRIORITY=1"
+  "v24prio:CASCADE_ATTENTION_WIDE_FILL=1,CASCADE_ATTENTION_WIDE_MIN_RATIO=128,CASCADE_ATTENTION_WIDE_PRIORITY=1"
   "all:CASCADE_ATTENTION_WIDE_MIN_RATIO=0"
   "all_prio:CASCADE_ATTENTION_WIDE_MIN_RATIO=0,CASCADE_ATTENTION_WIDE_PRIORITY=1"
   "cap64:CASCADE_ATTENTION_WIDE_MIN_RATIO=0,CASCADE_ATTENTION_WIDE_CTAS=64"
@@ -31,6 +32,7 @@ if [[ -n "${VARIANTS:-}" ]]; then read -ra VARIANTS <<<"$VARIANTS"; else VARIANT
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt"
 for shape in $SHAPES; do
   for v in "${VARIANTS[@]}"; do
+    if [[ "$v" != *:* ]]; then echo "variant '$v' is not name:switches" >&2; exit 2; fi
     name="${v%%:*}"
     sw="${v#*:}"
     env_cmd=(env)
@@ -63,4 +65,6 @@ if [[ "${TESTS:-1}" != 0 && -x "$BIN/test_cuda" ]]; then
   "$BIN/test_cuda" --gtest_filter='*Wide*:CudaPlanPack.*:CudaRunner.*Shared*:CudaAttention.*Cascade*' \
     >"$OUT_DIR/wide_tests.log" 2>&1
   echo "wide tests rc=$? ($(grep -c '^\[       OK' "$OUT_DIR/wide_tests.log") ok, $(grep -c '^\[  FAILED' "$OUT_DIR/wide_tests.log") failed lines)"
+else
+  echo "wide tests not run (TESTS=${TESTS:-1}, $BIN/test_cuda)"
 fi

@@ -327,7 +327,8 @@ TEST(CudaPlanPack, SharedLevelSplitsWeighTheUniqueWorkBesideIt) {
 // prefix / unique keys per sequence); 128-row items; splits of whole 128-key tiles that make at most one
 // CTA per SM. Never without wide_ok.
 TEST(CudaPlanPack, WideFormRule) {
-  if (std::getenv("CASCADE_ATTENTION_NO_FORK") != nullptr || std::getenv("CASCADE_ATTENTION_WIDE_MIN_RATIO") != nullptr) {
+  if (std::getenv("CASCADE_ATTENTION_NO_FORK") != nullptr || std::getenv("CASCADE_ATTENTION_WIDE_MIN_RATIO") != nullptr ||
+      std::getenv("CASCADE_ATTENTION_WIDE_CTAS") != nullptr) {
     GTEST_SKIP() << "an A/B switch changes the rule";
   }
   const int num_sms = 132;
@@ -376,8 +377,9 @@ TEST(CudaPlanPack, WideFormRule) {
 // more unique work there is beside them; and fewer than that where 128 unique keys per row of 256
 // sequences need SMs beside it. (The A/B switches change the rule: skipped under them.)
 TEST(CudaPlanPack, WideSplitsLeaveSmsToTheWorkBesideThem) {
-  for (const char* sw : {"CASCADE_ATTENTION_NO_FORK", "CASCADE_ATTENTION_WIDE_MIN_RATIO", "CASCADE_ATTENTION_WIDE_FILL",
-                         "CASCADE_ATTENTION_WIDE_CTAS", "CASCADE_ATTENTION_WIDE_CTAS_PER_SM"}) {
+  for (const char* sw : {"CASCADE_ATTENTION_NO_FORK", "CASCADE_ATTENTION_SPLIT_ALONE", "CASCADE_ATTENTION_WIDE_MIN_RATIO",
+                         "CASCADE_ATTENTION_WIDE_FILL", "CASCADE_ATTENTION_WIDE_CTAS", "CASCADE_ATTENTION_WIDE_CTAS_PER_SM",
+                         "CASCADE_ATTENTION_WIDE_SM_RATE"}) {
     if (std::getenv(sw) != nullptr) GTEST_SKIP() << sw << " changes the rule";
   }
   const int num_sms = 132, kv_heads = 8;
@@ -406,6 +408,11 @@ TEST(CudaPlanPack, WideSplitsLeaveSmsToTheWorkBesideThem) {
       }
       if (unique == 128 && seqs == 256) EXPECT_LT(lp.num_splits, alone.levels[0].num_splits) << at;
       last = lp.num_splits;
+      // A state buffer of 3 slices: the wide level keeps one for the unique level.
+      PlanPack small;
+      ASSERT_TRUE(pack_plan(plan, 16, kv_heads, num_sms, 3, &small, &why, nullptr, 16, true)) << why;
+      check_pack(plan, small, 16, kv_heads, num_sms, 3);
+      EXPECT_LE(small.levels[0].num_splits, 2) << at << " with 3 slices";
     }
   }
 }

@@ -33,7 +33,8 @@ constexpr double kBesideBytesPerUs = 2.9e6;
 // Keys per tile of the wide form (attention_wide.cu), its split granularity.
 constexpr int kWideTile = 128;
 // The wide form holds its SMs' registers and most of their shared memory, so the one-warp levels
-// LevelFork runs beside the level wait for it: the level takes the form only where its stacked
+// LevelFork runs beside the level read only on the SMs it leaves free (wide_splits below chooses
+// how many): the level takes the form only where its stacked
 // rows x keys (x KV heads) are at least wide_min_ratio() times the one-warp work beside it (keys
 // x 16-row tiles x KV heads, level_work), or nothing runs beside it. A fit to the H100's cascade
 // bench with wide_splits' model (v26 run 2): the form won at a ratio of 256 (16384/128/*) and

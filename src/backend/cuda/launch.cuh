@@ -94,7 +94,9 @@ inline bool pdl_kernel_ok(const void* kernel) {
 inline int most_urgent_priority() {
   static const int p = [] {
     int least = 0, greatest = 0;
-    return cudaDeviceGetStreamPriorityRange(&least, &greatest) == cudaSuccess ? greatest : 0;
+    if (cudaDeviceGetStreamPriorityRange(&least, &greatest) == cudaSuccess) return greatest;
+    (void)cudaGetLastError();  // leave no error behind for a later check to report
+    return 0;
   }();
   return p;
 }
