@@ -378,7 +378,7 @@ TEST(CudaPlanPack, WideFormRule) {
 // sequences need SMs beside it. (The A/B switches change the rule: skipped under them.)
 TEST(CudaPlanPack, WideSplitsLeaveSmsToTheWorkBesideThem) {
   for (const char* sw : {"CASCADE_ATTENTION_NO_FORK", "CASCADE_ATTENTION_SPLIT_ALONE", "CASCADE_ATTENTION_WIDE_MIN_RATIO",
-                         "CASCADE_ATTENTION_WIDE_FILL", "CASCADE_ATTENTION_WIDE_CTAS", "CASCADE_ATTENTION_WIDE_CTAS_PER_SM",
+                         "CASCADE_ATTENTION_WIDE_FILL", "CASCADE_ATTENTION_WIDE_CTAS",
                          "CASCADE_ATTENTION_WIDE_SM_RATE"}) {
     if (std::getenv(sw) != nullptr) GTEST_SKIP() << sw << " changes the rule";
   }

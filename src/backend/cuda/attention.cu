@@ -29,7 +29,6 @@ constexpr int kTileStages = 2;
 template <int kD, int kWarps, bool kWg, bool kShort>
 inline constexpr int kLevelSmem =
     kTileStages * (2 * kTileFor<kWarps, kShort> * kD * 2 + kTileFor<kWarps, kShort> * 4) + (kWg ? 1024 : 256);
-constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ inline void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm volatile(

@@ -47,12 +47,6 @@ long long wide_min_ratio() {
   static const long long r = ab_switch_value("CASCADE_ATTENTION_WIDE_MIN_RATIO", 64);
   return r;
 }
-// Wide CTAs per SM that a wide level's splits aim for (CASCADE_ATTENTION_WIDE_CTAS_PER_SM, A/B;
-// one fits at a time, so 2 is two waves of shorter CTAs: 8-23% slower in v24's first form).
-int wide_ctas_per_sm() {
-  static const int n = static_cast<int>(std::max(1LL, ab_switch_value("CASCADE_ATTENTION_WIDE_CTAS_PER_SM", 1)));
-  return n;
-}
 
 // The wide level's split model (wide_splits below): a wide CTA takes kWideTileUs per 128-key tile
 // plus kWideFixedUs, one CTA per SM; the one-warp work beside it reads at wide_sm_rate() bytes per
@@ -87,19 +81,21 @@ double beside_makespan(long long ctas, int tiles, int num_sms, double beside_byt
 }
 
 // The split count of a wide level of `ctas` CTAs (items x KV heads) over at most `max_len` keys.
-// Alone (no bytes beside it), as many splits of whole 128-key tiles as make wide_ctas_per_sm() x
-// SMs CTAs (v24's rule: one wide CTA holds an SM's registers and most of its shared memory).
+// Alone (no bytes beside it), as many splits of whole 128-key tiles as make one CTA per SM (v24's
+// rule: one wide CTA holds an SM's registers and most of its shared memory; two waves of shorter
+// CTAs measured 8-23% slower in v24's first form).
 // Beside one-warp work that LevelFork runs on its second stream, the split count at most that one
 // that minimises beside_makespan(): fewer, longer CTAs leave SMs to the work beside them (v24 run
 // 5: at 16384/128/256 the unique level waited 83 us for the wide level's 128 CTAs, then took 55).
 // Ties go to the more splits. CASCADE_ATTENTION_WIDE_FILL=1 keeps v24's rule beside work too, and
-// CASCADE_ATTENTION_WIDE_CTAS=N makes it aim for N CTAs instead of the SMs' count (A/B, sweeps).
+// CASCADE_ATTENTION_WIDE_CTAS=N makes it aim for N CTAs instead of the SMs' count (A/B, sweeps;
+// 2 x SMs is v24's CASCADE_ATTENTION_WIDE_CTAS_PER_SM=2).
 int wide_splits(int ctas, int max_len, int num_sms, int slice_budget, double beside_bytes) {
   static const bool fill = ab_switch_on("CASCADE_ATTENTION_WIDE_FILL");
   static const long long cap = ab_switch_value("CASCADE_ATTENTION_WIDE_CTAS", 0);
   if (num_sms <= 0 || ctas <= 0 || max_len <= 0 || slice_budget <= 1) return 1;
   const int max_tiles = (max_len + kWideTile - 1) / kWideTile;
-  const long long target = cap > 0 ? cap : static_cast<long long>(wide_ctas_per_sm()) * num_sms;
+  const long long target = cap > 0 ? cap : num_sms;
   const int most = static_cast<int>(std::max(1LL, std::min<long long>({target / ctas, max_tiles, slice_budget})));
   if (fill || cap > 0 || beside_bytes <= 0.0) return most;
   int best = 1;
@@ -326,8 +322,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     const int ctas = lp.num_items * num_kv_heads;
     const auto waves = [&](long long n, long long per_sm) { return (n + per_sm * num_sms - 1) / (per_sm * num_sms); };
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
+    const bool beside = l == first_busy && beside_us > 0.0;  // one-warp work runs beside this level
     if (lp.warps == kWideWarps) {
-      const bool beside = l == first_busy && beside_us > 0.0;
       splits = wide_splits(ctas, max_len, num_sms, slice_budget, beside ? static_cast<double>(beside_keys) * 512.0 : 0.0);
     } else if (lp.warps == 1) {
       const int target = kOneWarpCtasPerSm * num_sms;
@@ -340,7 +336,6 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       if (num_sms > 0 && ctas > 0 && ctas < slots && max_len > 0) {
         const int cap = std::max(1, std::min((max_len + 2 * kTile - 1) / (2 * kTile), slice_budget));
         double best_cost = -1;
-        const bool beside = l == first_busy && beside_us > 0.0;
         for (int s = 1; s <= cap; ++s) {
           const int tiles = ((max_len + s - 1) / s + kTile - 1) / kTile;  // per split, rounded
           const int real = (max_len + tiles * kTile - 1) / (tiles * kTile);

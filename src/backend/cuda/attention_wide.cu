@@ -66,7 +66,6 @@ constexpr int kOffFlag = kOffRange + kStages * kMaxPages * 8;
 constexpr int kOffBar = kOffFlag + (4 * kStages + 15) / 16 * 16;
 constexpr int kOffInfo = kOffBar + 2 * kStages * 8;
 constexpr int kSmem = kOffInfo + 16 + 1024;
-constexpr float kLog2e = 1.4426950408889634f;
 
 struct WideParams {
   AttentionLevelParams p;
@@ -482,10 +481,7 @@ cudaError_t launch_attention_wide(const AttentionLevelParams& p, cudaStream_t st
     configured = true;
   }
   const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
-  // CASCADE_ATTENTION_WIDE_PRIORITY=1: at the device's most urgent launch priority, so that the
-  // wide CTAs are placed before the one-warp CTAs of the levels LevelFork queues beside it (A/B).
-  static const bool urgent = ab_switch_on("CASCADE_ATTENTION_WIDE_PRIORITY");
-  return launch_pdl_ex<attention_wide_kernel>(grid, dim3(kThreads), kSmem, stream, dim3(1, 1, 1), urgent, wp);
+  return launch_pdl<attention_wide_kernel>(grid, dim3(kThreads), kSmem, stream, wp);
 }
 
 }  // namespace cascade::cuda

@@ -193,7 +193,9 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[kN][4], float (&t
   }
 }
 
-// ln 2: the kernels' running maxima are in log2 units, the states' lse in natural log.
+// log2 e and ln 2: the kernels' scores and running maxima are in log2 units (exp2), the states'
+// lse in natural log.
+inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kLn2 = 0.6931471805599453f;
 
 // The end of a level: its stacked rows' sums, kept per thread, summed over the 4 threads of each

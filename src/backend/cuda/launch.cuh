@@ -89,38 +89,21 @@ inline bool pdl_kernel_ok(const void* kernel) {
   return cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.ptxVersion >= 90;
 }
 
-// The device's most urgent launch priority (the least number cudaDeviceGetStreamPriorityRange
-// gives), read once per process.
-inline int most_urgent_priority() {
-  static const int p = [] {
-    int least = 0, greatest = 0;
-    if (cudaDeviceGetStreamPriorityRange(&least, &greatest) == cudaSuccess) return greatest;
-    (void)cudaGetLastError();  // leave no error behind for a later check to report
-    return 0;
-  }();
-  return p;
-}
-
-// launch_pdl_cluster below, and where `urgent`, at the device's most urgent launch priority, so
-// that the grid's CTAs are scheduled ahead of pending CTAs of other streams' grids. The kernel of
-// these launchers is a template argument so that whether it may use PDL is looked up once per
-// kernel (a function-local static), not on every launch.
+// Kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed,
+// and with thread-block clusters of `cluster` CTAs where that has more than one (the cluster
+// dimensions must divide the grid's). The kernel is a template argument so that whether it may
+// use PDL is looked up once per kernel (a function-local static), not on every launch.
 template <auto Kernel, typename... Args>
-cudaError_t launch_pdl_ex(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, dim3 cluster, bool urgent,
-                          Args&&... args) {
+cudaError_t launch_pdl_cluster(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, dim3 cluster,
+                               Args&&... args) {
   static const bool use_pdl = pdl_enabled() && pdl_kernel_ok(reinterpret_cast<const void*>(Kernel));
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[3];
+  cudaLaunchAttribute attr[2];
   unsigned n = 0;
-  if (urgent) {
-    attr[n].id = cudaLaunchAttributePriority;
-    attr[n].val.priority = most_urgent_priority();
-    ++n;
-  }
   if (cluster.x * cluster.y * cluster.z > 1) {
     attr[n].id = cudaLaunchAttributeClusterDimension;
     attr[n].val.clusterDim.x = cluster.x;
@@ -136,15 +119,6 @@ cudaError_t launch_pdl_ex(dim3 grid, dim3 block, std::size_t smem, cudaStream_t 
   cfg.attrs = attr;
   cfg.numAttrs = n;
   return cudaLaunchKernelEx(&cfg, Kernel, std::forward<Args>(args)...);
-}
-
-// Kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed,
-// and with thread-block clusters of `cluster` CTAs where that has more than one (the cluster
-// dimensions must divide the grid's).
-template <auto Kernel, typename... Args>
-cudaError_t launch_pdl_cluster(dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, dim3 cluster,
-                               Args&&... args) {
-  return launch_pdl_ex<Kernel>(grid, block, smem, stream, cluster, false, std::forward<Args>(args)...);
 }
 
 template <auto Kernel, typename... Args>
