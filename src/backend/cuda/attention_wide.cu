@@ -285,7 +285,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
       for (int j = 0; j < kTile / 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[4 * j + e] *= scale2;
           tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[4 * j + e]);
         }
       }
@@ -299,12 +298,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const bool ok = off + (e & 1) >= pr.x && off + (e & 1) < pr.y;
-          s[4 * j + e] = ok ? s[4 * j + e] * scale2 : -INFINITY;
+          s[4 * j + e] = ok ? s[4 * j + e] : -INFINITY;
           tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[4 * j + e]);
         }
       }
     }
-    online_softmax_step(reinterpret_cast<float (&)[kTile / 8][4]>(s), tile_max, m_run, l_run, corr);
+    online_softmax_step(reinterpret_cast<float (&)[kTile / 8][4]>(s), tile_max, scale2, m_run, l_run, corr);
 #pragma unroll
     for (int kj = 0; kj < kTile / 16; ++kj) {
       pa[kj][0] = pack_bf16x2(s[8 * kj], s[8 * kj + 1]);
@@ -319,13 +318,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     if (lane == 0) mbar_arrive(empty_bar + 8 * (t % kStages));
   };
   const auto rescale = [&](const float (&corr)[2]) {
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      o[4 * n] *= corr[0];
-      o[4 * n + 1] *= corr[0];
-      o[4 * n + 2] *= corr[1];
-      o[4 * n + 3] *= corr[1];
-    }
+    rescale_rows<kD / 8>([&](int n, int e) -> float& { return o[4 * n + e]; }, corr);
   };
 
   // The two warpgroups take turns issuing their products (FlashAttention-3's ping-pong): a
