@@ -4,8 +4,9 @@
 // A CTA takes 128 stacked (row, head) pairs of one group and one KV head, over one split of the
 // group's keys. Warp 0 is the producer: it walks the split's pages and loads K and V in tiles of
 // 128 keys (128 / page_size whole pages) with TMA, 64 columns of a page per box in the 128-byte
-// swizzle that wgmma reads, into a ring of three stages guarded by mbarriers ("full": bytes
-// landed; "empty": all eight consumer warps are done with the stage). Warpgroups 1 and 2 are the
+// swizzle that wgmma reads, into a ring of three stages guarded by mbarriers, K's and V's apart
+// ("full": bytes landed; "empty": all eight consumer warps are done with it, K after S and the
+// softmax, V a tile later after P V, so K's refill starts a tile earlier). Warpgroups 1 and 2 are the
 // consumers, 64 rows each: S = Q Kᵀ as wgmma m64n128k16 with Q's fragments in registers and K
 // from shared memory, the online softmax in registers, O += P V with P from registers and V read
 // transposed. The two share each tile (half the tile reads per row of the four-warp form) and
@@ -59,12 +60,13 @@ constexpr int kTileBytes = kTile * kD * 2;   // one K or V tile: two 64-column h
 constexpr int kHalfBytes = kTile * 128;      // one half (128-byte rows)
 constexpr int kMaxPages = kTile / 8;         // pages per tile at the smallest page size
 // Shared memory from a 1024-aligned base (the swizzle atoms): K stages, V stages, each stage's
-// page ranges and whole-tile flag, the barriers, the split's pages.
+// page ranges and whole-tile flag (one copy with K, one with V), the barriers (full and empty, K
+// then V), the split's pages.
 constexpr int kOffV = kStages * kTileBytes;
 constexpr int kOffRange = 2 * kStages * kTileBytes;
-constexpr int kOffFlag = kOffRange + kStages * kMaxPages * 8;
-constexpr int kOffBar = kOffFlag + (4 * kStages + 15) / 16 * 16;
-constexpr int kOffInfo = kOffBar + 2 * kStages * 8;
+constexpr int kOffFlag = kOffRange + 2 * kStages * kMaxPages * 8;
+constexpr int kOffBar = kOffFlag + (8 * kStages + 15) / 16 * 16;
+constexpr int kOffInfo = kOffBar + 4 * kStages * 8;
 constexpr int kSmem = kOffInfo + 16 + 1024;
 
 struct WideParams {
@@ -100,7 +102,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   int2* const range_s = reinterpret_cast<int2*>(sb + kOffRange);
   int* const flag_s = reinterpret_cast<int*>(sb + kOffFlag);
   int* const info_s = reinterpret_cast<int*>(sb + kOffInfo);
-  const std::uint32_t full_bar = base + kOffBar, empty_bar = base + kOffBar + 8 * kStages;
+  // K (kv 0) and V (kv 1) of a stage have barriers of their own: K's stage is free once S and
+  // the softmax are done with it, a tile before P V frees V's, and the producer refills it then.
+  const auto full_bar = [&](int kv, int stage) { return base + kOffBar + 8 * (kv * kStages + stage); };
+  const auto empty_bar = [&](int kv, int stage) { return base + kOffBar + 8 * ((2 + kv) * kStages + stage); };
 
   const LevelArrays& L = p.level;
   const int num_items = L.counts[0], num_splits = L.counts[1], per_split = L.counts[2];
@@ -134,8 +139,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
       info_s[0] = first;
       info_s[1] = count;
       for (int s = 0; s < kStages; ++s) {
-        mbar_init(full_bar + 8 * s, 1);
-        mbar_init(empty_bar + 8 * s, kWideWarps);
+        for (int kv = 0; kv < 2; ++kv) {
+          mbar_init(full_bar(kv, s), 1);
+          mbar_init(empty_bar(kv, s), kWideWarps);
+        }
       }
       mbar_fence_init();
     }
@@ -164,24 +171,26 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
         hi = min(pend, t_end) - pstart;
         pid = L.page_ids[pg];
       }
-      if (t >= kStages) mbar_wait(empty_bar + 8 * stage, (t / kStages - 1) & 1);
-      if (lane < ppt) range_s[stage * kMaxPages + lane] = make_int2(lo, hi);
       const unsigned loaded = __ballot_sync(0xffffffffu, in);
       const unsigned whole = __ballot_sync(0xffffffffu, in && lo == 0 && hi == ps);
       const unsigned all = ppt >= 32 ? 0xffffffffu : (1u << ppt) - 1u;
-      if (lane == 0) flag_s[stage] = whole == all ? 1 : 0;
-      __syncwarp();  // the ranges and flag before the arrive that publishes them
-      const std::uint32_t bar = full_bar + 8 * stage;
-      if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<std::uint32_t>(__popc(loaded)) * ps * 4 * 128);
-      __syncwarp();
-      if (in) {
-        const std::uint32_t kdst = base + stage * kTileBytes + lane * ps * 128;
-        const std::uint32_t vdst = base + kOffV + stage * kTileBytes + lane * ps * 128;
-        const int slot = pid * ps;
-        tma_load_3d(kdst, &wp.k_map, bar, 0, kvh, slot);
-        tma_load_3d(kdst + kHalfBytes, &wp.k_map, bar, 64, kvh, slot);
-        tma_load_3d(vdst, &wp.v_map, bar, 0, kvh, slot);
-        tma_load_3d(vdst + kHalfBytes, &wp.v_map, bar, 64, kvh, slot);
+      // K, then V, each once its copy of the stage is free (V's a tile later than K's).
+#pragma unroll
+      for (int kv = 0; kv < 2; ++kv) {
+        if (t >= kStages) mbar_wait(empty_bar(kv, stage), (t / kStages - 1) & 1);
+        if (lane < ppt) range_s[(kv * kStages + stage) * kMaxPages + lane] = make_int2(lo, hi);
+        if (lane == 0) flag_s[kv * kStages + stage] = whole == all ? 1 : 0;
+        __syncwarp();  // the ranges and flag before the arrive that publishes them
+        const std::uint32_t bar = full_bar(kv, stage);
+        if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<std::uint32_t>(__popc(loaded)) * ps * 2 * 128);
+        __syncwarp();
+        if (in) {
+          const std::uint32_t dst = base + (kv == 0 ? 0 : kOffV) + stage * kTileBytes + lane * ps * 128;
+          const CUtensorMap* map = kv == 0 ? &wp.k_map : &wp.v_map;
+          const int slot = pid * ps;
+          tma_load_3d(dst, map, bar, 0, kvh, slot);
+          tma_load_3d(dst + kHalfBytes, map, bar, 64, kvh, slot);
+        }
       }
     }
     return;
@@ -225,13 +234,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   float l_run[2] = {0.0f, 0.0f};
   const float scale2 = p.sm_scale * kLog2e;
 
-  // Before S of tile t: the tile landed, and V rows outside the pages' ranges zeroed by both
-  // warpgroups before either reads them.
-  const auto acquire = [&](int t) {
+  // Before S of tile t: its K landed.
+  const auto acquire_k = [&](int t) { mbar_wait(full_bar(0, t % kStages), (t / kStages) & 1); };
+  // Before P V of tile t: its V landed, and V rows outside the pages' ranges (V's copy) zeroed by
+  // both warpgroups before either reads them.
+  const auto acquire_v = [&](int t) {
     const int stage = t % kStages;
-    mbar_wait(full_bar + 8 * stage, (t / kStages) & 1);
-    if (flag_s[stage] != 0) return;
-    const int2* rg = range_s + stage * kMaxPages;
+    mbar_wait(full_bar(1, stage), (t / kStages) & 1);
+    if (flag_s[kStages + stage] != 0) return;
+    const int2* rg = range_s + (kStages + stage) * kMaxPages;
     unsigned char* v_s = sb + kOffV + stage * kTileBytes;
 #pragma unroll 1
     for (int k = 0; k < kTile / 16; ++k) {  // kTile rows x 16 chunks over 256 threads
@@ -273,8 +284,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     }
     wgmma_commit();
   };
-  // Masks, scales and exponentiates S of tile t into P (bf16, the A layout), with the running
-  // max and sum; corr is what O must be multiplied by before P V of this tile.
+  // Masks (K's copy of the ranges), scales and exponentiates S of tile t into P (bf16, the A
+  // layout), with the running max and sum; corr is what O must be multiplied by before P V of
+  // this tile.
   const auto softmax = [&](int t, float (&s)[kTile / 2], unsigned (&pa)[kTile / 16][4], float (&corr)[2]) {
     const int stage = t % kStages;
     const bool whole = flag_s[stage] != 0;
@@ -312,10 +324,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
       pa[kj][3] = pack_bf16x2(s[8 * kj + 6], s[8 * kj + 7]);
     }
   };
-  // After P V of tile t completed: this warp is done with the stage.
-  const auto release = [&](int t) {
+  // This warp is done with K (S and the softmax of tile t) or V (P V of tile t) of t's stage.
+  const auto release = [&](int kv, int t) {
     __syncwarp();
-    if (lane == 0) mbar_arrive(empty_bar + 8 * (t % kStages));
+    if (lane == 0) mbar_arrive(empty_bar(kv, t % kStages));
   };
   const auto rescale = [&](const float (&corr)[2]) {
     rescale_rows<kD / 8>([&](int n, int e) -> float& { return o[4 * n + e]; }, corr);
@@ -339,18 +351,20 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     unsigned pa[kTile / 16][4];
     float corr[2];
     float s[kTile / 2];
-    acquire(0);
+    acquire_k(0);
     turn_begin();
     issue_s(0, s);
     turn_end();
     wgmma_wait_all();
     fence_operands(s);
     softmax(0, s, pa, corr);  // O is zero: nothing to rescale
+    release(0, 0);
     for (int i = 1; i < num_tiles; ++i) {
       // S of tile i and P V of tile i - 1 back to back on the tensor cores, then the softmax.
       // (Waiting only for S, so that the softmax ran while P V did, as FlashAttention-3 does,
       // made ptxas serialize the wgmmas (C7513), v24.)
-      acquire(i);
+      acquire_k(i);
+      acquire_v(i - 1);
       turn_begin();
       issue_s(i, s);
       issue_pv(i - 1, pa);
@@ -359,17 +373,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
       fence_operands(s);
       fence_operands(o);
       fence_operands(pa);
-      release(i - 1);
+      release(1, i - 1);
       softmax(i, s, pa, corr);
+      release(0, i);
       rescale(corr);
     }
+    acquire_v(num_tiles - 1);
     turn_begin();
     issue_pv(num_tiles - 1, pa);
     turn_end();
     wgmma_wait_all();
     fence_operands(o);
     fence_operands(pa);
-    release(num_tiles - 1);
+    release(1, num_tiles - 1);
   }
 
   // The states of this thread's two rows, as the other forms write them (store_row_state).
