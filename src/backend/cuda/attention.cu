@@ -540,9 +540,9 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
         }
       }
     }
-    // Mask (split end, causality); online_softmax_step scales into log2 units. Per row, the
-    // tile's visible tokens are a prefix: one compare per score against its length (the fragment
-    // layout is the same for mma.sync and wgmma: column j * 8 + tig * 2 + (e & 1), row g + 8 * (e >> 1)).
+    // Mask (split end, causality) and scale into log2 units. Per row, the tile's visible tokens
+    // are a prefix: one compare per score against its length (the fragment layout is the same
+    // for mma.sync and wgmma: column j * 8 + tig * 2 + (e & 1), row g + 8 * (e >> 1)).
     float tile_max[2] = {-INFINITY, -INFINITY};
     int vis[2];
 #pragma unroll
@@ -557,13 +557,19 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int h = e >> 1;
-        s[j][e] = j * 8 + (e & 1) < vis[h] ? s[j][e] : -INFINITY;
+        s[j][e] = j * 8 + (e & 1) < vis[h] ? s[j][e] * scale2 : -INFINITY;
         tile_max[h] = fmaxf(tile_max[h], s[j][e]);
       }
     }
     float corr[2];
-    online_softmax_step(s, tile_max, scale2, m_run, l_run, corr);
-    rescale_rows<kD / 8>([&](int n, int e) -> float& { return acc[n][e]; }, corr);
+    online_softmax_step(s, tile_max, m_run, l_run, corr);
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      acc[n][0] *= corr[0];
+      acc[n][1] *= corr[0];
+      acc[n][2] *= corr[1];
+      acc[n][3] *= corr[1];
+    }
     // O += P V: P's accumulator layout is the A layout of the next mma (k = tokens).
     if constexpr (kWg) {
 #ifdef CASCADE_SM90A

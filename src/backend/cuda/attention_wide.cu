@@ -315,7 +315,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
         }
       }
     }
-    online_softmax_step(reinterpret_cast<float (&)[kTile / 8][4]>(s), tile_max, scale2, m_run, l_run, corr);
+    online_softmax_step_raw(reinterpret_cast<float (&)[kTile / 8][4]>(s), tile_max, scale2, m_run, l_run, corr);
 #pragma unroll
     for (int kj = 0; kj < kTile / 16; ++kj) {
       pa[kj][0] = pack_bf16x2(s[8 * kj], s[8 * kj + 1]);
@@ -329,8 +329,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     __syncwarp();
     if (lane == 0) mbar_arrive(empty_bar(kv, t % kStages));
   };
+  // O times the softmax's corr, skipped where no row of the warp moved its max (corr exactly 1
+  // in every lane), as after a row's first tiles most do: a multiply by 1 changes no bit.
   const auto rescale = [&](const float (&corr)[2]) {
-    rescale_rows<kD / 8>([&](int n, int e) -> float& { return o[4 * n + e]; }, corr);
+    if (__all_sync(0xffffffffu, corr[0] == 1.0f && corr[1] == 1.0f)) return;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      o[4 * n] *= corr[0];
+      o[4 * n + 1] *= corr[0];
+      o[4 * n + 2] *= corr[1];
+      o[4 * n + 3] *= corr[1];
+    }
   };
 
   // The two warpgroups take turns issuing their products (FlashAttention-3's ping-pong): a

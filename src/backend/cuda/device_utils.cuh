@@ -177,47 +177,51 @@ __device__ __forceinline__ float exp2_ftz(float x) {
 
 // One step of FlashAttention's online softmax over a tile of scores in an mma/wgmma accumulator
 // layout: s[j][e] is column 8j + 2 tig + (e & 1) of the thread's row e >> 1 (rows g and g + 8),
-// the raw product q.k (masked keys -inf), and tile_max each row's maximum over this thread's
-// columns; scale2 (> 0) takes a score into log2 units. Reduces the maxima over the row's 4
-// threads, moves the running max (log2 units: the scaled maximum, which is the maximum of the
-// scaled scores, rounding being monotonic), scales the running sum, exponentiates s in place,
-// 2^(s scale2 - max) with one fused multiply-add each, and adds it to the sum; corr[h] is what row
-// h's output accumulators must be multiplied by before this tile's P V (exactly 1 where the
-// row's max did not move: rescale_rows skips those).
-template <int kN>
-__device__ __forceinline__ void online_softmax_step(float (&s)[kN][4], float (&tile_max)[2], float scale2,
-                                                    float (&m_run)[2], float (&l_run)[2], float (&corr)[2]) {
+// masked keys -inf, and tile_max each row's maximum over this thread's columns. Reduces the
+// maxima over the row's 4 threads, moves the running max (log2 units), scales the running sum,
+// exponentiates s in place and adds it to the sum; corr[h] is what row h's output accumulators
+// must be multiplied by before this tile's P V (exactly 1 where the row's max did not move).
+// kRaw false (online_softmax_step): s is already in log2 units, 2^x by exp2f.
+// kRaw true (online_softmax_step_raw): s is the raw q.k and scale2 (> 0) takes it into log2
+// units: the running max moves to the scaled tile max (rounding is monotonic, so that is the
+// max of the scaled scores) and each weight is 2^(s scale2 - max), one fused multiply-add and
+// exp2_ftz: ~260 fewer instructions a warp per 128-key tile of the wide form (v27), whose
+// softmax is on its critical path. The one-warp forms measured 4-6% slower over long contexts
+// with it, and a rescale skipped by a warp vote (v27 call 3), so they keep kRaw false.
+template <bool kRaw, int kN>
+__device__ __forceinline__ void online_softmax_step_impl(float (&s)[kN][4], float (&tile_max)[2], float scale2,
+                                                         float (&m_run)[2], float (&l_run)[2], float (&corr)[2]) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
     tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-    const float m_new = fmaxf(m_run[h], tile_max[h] * scale2);
+    const float m_new = fmaxf(m_run[h], kRaw ? tile_max[h] * scale2 : tile_max[h]);
     const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // all masked so far: avoid inf-inf
-    corr[h] = exp2_ftz(m_run[h] - m_use);
+    corr[h] = kRaw ? exp2_ftz(m_run[h] - m_use) : exp2f(m_run[h] - m_use);
     m_run[h] = m_new;
     l_run[h] *= corr[h];
 #pragma unroll
     for (int j = 0; j < kN; ++j) {
-      s[j][2 * h] = exp2_ftz(__fmaf_rn(s[j][2 * h], scale2, -m_use));
-      s[j][2 * h + 1] = exp2_ftz(__fmaf_rn(s[j][2 * h + 1], scale2, -m_use));
+      if constexpr (kRaw) {
+        s[j][2 * h] = exp2_ftz(__fmaf_rn(s[j][2 * h], scale2, -m_use));
+        s[j][2 * h + 1] = exp2_ftz(__fmaf_rn(s[j][2 * h + 1], scale2, -m_use));
+      } else {
+        s[j][2 * h] = exp2f(s[j][2 * h] - m_use);
+        s[j][2 * h + 1] = exp2f(s[j][2 * h + 1] - m_use);
+      }
       l_run[h] += s[j][2 * h] + s[j][2 * h + 1];
     }
   }
 }
-
-// Output accumulators times online_softmax_step's corr: acc(n, e) is accumulator e (row e >> 1)
-// of column group n < kN. Skipped where no row of the warp moved its max (corr exactly 1 in every
-// lane), which after a row's first tiles is most tiles: a multiply by 1 changes no bit.
-template <int kN, typename Acc>
-__device__ __forceinline__ void rescale_rows(const Acc& acc, const float (&corr)[2]) {
-  if (__all_sync(0xffffffffu, corr[0] == 1.0f && corr[1] == 1.0f)) return;
-#pragma unroll
-  for (int n = 0; n < kN; ++n) {
-    acc(n, 0) *= corr[0];
-    acc(n, 1) *= corr[0];
-    acc(n, 2) *= corr[1];
-    acc(n, 3) *= corr[1];
-  }
+template <int kN>
+__device__ __forceinline__ void online_softmax_step(float (&s)[kN][4], float (&tile_max)[2], float (&m_run)[2],
+                                                    float (&l_run)[2], float (&corr)[2]) {
+  online_softmax_step_impl<false>(s, tile_max, 1.0f, m_run, l_run, corr);
+}
+template <int kN>
+__device__ __forceinline__ void online_softmax_step_raw(float (&s)[kN][4], float (&tile_max)[2], float scale2,
+                                                        float (&m_run)[2], float (&l_run)[2], float (&corr)[2]) {
+  online_softmax_step_impl<true>(s, tile_max, scale2, m_run, l_run, corr);
 }
 
 // log2 e and ln 2: the kernels' scores and running maxima are in log2 units (exp2), the states'
