@@ -53,7 +53,11 @@ long long wide_min_ratio() {
 // us on each SM the wide CTAs leave free (at most kBesideBytesPerUs, the whole chip's), after its
 // kBesideFixedUs. An H100 fit (bench/NOTES_cuda.md v26): 83 us for 32 tiles alone (v24 run 5);
 // 128 CTAs of 2 tiles beside 33.5 MB of unique keys took 41 us where 88 of 3 took 34 (so the
-// fixed cost is well above v25's guess of 3 us); and 64 CTAs beat 80 beside 134 MB.
+// fixed cost is well above v25's guess of 3 us); and 64 CTAs beat 80 beside 134 MB. v27's faster
+// kernel (~2 us a tile) was not refit: at the bench's shapes a tile cost anywhere in 1.6-2.28 us
+// picks the same splits but at 16384/128/64 and 4096/128/64 (one or two fewer), and the picks
+// measured best but at 16384/512/64, as in v26 (NOTES v27; bench/wide_model_picks.py replicates
+// this model on the host for such what-ifs).
 constexpr double kWideTileUs = 2.28;
 constexpr double kWideFixedUs = 10.0;
 // One-warp CTAs' read rate per SM (B/us) beside the wide level: 40 KB/us saturates the chip's
