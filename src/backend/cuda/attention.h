@@ -125,7 +125,8 @@ bool attention_fork_enabled();
 cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream);
 
 // The wide form (p.warps == kWideWarps), which launch_attention_level hands on to; refuses
-// (cudaErrorInvalidValue) what attention_wide_usable or the form's rules exclude.
+// (cudaErrorInvalidValue) what attention_wide_usable or the form's rules exclude, and an
+// sm_scale that is not positive (its softmax scales inside the exponent: 0 x -inf is NaN).
 cudaError_t launch_attention_wide(const AttentionLevelParams& p, cudaStream_t stream);
 
 // Host-side packing of a plan into one int32 buffer (uploaded with one copy) plus per-level

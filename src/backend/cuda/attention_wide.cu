@@ -22,10 +22,10 @@
 // Measured on an H100 (bench/NOTES_cuda.md v24): the shared level of 16384/128/256 alone in 83 us
 // (414 TFLOP/s) against 143 us for the four-warp form; three stages against two 83 against 113
 // us. v27: the softmax's instructions cut by a third and K freed apart from V, 104.8 against
-// 121.7 us under ncu (base clocks) for 96 CTAs of 43 tiles. The CTA holds the whole register file and 193 KB of shared memory, so the one-warp levels
-// beside it run only on the SMs its CTAs leave free: pack_plan takes it only where the level's
-// rows x keys are at least 64 times their work, and splits it for fewer CTAs the more work runs
-// beside it (wide_splits, v26).
+// 121.7 us under ncu (base clocks) for 96 CTAs of 43 tiles. The CTA holds the whole register
+// file and 194 KB of shared memory, so the one-warp levels beside it run only on the SMs its CTAs
+// leave free: pack_plan takes it only where the level's rows x keys are at least 64 times their
+// work, and splits it for fewer CTAs the more work runs beside it (wide_splits, v26).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -485,7 +485,7 @@ cudaError_t launch_attention_wide(const AttentionLevelParams& p, cudaStream_t st
   if (p.grid_items <= 0 || p.grid_splits <= 0) return cudaSuccess;
   if (p.head_dim != kD || !page_size_ok(p.page_size) || p.num_slots <= 0 || p.num_kv_heads <= 0 ||
       p.num_heads % p.num_kv_heads != 0 || p.num_heads / p.num_kv_heads > 8 || p.direct_out != nullptr ||
-      p.rope.qkv != nullptr || !attention_wide_usable(p.head_dim, p.page_size) ||
+      p.rope.qkv != nullptr || !(p.sm_scale > 0.0f) || !attention_wide_usable(p.head_dim, p.page_size) ||
       reinterpret_cast<std::uintptr_t>(p.k_cache) % 16 != 0 || reinterpret_cast<std::uintptr_t>(p.v_cache) % 16 != 0) {
     return cudaErrorInvalidValue;
   }
