@@ -6,10 +6,10 @@
 // 128 keys (128 / page_size whole pages) with TMA, 64 columns of a page per box in the 128-byte
 // swizzle that wgmma reads, into a ring of three stages guarded by mbarriers, K's and V's apart
 // ("full": bytes landed; "empty": all eight consumer warps are done with it, K after S and the
-// softmax, V a tile later after P V, so K's refill starts a tile earlier). Warpgroups 1 and 2 are the
-// consumers, 64 rows each: S = Q Kᵀ as wgmma m64n128k16 with Q's fragments in registers and K
-// from shared memory, the online softmax in registers, O += P V with P from registers and V read
-// transposed. The two share each tile (half the tile reads per row of the four-warp form) and
+// softmax, V a tile later after P V, so K's refill starts a tile earlier). Warpgroups 1 and 2
+// are the consumers, 64 rows each: S = Q Kᵀ as wgmma m64n128k16 with Q's fragments in registers
+// and K from shared memory, the online softmax in registers, O += P V with P from registers and V
+// read transposed. The two share each tile (half the tile reads per row of the four-warp form) and
 // take turns on the tensor cores (ping-pong), and the producer holds none of their issue slots
 // or registers (setmaxnreg).
 //

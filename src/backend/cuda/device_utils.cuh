@@ -186,8 +186,8 @@ __device__ __forceinline__ float exp2_ftz(float x) {
 // units: the running max moves to the scaled tile max (rounding is monotonic, so that is the
 // max of the scaled scores) and each weight is 2^(s scale2 - max), one fused multiply-add and
 // exp2_ftz: ~260 fewer instructions a warp per 128-key tile of the wide form (v27), whose
-// softmax is on its critical path. The one-warp forms measured 4-6% slower over long contexts
-// with it, and a rescale skipped by a warp vote (v27 call 3), so they keep kRaw false.
+// softmax is on its critical path. The one-warp forms measured 3.5-6% slower over long contexts
+// with it and a rescale skipped by a warp vote (v27 call 3), so they keep kRaw false.
 template <bool kRaw, int kN>
 __device__ __forceinline__ void online_softmax_step_impl(float (&s)[kN][4], float (&tile_max)[2], float scale2,
                                                          float (&m_run)[2], float (&l_run)[2], float (&corr)[2]) {
