@@ -5,8 +5,9 @@
 #    node; ncu locks the SM clock at base, ~1.4 GHz on the H100, and flushes the caches before each
 #    kernel, so these are cold, serialised durations), for the shapes in SHAPES.
 # 2. The wide kernel (attention_wide.cu) at WIDE_SHAPE under --set full, its SASS with stall
-#    samples and instruction counts (bench/ncu_sass_regions.py reads it), and a table of its
-#    instructions per consumer warp and 128-key tile by opcode (16 wgmmas a warp-tile).
+#    samples and instruction counts, and bench/ncu_sass_regions.py's reading of it with its
+#    instructions per consumer warp and 128-key tile by opcode (--per HGMMA:16: 16 wgmmas a
+#    warp-tile).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-build-gpu}"
@@ -27,7 +28,7 @@ ncu --graph-profiling node -k regex:attention_wide --set full --import-source no
 ncu --import "$OUT_DIR/wide.ncu-rep" --page details >"$OUT_DIR/wide_details.txt" 2>&1
 ncu --import "$OUT_DIR/wide.ncu-rep" --page source --csv --print-source sass >"$OUT_DIR/wide_sass.csv" 2>&1
 python3 - "$OUT_DIR" "$SHAPES" <<'PY'
-import collections, csv, glob, os, sys
+import csv, os, sys
 out, shapes = sys.argv[1], sys.argv[2].split()
 print("| P/U/B | kernel (the cascade graph's, in order) | us |")
 print("| --- | --- | --- |")
@@ -44,18 +45,5 @@ for s in shapes:
         name = r["Kernel Name"].split("(")[0].split("::")[-1]
         us = float(r["Metric Value"].replace(",", "")) / (1000.0 if r["Metric Unit"] == "ns" else 1.0)
         print("| %s | %s | %.1f |" % (s, name, us))
-rows = list(csv.reader(open(os.path.join(out, "wide_sass.csv"))))
-hdr, data = rows[1], [r for r in rows[2:] if len(r) >= len(rows[1])]
-ix = {h: i for i, h in enumerate(hdr)}
-ops = collections.Counter()
-for r in data:
-    src = r[1].strip()
-    op = (src.split(None, 1)[1] if src.startswith("@") else src).split()[0]
-    ops[op] += int(r[ix["Instructions Executed"]].replace(",", "") or 0)
-warp_tiles = ops.get("HGMMA.64x128x16.F32.BF16", 0) / 16.0
-if warp_tiles:
-    print("\nwide kernel, warp instructions per consumer warp-tile (%d warp-tiles): %.0f in all" %
-          (warp_tiles, sum(ops.values()) / warp_tiles))
-    for op, n in ops.most_common(16):
-        print("  %-32s %6.1f" % (op, n / warp_tiles))
 PY
+python3 bench/ncu_sass_regions.py "$OUT_DIR/wide_sass.csv" --per HGMMA:16

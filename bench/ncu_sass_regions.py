@@ -3,13 +3,15 @@
 
     ncu --set full --import-source no -k regex:attention_level -c 1 -o layer ...
     ncu -i layer.ncu-rep --page source --csv --print-source sass > layer_sass.csv
-    python3 bench/ncu_sass_regions.py layer_sass.csv[.gz] [--loop-min N] [--top K]
+    python3 bench/ncu_sass_regions.py layer_sass.csv[.gz] [--loop-min N] [--top K] [--per OP:N]
 
 Regions, in address order: the prologue before the PDL wait (the first executed ACQBULK, i.e.
 griddepcontrol.wait), the prologue after it, the main loop (the run of instructions executed
 at least --loop-min times per warp on average, default 4), and what follows. For each: warp
 stall samples (share of all), warp instructions executed per warp, and the leading stall
 reasons; then the loop's instructions per warp by opcode and its most-sampled instructions.
+--per OP:N adds the whole kernel's instructions per unit of work, a unit being N executions of
+opcode OP (e.g. HGMMA:16, a wide-form consumer warp's 128-key tile), by opcode.
 """
 import argparse
 import collections
@@ -41,6 +43,7 @@ def main():
     ap.add_argument("csv")
     ap.add_argument("--loop-min", type=float, default=4.0)
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--per", default="", help="OP:N, instructions per N executions of opcode OP")
     a = ap.parse_args()
     try:
         kernel, hdr, data = read_rows(a.csv)
@@ -119,6 +122,17 @@ def main():
         x = recs[i]
         lead = ", ".join(f"{k} {v}" for k, v in sorted(x["stalls"].items(), key=lambda kv: -kv[1])[:2] if v)
         print(f"  #{i} {x['samples']} samples ({lead}), executed {x['exec'] / warps:.1f}/warp: {x['src'][:70]}")
+    if a.per:
+        op, _, n = a.per.partition(":")
+        every = collections.Counter()
+        for x in recs:
+            every[opcode(x["src"])] += x["exec"]
+        units = every.get(op, 0) / max(1.0, float(n or 1))
+        if units == 0:
+            print(f"error: no {op} executed", file=sys.stderr)
+            return 2
+        print(f"\ninstructions per unit ({n or 1} x {op}; {units:.0f} units): {sum(every.values()) / units:.0f}")
+        print(", ".join(f"{k} {v / units:.1f}" for k, v in every.most_common(16)))
     return 0
 
 

@@ -3,7 +3,7 @@
 // early-return copy of the PDL wait that never runs, a prologue on each side of the wait, a loop
 // executed 10 times a warp and an exit. Every expected share and count follows from the rows
 // below; the real export of NOTES v19 (docs/data/ncu_v19) must parse too, plain or gzipped; bad
-// input exits 2.
+// input exits 2; --per counts instructions per unit of work.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -69,6 +69,18 @@ TEST(NcuSassRegions, SharesAndInstructionsPerRegion) {
   const auto z = regions(gz);
   ASSERT_EQ(z.status, 0) << z.out;
   EXPECT_EQ(z.out, r.out);
+}
+
+// --per OP:N: the whole kernel's instructions per N executions of OP. The export runs HMMA 160
+// times (4 a warp-iteration, 40 units of 4) among 224 executions in all: 5.6 a unit.
+TEST(NcuSassRegions, InstructionsPerUnitOfWork) {
+  CASCADE_REQUIRE_PYTHON();
+  const fs::path csv = write_export();
+  const auto r = regions(csv.string() + " --per HMMA:4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_TRUE(contains(r.out, "instructions per unit (4 x HMMA; 40 units): 6\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "HMMA 4.0, BRA 1.0, IMAD 0.2, ")) << r.out;
+  EXPECT_EQ(regions(csv.string() + " --per HGMMA:16").status, 2);  // never executed
 }
 
 TEST(NcuSassRegions, ReadsTheV19ExportAndRefusesBadInput) {
