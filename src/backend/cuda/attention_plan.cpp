@@ -67,6 +67,13 @@ double wide_sm_rate() {
   return r;
 }
 
+// `max_len` keys cut into `s` splits of whole `unit`-key tiles: the tiles a split takes (rounded
+// up) and, returned, the splits that then need (at most s). Both split models step s through it.
+int whole_tile_splits(int max_len, int s, int unit, int* tiles) {
+  *tiles = ((max_len + s - 1) / s + unit - 1) / unit;
+  return (max_len + *tiles * unit - 1) / (*tiles * unit);
+}
+
 // The modelled time (us) until both the wide level (`ctas` CTAs of `tiles` 128-key tiles each)
 // and the one-warp work beside it (`beside_bytes` of K/V) are done.
 double beside_makespan(long long ctas, int tiles, int num_sms, double beside_bytes) {
@@ -105,8 +112,8 @@ int wide_splits(int ctas, int max_len, int num_sms, int slice_budget, double bes
   int best = 1;
   double best_cost = -1;
   for (int s = 1; s <= most; ++s) {
-    const int tiles = ((max_len + s - 1) / s + kWideTile - 1) / kWideTile;  // per split, rounded
-    const int real = (max_len + tiles * kWideTile - 1) / (tiles * kWideTile);
+    int tiles = 0;
+    const int real = whole_tile_splits(max_len, s, kWideTile, &tiles);
     const double cost = beside_makespan(static_cast<long long>(ctas) * real, tiles, num_sms, beside_bytes);
     if (best_cost < 0 || cost <= best_cost * (1.0 + 1e-9)) {
       best_cost = cost;
@@ -341,8 +348,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
         const int cap = std::max(1, std::min((max_len + 2 * kTile - 1) / (2 * kTile), slice_budget));
         double best_cost = -1;
         for (int s = 1; s <= cap; ++s) {
-          const int tiles = ((max_len + s - 1) / s + kTile - 1) / kTile;  // per split, rounded
-          const int real = (max_len + tiles * kTile - 1) / (tiles * kTile);
+          int tiles = 0;
+          const int real = whole_tile_splits(max_len, s, kTile, &tiles);
           const long long n = static_cast<long long>(ctas) * real;
           const long long w = waves(n, kFourWarpCtasPerSm);
           double cost;
@@ -372,8 +379,9 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     int per_split = std::max(1, (max_len + splits - 1) / splits);
     if (splits > 1) {
       const int unit = lp.warps == kWideWarps ? kWideTile : kTile;
-      per_split = (per_split + unit - 1) / unit * unit;
-      splits = (max_len + per_split - 1) / per_split;
+      int tiles = 0;
+      splits = whole_tile_splits(max_len, splits, unit, &tiles);
+      per_split = tiles * unit;
     }
     lp.num_splits = splits;
     lp.tokens_per_split = per_split;
