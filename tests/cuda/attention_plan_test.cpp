@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/cuda/attention.h"
+#include "bench/bench_json.h"
 #include "sched/cascade_plan.h"
 
 namespace cascade::cuda {
@@ -414,6 +415,36 @@ TEST(CudaPlanPack, WideSplitsLeaveSmsToTheWorkBesideThem) {
       check_pack(plan, small, 16, kv_heads, num_sms, 3);
       EXPECT_LE(small.levels[0].num_splits, 2) << at << " with 3 slices";
     }
+  }
+}
+
+// bench/wide_model_picks.py replicates wide_splits on the host for refits: at its default
+// constants it must print the splits pack_plan gives the cascade bench's shapes (16 q / 8 KV
+// heads, page 16, 132 SMs), so that the replica does not drift from the model it stands for.
+TEST(CudaPlanPack, WideModelReplicaPicksWhatPackPlanPicks) {
+  CASCADE_REQUIRE_PYTHON();
+  for (const char* sw : {"CASCADE_ATTENTION_NO_FORK", "CASCADE_ATTENTION_SPLIT_ALONE", "CASCADE_ATTENTION_WIDE_MIN_RATIO",
+                         "CASCADE_ATTENTION_WIDE_FILL", "CASCADE_ATTENTION_WIDE_CTAS",
+                         "CASCADE_ATTENTION_WIDE_SM_RATE"}) {
+    if (std::getenv(sw) != nullptr) GTEST_SKIP() << sw << " changes the rule";
+  }
+  const auto r = cascade::test::run_bench_script("wide_model_picks.py", "");
+  ASSERT_EQ(r.status, 0) << r.out;
+  struct Shape {
+    int prefix, unique, seqs;
+  };
+  for (const Shape s : {Shape{16384, 128, 256}, Shape{16384, 128, 64}, Shape{4096, 128, 256}, Shape{4096, 128, 64},
+                        Shape{16384, 512, 256}, Shape{16384, 512, 64}}) {
+    const CascadePlan plan = prefix_unique_plan(s.seqs, s.prefix, s.unique);
+    PlanPack pk;
+    const char* why = "";
+    ASSERT_TRUE(pack_plan(plan, 16, 8, 132, 64, &pk, &why, nullptr, 16, true)) << why;
+    const LevelPack& lp = pk.levels[0];
+    const std::string at = std::to_string(s.prefix) + "/" + std::to_string(s.unique) + "/" + std::to_string(s.seqs);
+    ASSERT_EQ(lp.warps, kWideWarps) << at;
+    const std::string row = "| " + at + " | " + std::to_string(lp.num_splits) + " | " +
+                            std::to_string(lp.num_items * 8 * lp.num_splits) + " | ";
+    EXPECT_TRUE(cascade::test::contains(r.out, row)) << row << "\n" << r.out;
   }
 }
 
