@@ -6,8 +6,8 @@ the cascade bench's shapes, under other fit constants: a replica for trying a re
 
 Shapes are cuda_attention_bench's (16 q / 8 KV heads, so 2 stacked rows a sequence per KV head;
 the unique level beside the wide one reads B x U keys x 8 KV heads x 512 bytes). Keep the
-constants' defaults equal to attention_plan.cpp's: test CudaPlanPack.WideModelReplicaPicksWhatPackPlanPicks
-checks that its picks are pack_plan's.
+constants' defaults equal to attention_plan.cpp's: the test
+CudaPlanPack.WideModelReplicaPicksWhatPackPlanPicks checks that its picks are pack_plan's.
 """
 import argparse
 
