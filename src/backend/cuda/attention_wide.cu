@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   // Masks (K's copy of the ranges), scales and exponentiates S of tile t into P (bf16, the A
   // layout), with the running max and sum; corr is what O must be multiplied by before P V of
   // this tile.
-  const auto softmax = [&](int t, float (&s)[kTile / 2], unsigned (&pa)[kTile / 16][4], float (&corr)[2]) {
+  const auto softmax = [&](int t, float (&s)[kTile / 2], float (&corr)[2]) {
     const int stage = t % kStages;
     const bool whole = flag_s[stage] != 0;
     const int2* rg = range_s + stage * kMaxPages;
@@ -317,6 +317,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
       }
     }
     online_softmax_step_raw(reinterpret_cast<float (&)[kTile / 8][4]>(s), tile_max, scale2, m_run, l_run, corr);
+  };
+  // The softmax's weights as P (bf16, the A layout of P V).
+  const auto to_p = [&](const float (&s)[kTile / 2], unsigned (&pa)[kTile / 16][4]) {
 #pragma unroll
     for (int kj = 0; kj < kTile / 16; ++kj) {
       pa[kj][0] = pack_bf16x2(s[8 * kj], s[8 * kj + 1]);
@@ -365,34 +368,37 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     turn_begin();
     issue_s(0, s);
     turn_end();
-    wgmma_wait_all();
+    wgmma_wait<0>();
     fence_operands(s);
-    softmax(0, s, pa, corr);  // O is zero: nothing to rescale
+    softmax(0, s, corr);  // O is zero: nothing to rescale
     release(0, 0);
+    to_p(s, pa);
     for (int i = 1; i < num_tiles; ++i) {
-      // S of tile i and P V of tile i - 1 back to back on the tensor cores, then the softmax.
-      // (Waiting only for S, so that the softmax ran while P V did, as FlashAttention-3 does,
-      // made ptxas serialize the wgmmas (C7513), v24.)
+      // S of tile i and P V of tile i - 1 back to back on the tensor cores; the softmax of tile
+      // i once S is done, while P V still runs (FlashAttention-3's overlap within a warpgroup),
+      // then O's rescale and the new P once P V is done.
       acquire_k(i);
       acquire_v(i - 1);
       turn_begin();
       issue_s(i, s);
       issue_pv(i - 1, pa);
       turn_end();
-      wgmma_wait_all();
+      wgmma_wait<1>();
       fence_operands(s);
+      softmax(i, s, corr);
+      release(0, i);
+      wgmma_wait<0>();
       fence_operands(o);
       fence_operands(pa);
       release(1, i - 1);
-      softmax(i, s, pa, corr);
-      release(0, i);
       rescale(corr);
+      to_p(s, pa);
     }
     acquire_v(num_tiles - 1);
     turn_begin();
     issue_pv(num_tiles - 1, pa);
     turn_end();
-    wgmma_wait_all();
+    wgmma_wait<0>();
     fence_operands(o);
     fence_operands(pa);
     release(1, num_tiles - 1);
