@@ -48,7 +48,7 @@ long long wide_min_ratio() {
   return r;
 }
 
-// The wide level's split model (wide_splits below): a wide CTA takes kWideTileUs per 128-key tile
+// The wide level's split model (wide_splits below): a wide CTA takes wide_tile_us() per 128-key tile
 // plus kWideFixedUs, one CTA per SM; the one-warp work beside it reads at wide_sm_rate() bytes per
 // us on each SM the wide CTAs leave free (at most kBesideBytesPerUs, the whole chip's), after its
 // kBesideFixedUs. An H100 fit (bench/NOTES_cuda.md v26): 83 us for 32 tiles alone (v24 run 5);
@@ -58,7 +58,12 @@ long long wide_min_ratio() {
 // picks the same splits but at 16384/128/64 and 4096/128/64 (one or two fewer), and the picks
 // measured best but at 16384/512/64, as in v26 (NOTES v27; bench/wide_model_picks.py replicates
 // this model on the host for such what-ifs).
-constexpr double kWideTileUs = 2.28;
+// CASCADE_ATTENTION_WIDE_TILE_NS=N replaces the tile cost with N ns (A/B, refits).
+double wide_tile_us() {
+  static const double us =
+      static_cast<double>(std::max(1LL, ab_switch_value("CASCADE_ATTENTION_WIDE_TILE_NS", 2280))) / 1000.0;
+  return us;
+}
 constexpr double kWideFixedUs = 10.0;
 // One-warp CTAs' read rate per SM (B/us) beside the wide level: 40 KB/us saturates the chip's
 // kBesideBytesPerUs at ~72 SMs. CASCADE_ATTENTION_WIDE_SM_RATE=B replaces it (A/B, sweeps).
@@ -78,7 +83,7 @@ int whole_tile_splits(int max_len, int s, int unit, int* tiles) {
 // and the one-warp work beside it (`beside_bytes` of K/V) are done.
 double beside_makespan(long long ctas, int tiles, int num_sms, double beside_bytes) {
   const long long waves = (ctas + num_sms - 1) / num_sms;
-  const double wide_us = static_cast<double>(waves) * (tiles * kWideTileUs + kWideFixedUs);
+  const double wide_us = static_cast<double>(waves) * (tiles * wide_tile_us() + kWideFixedUs);
   if (beside_bytes <= 0.0) return wide_us;
   const long long free_sms = std::max(0LL, num_sms - ctas);
   const double rate = std::min(kBesideBytesPerUs, static_cast<double>(free_sms) * wide_sm_rate());
