@@ -8,8 +8,9 @@
 // ("full": bytes landed; "empty": all eight consumer warps are done with it, K after S and the
 // softmax, V a tile later after P V, so K's refill starts a tile earlier). Warpgroups 1 and 2
 // are the consumers, 64 rows each: S = Q Kᵀ as wgmma m64n128k16 with Q's fragments in registers
-// and K from shared memory, the online softmax in registers, O += P V with P from registers and V
-// read transposed. The two share each tile (half the tile reads per row of the four-warp form) and
+// and K from shared memory, the online softmax in registers (a tile's while the warpgroup's
+// P V of the tile before still runs), O += P V with P from registers and V read transposed. The
+// two share each tile (half the tile reads per row of the four-warp form) and
 // take turns on the tensor cores (ping-pong), and the producer holds none of their issue slots
 // or registers (setmaxnreg).
 //
@@ -22,7 +23,9 @@
 // Measured on an H100 (bench/NOTES_cuda.md v24): the shared level of 16384/128/256 alone in 83 us
 // (414 TFLOP/s) against 143 us for the four-warp form; three stages against two 83 against 113
 // us. v27: the softmax's instructions cut by a third and K freed apart from V, 104.8 against
-// 121.7 us under ncu (base clocks) for 96 CTAs of 43 tiles. The CTA holds the whole register
+// 121.7 us under ncu (base clocks) for 96 CTAs of 43 tiles. v28: the softmax during P V measured
+// even (104.9 us), and with no softmax at all (a diagnostic build, bench/wide_experiment.sh) the
+// kernel still took 87 us, the tensor pipe 74% busy. The CTA holds the whole register
 // file and 194 KB of shared memory, so the one-warp levels beside it run only on the SMs its CTAs
 // leave free: pack_plan takes it only where the level's rows x keys are at least 64 times their
 // work, and splits it for fewer CTAs the more work runs beside it (wide_splits, v26).
@@ -351,7 +354,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   // products while the other does its softmax, instead of both at once and then neither.
   // Named barriers 4 (warpgroup 0's turn) and 5 (1's), each the 128 threads of the one that
   // waits and the 128 of the one that arrives; warpgroup 1 opens with an arrive on 4 and leaves
-  // out its last, so every arrive is waited for. (Without the turns: 2-3% slower, v24.)
+  // out its last, so every arrive is waited for. (Without the turns: 2-3% slower in v24's order
+  // of work; even since the softmax runs during P V, v28.)
   const int issues = num_tiles + 1;
   int issued = 0;
   const auto turn_begin = [&] { named_barrier_sync(4 + wg, 256); };
