@@ -10,9 +10,9 @@
 // are the consumers, 64 rows each: S = Q Kᵀ as wgmma m64n128k16 with Q's fragments in registers
 // and K from shared memory, the online softmax in registers (a tile's while the warpgroup's
 // P V of the tile before still runs), O += P V with P from registers and V read transposed. The
-// two share each tile (half the tile reads per row of the four-warp form) and
-// take turns on the tensor cores (ping-pong), and the producer holds none of their issue slots
-// or registers (setmaxnreg).
+// two share each tile (half the tile reads per row of the four-warp form) and take turns on the
+// tensor cores (ping-pong), and the producer holds none of their issue slots or registers
+// (setmaxnreg).
 //
 // A tile is whole pages, so a page's keys outside the split or past its fill (a chunk's partial
 // last page) are masked per column from the page's valid range, which the producer puts beside
@@ -288,9 +288,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     }
     wgmma_commit();
   };
-  // Masks (K's copy of the ranges), scales and exponentiates S of tile t into P (bf16, the A
-  // layout), with the running max and sum; corr is what O must be multiplied by before P V of
-  // this tile.
+  // Masks (K's copy of the ranges), scales and exponentiates S of tile t in place, with the
+  // running max and sum; corr is what O must be multiplied by before P V of this tile.
   const auto softmax = [&](int t, float (&s)[kTile / 2], float (&corr)[2]) {
     const int stage = t % kStages;
     const bool whole = flag_s[stage] != 0;
