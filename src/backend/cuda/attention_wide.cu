@@ -47,6 +47,14 @@
 namespace cascade::cuda {
 namespace {
 
+// Diagnostic builds only (bench/wide_experiment.sh; 0 in every real build): bit 1 drops the
+// warpgroups' turns, bit 2 the softmax (P is S: wrong results, for timing the rest under ncu).
+#ifndef CASCADE_WIDE_EXPERIMENT
+#define CASCADE_WIDE_EXPERIMENT 0
+#endif
+constexpr bool kExpNoTurns = (CASCADE_WIDE_EXPERIMENT & 1) != 0;
+constexpr bool kExpNoSoftmax = (CASCADE_WIDE_EXPERIMENT & 2) != 0;
+
 constexpr int kD = 128;     // head_dim of the form
 constexpr int kTile = 128;  // keys per tile, and per softmax step (S is 64 rows x kTile a warpgroup)
 // Stages of the load ring (v24: 2 stages 113 us for the 16k shared level alone, 3 stages 83;
@@ -291,6 +299,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   // Masks (K's copy of the ranges), scales and exponentiates S of tile t in place, with the
   // running max and sum; corr is what O must be multiplied by before P V of this tile.
   const auto softmax = [&](int t, float (&s)[kTile / 2], float (&corr)[2]) {
+    if constexpr (kExpNoSoftmax) {
+      corr[0] = corr[1] = 1.0f;
+      return;
+    }
     const int stage = t % kStages;
     const bool whole = flag_s[stage] != 0;
     const int2* rg = range_s + stage * kMaxPages;
@@ -357,12 +369,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   // of work; even since the softmax runs during P V, v28.)
   const int issues = num_tiles + 1;
   int issued = 0;
-  const auto turn_begin = [&] { named_barrier_sync(4 + wg, 256); };
+  const auto turn_begin = [&] {
+    if constexpr (!kExpNoTurns) named_barrier_sync(4 + wg, 256);
+  };
   const auto turn_end = [&] {
     ++issued;
-    if (wg == 0 || issued < issues) named_barrier_arrive(5 - wg, 256);
+    if (!kExpNoTurns && (wg == 0 || issued < issues)) named_barrier_arrive(5 - wg, 256);
   };
-  if (wg == 1 && num_tiles > 0) named_barrier_arrive(4, 256);
+  if (!kExpNoTurns && wg == 1 && num_tiles > 0) named_barrier_arrive(4, 256);
   if (num_tiles > 0) {
     unsigned pa[kTile / 16][4];
     float corr[2];
