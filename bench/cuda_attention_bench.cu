@@ -33,7 +33,12 @@
 namespace {
 
 using bf16 = __nv_bfloat16;
-constexpr int kHeads = 16, kKvHeads = 8, kDim = 128, kPage = 16;
+// The pool's page size: 16, as the engine's default; other sizes only in diagnostic builds
+// (-DCASCADE_BENCH_PAGE=N: the wide form's TMA copies one page per box, NOTES v28).
+#ifndef CASCADE_BENCH_PAGE
+#define CASCADE_BENCH_PAGE 16
+#endif
+constexpr int kHeads = 16, kKvHeads = 8, kDim = 128, kPage = CASCADE_BENCH_PAGE;
 
 __global__ void fill_random(bf16* out, std::size_t n, unsigned long long seed) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;

@@ -25,10 +25,11 @@
 // us. v27: the softmax's instructions cut by a third and K freed apart from V, 104.8 against
 // 121.7 us under ncu (base clocks) for 96 CTAs of 43 tiles. v28: the softmax during P V measured
 // even (104.9 us), and with no softmax at all (a diagnostic build, bench/wide_experiment.sh) the
-// kernel still took 87 us, the tensor pipe 74% busy. The CTA holds the whole register
-// file and 194 KB of shared memory, so the one-warp levels beside it run only on the SMs its CTAs
-// leave free: pack_plan takes it only where the level's rows x keys are at least 64 times their
-// work, and splits it for fewer CTAs the more work runs beside it (wide_splits, v26).
+// kernel still took 87 us, the tensor pipe 74% busy; with 64-key pages (a tile in 8 copies, not
+// 32) 93 us. The CTA holds the whole register file and 194 KB of shared memory, so the one-warp
+// levels beside it run only on the SMs its CTAs leave free: pack_plan takes it only where the
+// level's rows x keys are at least 64 times their work, and splits it for fewer CTAs the more
+// work runs beside it (wide_splits, v26).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
