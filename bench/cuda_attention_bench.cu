@@ -12,7 +12,9 @@
 // flushed before it (l2_flush.cuh: a 256 MB read; CASCADE_BENCH_FLUSH=memset for the older
 // 256 MB memset, which made the timed kernels write dirty lines back); the median of the runs is
 // reported. The levels run side by side as in the engine (LevelFork; CASCADE_ATTENTION_NO_FORK=1
-// runs them one after another).
+// runs them one after another). Pages are handed out in a shuffled order; with
+// CASCADE_BENCH_PAGE_ORDER=sequential in order (the prefix one run of page ids, as a chunk on a
+// fresh pool), which the wide form copies a tile at a time.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -109,7 +111,11 @@ int main(int argc, char** argv) {
   }
   if (quick) shapes = {{4096, 128, 64}, {0, 512, 64}};
   if (only.prefix >= 0) shapes = {only};
-  // One pool big enough for the largest shape; pages are handed out in a shuffled order.
+  // One pool big enough for the largest shape; pages are handed out in a shuffled order (or in
+  // order).
+  const char* order = std::getenv("CASCADE_BENCH_PAGE_ORDER");
+  const bool sequential_pages = order != nullptr && std::string(order) == "sequential";
+  if (sequential_pages) std::fprintf(stderr, "pages in order (CASCADE_BENCH_PAGE_ORDER=sequential)\n");
   int max_pages = 0;
   for (const Shape& s : shapes) max_pages = std::max(max_pages, (s.prefix + s.batch * s.unique) / kPage + 1);
   // Shared levels take the wide form where the engine would (attention.h).
@@ -140,6 +146,7 @@ int main(int argc, char** argv) {
               prop.name, num_sms, bw / 1e9, wgmma ? "wgmma" : "mma.sync", cascade::bench::flush_name());
   std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_bandwidth_GBps\": " +
                      std::to_string(bw / 1e9) + ",\n  \"l2_flush\": \"" + cascade::bench::flush_name() +
+                     "\",\n  \"page_order\": \"" + (sequential_pages ? "sequential" : "shuffled") +
                      "\",\n  \"four_warp_levels\": \"" +
                      (wgmma ? "wgmma" : "mma.sync") + "\",\n  \"shapes\": [\n";
   std::printf("%-22s %9s %9s %9s %9s %8s %8s %9s %9s\n", "shape (P/U/B)", "flat us", "casc us",
@@ -150,7 +157,7 @@ int main(int argc, char** argv) {
     const int B = s.batch;
     std::vector<int> perm(max_pages);
     std::iota(perm.begin(), perm.end(), 0);
-    std::shuffle(perm.begin(), perm.end(), rng);
+    if (!sequential_pages) std::shuffle(perm.begin(), perm.end(), rng);
     int next = 0;
     std::vector<int> prefix_pages(s.prefix / kPage);
     for (int& p : prefix_pages) p = perm[next++];
