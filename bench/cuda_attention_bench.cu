@@ -14,7 +14,9 @@
 // reported. The levels run side by side as in the engine (LevelFork; CASCADE_ATTENTION_NO_FORK=1
 // runs them one after another). Pages are handed out in a shuffled order; with
 // CASCADE_BENCH_PAGE_ORDER=sequential in order (the prefix one run of page ids, as a chunk on a
-// fresh pool), which the wide form copies a tile at a time.
+// fresh pool), which the wide form copies a tile at a time. A diagnostic build with
+// CASCADE_TIMELINE=1 (bench/diag_build.sh) also prints, per shape, when each kernel's CTAs
+// reached their marks in one replay of each graph (timeline.cuh).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -29,6 +31,7 @@
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/timeline.cuh"
 #include "cuda_bench_util.h"
 #include "l2_flush.cuh"
 
@@ -67,6 +70,39 @@ using cascade::bench::median;
 
 float bf(bf16 x) { return __bfloat162float(x); }
 
+#if CASCADE_TIMELINE
+// Diagnostic builds (bench/diag_build.sh): the kernels' stamps of one replay of `exec` after the
+// flush, per kernel and mark, in us from the first stamp: CTAs, min / median / max.
+void print_timeline(const char* what, cudaGraphExec_t exec, unsigned long long* buf, void* flush,
+                    std::size_t flush_bytes, cudaStream_t st) {
+  namespace tl = cascade::cuda::timeline;
+  CK(cudaMemsetAsync(buf, 0, tl::kWords * 8, st));
+  CK(cascade::bench::flush_l2(flush, flush_bytes, 0, st));
+  CK(cudaGraphLaunch(exec, st));
+  CK(cudaStreamSynchronize(st));
+  std::vector<unsigned long long> h(tl::kWords);
+  CK(cudaMemcpy(h.data(), buf, tl::kWords * 8, cudaMemcpyDeviceToHost));
+  unsigned long long t0 = ~0ull;
+  for (unsigned long long t : h) {
+    if (t != 0) t0 = std::min(t0, t);
+  }
+  const char* names[tl::kKernels] = {"fill", "wide", "level", "merge"};
+  for (int k = 0; k < tl::kKernels; ++k) {
+    for (int m = 0; m < tl::kMarks; ++m) {
+      std::vector<double> v;
+      for (int c = 0; c < tl::kMaxCtas; ++c) {
+        const unsigned long long t = h[(static_cast<std::size_t>(k) * tl::kMaxCtas + c) * tl::kMarks + m];
+        if (t != 0) v.push_back(static_cast<double>(t - t0) / 1e3);
+      }
+      if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      std::printf("  timeline %s %s mark %d: %zu CTAs, %.2f / %.2f / %.2f us\n", what, names[k], m, v.size(), v.front(),
+                  v[v.size() / 2], v.back());
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -96,6 +132,13 @@ int main(int argc, char** argv) {
   const int runs_override = runs_env != nullptr ? std::atoi(runs_env) : 0;
   cascade::cuda::LevelFork level_fork;  // levels side by side, as the engine runs them
   CK(level_fork.init());
+#if CASCADE_TIMELINE
+  unsigned long long* timeline_buf = nullptr;
+  CK(cudaMalloc(&timeline_buf, cascade::cuda::timeline::kWords * 8));
+  CK(cascade::cuda::timeline::attach_attention(timeline_buf));
+  CK(cascade::cuda::timeline::attach_wide(timeline_buf));
+  CK(cascade::cuda::timeline::attach_kernels(timeline_buf));
+#endif
 
   const double bw = cascade::bench::copy_bandwidth();
   const std::size_t flush_bytes = 256u << 20;
@@ -355,6 +398,10 @@ int main(int argc, char** argv) {
       return median(t);
     };
     const double t_flat = time_op(fop), t_casc = time_op(cop);
+#if CASCADE_TIMELINE
+    print_timeline("flat", fop.exec, timeline_buf, flush, flush_bytes, st);
+    print_timeline("cascade", cop.exec, timeline_buf, flush, flush_bytes, st);
+#endif
     const double kv_tok = static_cast<double>(kKvHeads) * kDim * 2 * 2;  // K+V bytes per token
     const double io = 2.0 * out_n * 2;                                      // q in + out
     const double shared_bytes = (s.prefix + static_cast<double>(B) * s.unique) * kv_tok + io;

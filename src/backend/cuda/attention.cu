@@ -4,6 +4,7 @@
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/timeline.cuh"
 #include "backend/cuda/wgmma.cuh"
 
 namespace cascade::cuda {
@@ -266,6 +267,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   static_assert(!kWg || (kWarps == 4 && !kReadAhead), "the wgmma form is a four-warp kernel");
   static_assert(!kShort || (kWarps == 1 && !kReadAhead), "short tiles are a one-warp form");
   static_assert(!kCtaMerge || kShort, "the CTA merge is a short-tile one-warp form");
+  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 0);
   // Shared-memory row (bf16), swizzled for conflict-free fragment loads (tile_elem).
   constexpr int kStride = kD;
   constexpr int kThreads = kWarps * 32;
@@ -419,8 +421,10 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     }
   }
 
+  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 1);
   pdl_wait();  // launch.cuh: q (or qkv) and this layer's new K/V are written by the previous kernels
   pdl_release();
+  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 2);
 
   auto load_tile = CASCADE_LOAD_TILE_LAMBDA;
 
@@ -491,6 +495,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       tile_sync();
     }
 
+    if (tile == 0 && threadIdx.x == 0) timeline::mark(timeline::kLevel, 3);
     const __nv_bfloat16* ks = k_s + stage * kTile * kStride;
     const __nv_bfloat16* vs = v_s + stage * kTile * kStride;
     [[maybe_unused]] const unsigned k_tile = static_cast<unsigned>(__cvta_generic_to_shared(ks));
@@ -616,6 +621,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     if constexpr (!kWg) tile_sync();  // this stage is refilled by the next iteration's load
   }
   cp_async_wait<0>();
+  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 4);
 
   // Finish: the row sums were kept per thread; reduce over the 4 threads of each row.
   quad_sum_rows(l_run);
@@ -658,6 +664,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       const float inv = den > 0.0f ? 1.0f / den : 0.0f;
       store_scaled_bf16<kVec>(p.direct_out + rh * kD + lane * kVec, o, inv);
     }
+    if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 5);
     return;
   }
   const int slice = p.slice_base + split;
@@ -684,6 +691,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     }
     store_state(h, p.o + (slice * plane + rh) * kD, p.lse + slice * plane + rh);
   }
+  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 5);
 }
 
 template <int kD, int kWarps, bool kReadAhead = false, bool kWg = false, bool kShort = false, bool kCtaMerge = false>
@@ -763,5 +771,7 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
 }
 
 #undef CASCADE_LOAD_TILE_LAMBDA
+
+CASCADE_TIMELINE_ATTACH(timeline::attach_attention)
 
 }  // namespace cascade::cuda

@@ -24,7 +24,7 @@
 // (414 TFLOP/s) against 143 us for the four-warp form; three stages against two 83 against 113
 // us. v27: the softmax's instructions cut by a third and K freed apart from V, 104.8 against
 // 121.7 us under ncu (base clocks) for 96 CTAs of 43 tiles. v28: the softmax during P V measured
-// even (104.9 us), and with no softmax at all (a diagnostic build, bench/wide_experiment.sh) the
+// even (104.9 us), and with no softmax at all (a diagnostic build, bench/diag_build.sh) the
 // kernel still took 87 us, the tensor pipe 74% busy; with 64-key pages (a tile in 8 copies, not
 // 32) 93 us. The CTA holds the whole register file and 194 KB of shared memory, so the one-warp
 // levels beside it run only on the SMs its CTAs leave free: pack_plan takes it only where the
@@ -43,12 +43,13 @@
 #include "backend/cuda/attention.h"
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/timeline.cuh"
 #include "backend/cuda/wgmma.cuh"
 
 namespace cascade::cuda {
 namespace {
 
-// Diagnostic builds only (bench/wide_experiment.sh; 0 in every real build): bit 1 drops the
+// Diagnostic builds only (bench/diag_build.sh; 0 in every real build): bit 1 drops the
 // warpgroups' turns, bit 2 the softmax (P is S: wrong results, for timing the rest under ncu).
 #ifndef CASCADE_WIDE_EXPERIMENT
 #define CASCADE_WIDE_EXPERIMENT 0
@@ -108,6 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   __trap();  // launch_attention_wide runs only where the sm_90a code does
 #else
   const AttentionLevelParams& p = wp.p;
+  if (threadIdx.x == 0) timeline::mark(timeline::kWide, 0);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
   const std::uint32_t base = (raw + 1023u) & ~1023u;
@@ -163,9 +165,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   __syncthreads();
   const int first_page = info_s[0], num_pages = info_s[1];
   const int num_tiles = (num_pages + ppt - 1) / ppt;
+  if (threadIdx.x == 0) timeline::mark(timeline::kWide, 1);
 
   pdl_wait();  // launch.cuh: q (and, in general, K/V) come from the previous kernels
   pdl_release();
+  if (threadIdx.x == 0) timeline::mark(timeline::kWide, 2);
 
   if (warp < 4) {  // the producer's warpgroup
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
@@ -383,6 +387,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     float corr[2];
     float s[kTile / 2];
     acquire_k(0);
+    if (threadIdx.x == 128) timeline::mark(timeline::kWide, 3);
     turn_begin();
     issue_s(0, s);
     turn_end();
@@ -421,6 +426,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     fence_operands(pa);
     release(1, num_tiles - 1);
   }
+  if (threadIdx.x == 128) timeline::mark(timeline::kWide, 4);
 
   // The states of this thread's two rows, as the other forms write them (store_row_state).
   quad_sum_rows(l_run);
@@ -435,6 +441,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     store_row_state<kD>([&](int n, int j) { return o[4 * n + 2 * h + j]; }, m_run[h], l_run[h], tig,
                         p.o + (slice * plane + rh) * kD, p.lse + slice * plane + rh);
   }
+  if (threadIdx.x == 128) timeline::mark(timeline::kWide, 5);
 #endif
 }
 
@@ -526,5 +533,7 @@ cudaError_t launch_attention_wide(const AttentionLevelParams& p, cudaStream_t st
   const dim3 grid(p.grid_items, p.num_kv_heads, p.grid_splits);
   return launch_pdl<attention_wide_kernel>(grid, dim3(kThreads), kSmem, stream, wp);
 }
+
+CASCADE_TIMELINE_ATTACH(timeline::attach_wide)
 
 }  // namespace cascade::cuda

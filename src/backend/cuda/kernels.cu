@@ -7,6 +7,7 @@
 
 #include "backend/cuda/device_utils.cuh"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/timeline.cuh"
 #include "backend/cuda/skinny_gemm.h"
 #include "engine/sampler.h"
 
@@ -24,13 +25,16 @@ __global__ void convert_kernel(ConvertParams p) {
 }
 
 __global__ void fill_kernel(float* out, std::int64_t n, float value) {
+  if (threadIdx.x == 0) timeline::mark(timeline::kFill, 0);
   pdl_wait();  // launch.cuh: before any read or write of step data
   pdl_release();
+  if (threadIdx.x == 0) timeline::mark(timeline::kFill, 2);
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += stride) {
     out[i] = value;
   }
+  if (threadIdx.x == 0) timeline::mark(timeline::kFill, 5);
 }
 
 __global__ void embedding_kernel(EmbeddingParams p) {
@@ -261,7 +265,9 @@ __global__ void merge_states_kernel(MergeStatesParams p) {
 template <int kVec>
 __global__ void __launch_bounds__(32) merge_states_warp_kernel(MergeStatesParams p) {
   using Vec = std::conditional_t<kVec == 4, float4, float2>;
+  if (threadIdx.x == 0) timeline::mark(timeline::kMerge, 0);
   pdl_wait_and_release(p.early_release);  // launch.cuh: before any read or write of step data
+  if (threadIdx.x == 0) timeline::mark(timeline::kMerge, 2);
   const std::int64_t rh = blockIdx.x;  // row * heads + head
   const int lane = threadIdx.x;
   const std::int64_t plane = static_cast<std::int64_t>(p.rows) * p.heads;
@@ -282,6 +288,7 @@ __global__ void __launch_bounds__(32) merge_states_warp_kernel(MergeStatesParams
     *reinterpret_cast<Vec*>(p.out_o + at) = r;
   }
   if (p.out_lse != nullptr && lane == 0) p.out_lse[rh] = den > 0.0f ? m + logf(den) : -INFINITY;
+  if (threadIdx.x == 0) timeline::mark(timeline::kMerge, 5);
 }
 
 // ---- sampling ---------------------------------------------------------------------------------
@@ -560,5 +567,7 @@ cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream) {
   }
   return launch_pdl<sample_kernel>(dim3(p.rows, p.scan_blocks), dim3(kSampleThreads), 0, stream, p);
 }
+
+CASCADE_TIMELINE_ATTACH(timeline::attach_kernels)
 
 }  // namespace cascade::cuda
