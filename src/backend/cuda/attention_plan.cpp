@@ -11,6 +11,14 @@ constexpr int kTile = 64;  // split granularity: a multiple of attention.cu's ti
 // One-warp CTAs of 16-token tiles resident per SM (16.4 KiB of shared memory and 164 registers a
 // thread at head_dim 128): the split target; a merged CTA of s splits fits 12 / s times.
 constexpr int kOneWarpCtasPerSm = 12;
+// The count that the one-warp split target and the CTA-merge rule take: kOneWarpCtasPerSm, or N
+// with CASCADE_ATTENTION_ONE_WARP_PER_SM=N (A/B: a diagnostic build's short tiles of 3 stages
+// fit 8 an SM, NOTES v29). The four-warp model below keeps its fit's 12.
+int one_warp_ctas_per_sm() {
+  static const int n = static_cast<int>(
+      std::max(1LL, ab_switch_value("CASCADE_ATTENTION_ONE_WARP_PER_SM", kOneWarpCtasPerSm)));
+  return n;
+}
 // Four-warp CTAs resident per SM (the kernel's launch bounds); each holds the registers and
 // shared memory of kOneWarpCtasPerSm / 3 = 4 one-warp CTAs.
 constexpr int kFourWarpCtasPerSm = 3;
@@ -342,7 +350,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     if (lp.warps == kWideWarps) {
       splits = wide_splits(ctas, max_len, num_sms, slice_budget, beside ? static_cast<double>(beside_keys) * 512.0 : 0.0);
     } else if (lp.warps == 1) {
-      const int target = kOneWarpCtasPerSm * num_sms;
+      const int target = one_warp_ctas_per_sm() * num_sms;
       if (num_sms > 0 && ctas > 0 && ctas < target) {
         splits = std::min((target + ctas - 1) / ctas, (max_len + kTile - 1) / kTile);
         splits = std::max(1, std::min(splits, slice_budget));
@@ -404,8 +412,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // on a few SMs, and e.g. 136 CTAs of 8 splits (one fits per SM) would take two waves where
     // their 1088 one-warp CTAs take one.
     const bool cta_merge = lp.short_tiles && splits <= kMaxCtaSplits && num_sms > 0 && ctas >= num_sms &&
-                           waves(ctas, kOneWarpCtasPerSm / splits) <=
-                               waves(static_cast<long long>(ctas) * splits, kOneWarpCtasPerSm);
+                           waves(ctas, std::max(1, one_warp_ctas_per_sm() / splits)) <=
+                               waves(static_cast<long long>(ctas) * splits, one_warp_ctas_per_sm());
     lp.direct_out = all_keyed && lp.warps == 1 && (splits == 1 || cta_merge);
     // Not where the caller may read keys ahead (batches of 1-2): their read-ahead form keeps
     // qk_norm_rope, which releases its successor early (v13: taken in, batch 1 was 8% slower).
