@@ -8,7 +8,9 @@
 // two rows of each are compared with a float64 CPU softmax over the same pages.
 //
 // Usage: cuda_attention_bench OUT.json [--quick | --shape P/U/B]
-// Each timed run is one replay of a CUDA graph holding fill + level kernels + merge, with L2
+// Each timed run is one replay of a CUDA graph holding a layer's level kernels + merge (the
+// states' fill, which the engine runs once a step for all layers, runs before the replays;
+// CASCADE_BENCH_FILL_IN_GRAPH=1 puts it in each replay, as until v28), with L2
 // flushed before it (l2_flush.cuh: a 256 MB read; CASCADE_BENCH_FLUSH=memset for the older
 // 256 MB memset, which made the timed kernels write dirty lines back); the median of the runs is
 // reported. The levels run side by side as in the engine (LevelFork; CASCADE_ATTENTION_NO_FORK=1
@@ -29,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/ab_switch.h"
 #include "backend/cuda/attention.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/timeline.cuh"
@@ -64,6 +67,7 @@ struct Op {  // one attention op (plan uploaded, graph captured)
   cascade::cuda::PlanPack pack;
   int* d_plan = nullptr;
   cudaGraphExec_t exec = nullptr;
+  std::int64_t lse_fill = 0;  // lse entries the step's fill sets to -inf first (0: direct out)
 };
 
 using cascade::bench::median;
@@ -184,12 +188,16 @@ int main(int argc, char** argv) {
 
   // Probed here, outside the graph captures below.
   const bool wgmma = cascade::cuda::attention_wgmma_available();
+  // CASCADE_BENCH_FILL_IN_GRAPH=1: each timed replay begins with the states' fill, as until v28.
+  const bool fill_in_graph = cascade::cuda::ab_switch_on("CASCADE_BENCH_FILL_IN_GRAPH");
   std::printf("device: %s, %d SMs; copy bandwidth %.0f GB/s (1 GiB D2D, read+write); four-warp "
-              "levels on %s; L2 flush: %s\n",
-              prop.name, num_sms, bw / 1e9, wgmma ? "wgmma" : "mma.sync", cascade::bench::flush_name());
+              "levels on %s; L2 flush: %s; states' fill %s\n",
+              prop.name, num_sms, bw / 1e9, wgmma ? "wgmma" : "mma.sync", cascade::bench::flush_name(),
+              fill_in_graph ? "in each replay" : "once a step, before the replays");
   std::string json = "{\n  \"device\": \"" + std::string(prop.name) + "\",\n  \"copy_bandwidth_GBps\": " +
                      std::to_string(bw / 1e9) + ",\n  \"l2_flush\": \"" + cascade::bench::flush_name() +
                      "\",\n  \"page_order\": \"" + (sequential_pages ? "sequential" : "shuffled") +
+                     "\",\n  \"fill\": \"" + (fill_in_graph ? "in_graph" : "per_step") +
                      "\",\n  \"four_warp_levels\": \"" +
                      (wgmma ? "wgmma" : "mma.sync") + "\",\n  \"shapes\": [\n";
   std::printf("%-22s %9s %9s %9s %9s %8s %8s %9s %9s\n", "shape (P/U/B)", "flat us", "casc us",
@@ -270,8 +278,16 @@ int main(int argc, char** argv) {
       // A lone one-warp level writes its rows itself (no states, fill or merge), as in the engine.
       const bool direct_out = cascade::cuda::resolve_direct_out(&op.pack);
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
+      // The states' fill runs once a step in the engine (CudaRunner::enqueue, before the layers;
+      // every layer's levels rewrite the same slices), so it is no part of a layer's graph here:
+      // fill_states runs it before the op's replays (v29; until v28, and with
+      // CASCADE_BENCH_FILL_IN_GRAPH=1, each replay began with it).
       if (!direct_out) {
-        CK(cascade::cuda::launch_fill_f32(st_lse, static_cast<std::int64_t>(slices) * B * kHeads, -INFINITY, st));
+        if (fill_in_graph) {
+          CK(cascade::cuda::launch_fill_f32(st_lse, static_cast<std::int64_t>(slices) * B * kHeads, -INFINITY, st));
+        } else {
+          op.lse_fill = static_cast<std::int64_t>(slices) * B * kHeads;
+        }
       }
       CK(level_fork.begin(cascade::cuda::busy_levels(op.pack.levels), st));
       for (int l = 0; l < static_cast<int>(op.pack.levels.size()); ++l) {
@@ -321,10 +337,16 @@ int main(int argc, char** argv) {
     Op fop, cop;
     build(flat, out_flat, fop);
     build(casc, out_casc, cop);
+    // The step's fill for an op (before its replays: the ops share the state buffers).
+    const auto fill_states = [&](const Op& op) {
+      if (op.lse_fill > 0) CK(cascade::cuda::launch_fill_f32(st_lse, op.lse_fill, -INFINITY, st));
+    };
     const std::size_t out_n = static_cast<std::size_t>(B) * kHeads * kDim;
     CK(cudaMemsetAsync(out_flat, 0xFF, out_n * 2, st));  // NaN poison
     CK(cudaMemsetAsync(out_casc, 0xFF, out_n * 2, st));
+    fill_states(fop);
     CK(cudaGraphLaunch(fop.exec, st));
+    fill_states(cop);
     CK(cudaGraphLaunch(cop.exec, st));
     CK(cudaStreamSynchronize(st));
     std::vector<bf16> hf(out_n), hc(out_n);
@@ -385,6 +407,7 @@ int main(int argc, char** argv) {
       std::vector<double> t;
       const int runs = runs_override > 0 ? runs_override : quick ? 20 : 60;
       const int warm = runs_override > 0 ? 0 : 5;
+      fill_states(op);
       for (int i = 0; i < runs + warm; ++i) {
         CK(cascade::bench::flush_l2(flush, flush_bytes, i, st));
         CK(cudaEventRecord(e0, st));
@@ -399,7 +422,9 @@ int main(int argc, char** argv) {
     };
     const double t_flat = time_op(fop), t_casc = time_op(cop);
 #if CASCADE_TIMELINE
+    fill_states(fop);
     print_timeline("flat", fop.exec, timeline_buf, flush, flush_bytes, st);
+    fill_states(cop);
     print_timeline("cascade", cop.exec, timeline_buf, flush, flush_bytes, st);
 #endif
     const double kv_tok = static_cast<double>(kKvHeads) * kDim * 2 * 2;  // K+V bytes per token
