@@ -30,7 +30,9 @@ cp "$BUILD/libcascade_cuda.a" "$TMP/lib.a"
 # Each file's own compile command in the build, with the macros and another object.
 compile() {  # target object
   local cmd
-  cmd="$(ninja -C "$BUILD" -t commands "$1" | grep -m1 -F -- "-o $2")" || { echo "no compile command for $2" >&2; exit 1; }
+  local all
+  all="$(ninja -C "$BUILD" -t commands "$1")"  # whole, then searched (grep -m1 in the pipe would cut it)
+  cmd="$(grep -m1 -F -- "-o $2" <<<"$all")" || { echo "no compile command for $2" >&2; exit 1; }
   cmd="${cmd/-o $2/$DEFS -o $TMP/$(basename "$2")}"
   (cd "$BUILD" && eval "$cmd")
 }
@@ -41,7 +43,8 @@ done
 compile cuda_attention_bench CMakeFiles/cuda_attention_bench.dir/bench/cuda_attention_bench.cu.o
 # The build's link commands, with that archive (and the bench's object), into OUT_DIR.
 for t in cuda_attention_bench cuda_decode_bench test_cuda; do
-  link="$(ninja -C "$BUILD" -t commands "$t" | tail -1)"
+  link="$(ninja -C "$BUILD" -t commands "$t")"
+  link="${link##*$'\n'}"  # the last command: the link
   [[ "$link" == *" libcascade_cuda.a "* ]] || { echo "no link command for $t" >&2; exit 1; }
   link="${link/ libcascade_cuda.a / $TMP/lib.a }"
   link="${link/CMakeFiles\/cuda_attention_bench.dir\/bench\/cuda_attention_bench.cu.o/$TMP/cuda_attention_bench.cu.o}"
