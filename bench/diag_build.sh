@@ -7,8 +7,7 @@
 # cuda_attention_bench.cu with the given macros and links OUT_DIR/{cuda_attention_bench,
 # cuda_decode_bench,test_cuda} with them. The macros (each 0 or unset in real builds):
 #   -DCASCADE_WIDE_EXPERIMENT=N    the wide kernel, bit 1: the consumer warpgroups do not take
-#                                  turns; bit 2: no softmax (P is S: wrong results, timing only);
-#                                  bit 4: exponentials as bf16 pairs (half the MUFU operations).
+#                                  turns; bit 2: no softmax (P is S: wrong results, timing only).
 #                                  Time its kernel with ncu, e.g. CASCADE_BENCH_RUNS=1 ncu
 #                                  --graph-profiling node -k regex:attention_wide -c 1 --metrics
 #                                  gpu__time_duration.sum OUT_DIR/cuda_attention_bench /tmp/y.json
@@ -21,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="$(mkdir -p "$1" && cd "$1" && pwd)"
 shift
-[[ $# -ge 1 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,19p' "$0" >&2; exit 2; }
 DEFS="$*"
 BUILD="$(cd "${BUILD:-build-gpu}" && pwd)"
 TMP="$(mktemp -d)"

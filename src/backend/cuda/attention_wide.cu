@@ -50,22 +50,12 @@ namespace cascade::cuda {
 namespace {
 
 // Diagnostic builds only (bench/diag_build.sh; 0 in every real build): bit 1 drops the
-// warpgroups' turns, bit 2 the softmax (P is S: wrong results, for timing the rest under ncu),
-// bit 4 takes the exponentials as bf16 pairs (exp2_bf16x2: half the MUFU operations; the
-// exponent rounded to bf16 first, so weights off by up to ~|x| 2^-9 ln 2 relative, NOTES v29).
+// warpgroups' turns, bit 2 the softmax (P is S: wrong results, for timing the rest under ncu).
 #ifndef CASCADE_WIDE_EXPERIMENT
 #define CASCADE_WIDE_EXPERIMENT 0
 #endif
 constexpr bool kExpNoTurns = (CASCADE_WIDE_EXPERIMENT & 1) != 0;
 constexpr bool kExpNoSoftmax = (CASCADE_WIDE_EXPERIMENT & 2) != 0;
-constexpr bool kExpBf16Exp = (CASCADE_WIDE_EXPERIMENT & 4) != 0;
-
-// 2^x of both halves of a bf16 pair, ftz, in one MUFU operation.
-__device__ __forceinline__ unsigned exp2_bf16x2(unsigned x) {
-  unsigned y;
-  asm("ex2.approx.ftz.bf16x2 %0, %1;" : "=r"(y) : "r"(x));
-  return y;
-}
 
 constexpr int kD = 128;     // head_dim of the form
 constexpr int kTile = 128;  // keys per tile, and per softmax step (S is 64 rows x kTile a warpgroup)
@@ -313,7 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   };
   // Masks (K's copy of the ranges), scales and exponentiates S of tile t in place, with the
   // running max and sum; corr is what O must be multiplied by before P V of this tile.
-  const auto softmax = [&](int t, float (&s)[kTile / 2], float (&corr)[2], unsigned (&pe)[kTile / 16][4]) {
+  const auto softmax = [&](int t, float (&s)[kTile / 2], float (&corr)[2]) {
     if constexpr (kExpNoSoftmax) {
       corr[0] = corr[1] = 1.0f;
       return;
@@ -345,44 +335,16 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
         }
       }
     }
-    if constexpr (kExpBf16Exp) {
-      // online_softmax_step_raw's step, the weights exponentiated as bf16 pairs straight into
-      // P's layout (pe; to_p copies them once P V of the tile before is done), their row sums
-      // from the same bf16 values that P V weighs.
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-        const float m_new = fmaxf(m_run[h], tile_max[h] * scale2);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        corr[h] = exp2_ftz(m_run[h] - m_use);
-        m_run[h] = m_new;
-        l_run[h] *= corr[h];
-#pragma unroll
-        for (int j = 0; j < kTile / 8; ++j) {
-          const unsigned e = exp2_bf16x2(pack_bf16x2(__fmaf_rn(s[4 * j + 2 * h], scale2, -m_use),
-                                                     __fmaf_rn(s[4 * j + 2 * h + 1], scale2, -m_use)));
-          pe[j >> 1][(j & 1) * 2 + h] = e;
-          l_run[h] += __uint_as_float(e << 16) + __uint_as_float(e & 0xffff0000u);
-        }
-      }
-    } else {
-      online_softmax_step_raw(reinterpret_cast<float (&)[kTile / 8][4]>(s), tile_max, scale2, m_run, l_run, corr);
-    }
+    online_softmax_step_raw(reinterpret_cast<float (&)[kTile / 8][4]>(s), tile_max, scale2, m_run, l_run, corr);
   };
   // The softmax's weights as P (bf16, the A layout of P V).
-  const auto to_p = [&](const float (&s)[kTile / 2], const unsigned (&pe)[kTile / 16][4], unsigned (&pa)[kTile / 16][4]) {
+  const auto to_p = [&](const float (&s)[kTile / 2], unsigned (&pa)[kTile / 16][4]) {
 #pragma unroll
     for (int kj = 0; kj < kTile / 16; ++kj) {
-      if constexpr (kExpBf16Exp) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) asm volatile("mov.b32 %0, %1;" : "=r"(pa[kj][r]) : "r"(pe[kj][r]));
-      } else {
-        pa[kj][0] = pack_bf16x2(s[8 * kj], s[8 * kj + 1]);
-        pa[kj][1] = pack_bf16x2(s[8 * kj + 2], s[8 * kj + 3]);
-        pa[kj][2] = pack_bf16x2(s[8 * kj + 4], s[8 * kj + 5]);
-        pa[kj][3] = pack_bf16x2(s[8 * kj + 6], s[8 * kj + 7]);
-      }
+      pa[kj][0] = pack_bf16x2(s[8 * kj], s[8 * kj + 1]);
+      pa[kj][1] = pack_bf16x2(s[8 * kj + 2], s[8 * kj + 3]);
+      pa[kj][2] = pack_bf16x2(s[8 * kj + 4], s[8 * kj + 5]);
+      pa[kj][3] = pack_bf16x2(s[8 * kj + 6], s[8 * kj + 7]);
     }
   };
   // This warp is done with K (S and the softmax of tile t) or V (P V of tile t) of t's stage.
@@ -422,7 +384,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   if (!kExpNoTurns && wg == 1 && num_tiles > 0) named_barrier_arrive(4, 256);
   if (num_tiles > 0) {
     unsigned pa[kTile / 16][4];
-    [[maybe_unused]] unsigned pe[kTile / 16][4];  // kExpBf16Exp: the next P
     float corr[2];
     float s[kTile / 2];
     acquire_k(0);
@@ -432,9 +393,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
     turn_end();
     wgmma_wait<0>();
     fence_operands(s);
-    softmax(0, s, corr, pe);  // O is zero: nothing to rescale
+    softmax(0, s, corr);  // O is zero: nothing to rescale
     release(0, 0);
-    to_p(s, pe, pa);
+    to_p(s, pa);
     for (int i = 1; i < num_tiles; ++i) {
       // S of tile i and P V of tile i - 1 back to back on the tensor cores; the softmax of tile
       // i once S is done, while P V still runs (FlashAttention-3's overlap within a warpgroup),
@@ -447,14 +408,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
       turn_end();
       wgmma_wait<1>();
       fence_operands(s);
-      softmax(i, s, corr, pe);
+      softmax(i, s, corr);
       release(0, i);
       wgmma_wait<0>();
       fence_operands(o);
       fence_operands(pa);
       release(1, i - 1);
       rescale(corr);
-      to_p(s, pe, pa);
+      to_p(s, pa);
     }
     acquire_v(num_tiles - 1);
     turn_begin();
