@@ -86,10 +86,18 @@ void print_timeline(const char* what, cudaGraphExec_t exec, unsigned long long* 
   CK(cudaStreamSynchronize(st));
   std::vector<unsigned long long> h(tl::kWords);
   CK(cudaMemcpy(h.data(), buf, tl::kWords * 8, cudaMemcpyDeviceToHost));
-  unsigned long long t0 = ~0ull;
+  std::vector<unsigned long long> all;
   for (unsigned long long t : h) {
-    if (t != 0) t0 = std::min(t0, t);
+    if (t != 0) all.push_back(t);
   }
+  if (all.empty()) return;
+  std::sort(all.begin(), all.end());
+  const unsigned long long t0 = all.front();
+  unsigned long long step = ~0ull;  // the timer's granularity, as far as these stamps show it
+  for (std::size_t i = 1; i < all.size(); ++i) {
+    if (all[i] != all[i - 1]) step = std::min(step, all[i] - all[i - 1]);
+  }
+  std::printf("  timeline %s: %zu stamps, smallest step %llu ns\n", what, all.size(), step);
   const char* names[tl::kKernels] = {"fill", "wide", "level", "merge"};
   for (int k = 0; k < tl::kKernels; ++k) {
     for (int m = 0; m < tl::kMarks; ++m) {
