@@ -98,7 +98,7 @@ void print_timeline(const char* what, cudaGraphExec_t exec, unsigned long long* 
     if (all[i] != all[i - 1]) step = std::min(step, all[i] - all[i - 1]);
   }
   std::printf("  timeline %s: %zu stamps, smallest step %llu ns\n", what, all.size(), step);
-  const char* names[tl::kKernels] = {"fill", "wide", "level", "merge"};
+  const char* names[tl::kKernels] = {"fill", "wide", "level", "merge", "four-warp"};
   for (int k = 0; k < tl::kKernels; ++k) {
     for (int m = 0; m < tl::kMarks; ++m) {
       std::vector<double> v;

@@ -277,7 +277,8 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   static_assert(!kWg || (kWarps == 4 && !kReadAhead), "the wgmma form is a four-warp kernel");
   static_assert(!kShort || (kWarps == 1 && !kReadAhead), "short tiles are a one-warp form");
   static_assert(!kCtaMerge || kShort, "the CTA merge is a short-tile one-warp form");
-  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 0);
+  constexpr int kTimelineId = kWarps == 1 ? timeline::kLevel : timeline::kFourWarp;  // diagnostics
+  if (threadIdx.x == 0) timeline::mark(kTimelineId, 0);
   // Shared-memory row (bf16), swizzled for conflict-free fragment loads (tile_elem).
   constexpr int kStride = kD;
   constexpr int kThreads = kWarps * 32;
@@ -431,10 +432,10 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     }
   }
 
-  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 1);
+  if (threadIdx.x == 0) timeline::mark(kTimelineId, 1);
   pdl_wait();  // launch.cuh: q (or qkv) and this layer's new K/V are written by the previous kernels
   pdl_release();
-  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 2);
+  if (threadIdx.x == 0) timeline::mark(kTimelineId, 2);
 
   auto load_tile = CASCADE_LOAD_TILE_LAMBDA;
 
@@ -511,7 +512,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       tile_sync();
     }
 
-    if (tile == 0 && threadIdx.x == 0) timeline::mark(timeline::kLevel, 3);
+    if (tile == 0 && threadIdx.x == 0) timeline::mark(kTimelineId, 3);
     const __nv_bfloat16* ks = k_s + stage * kTile * kStride;
     const __nv_bfloat16* vs = v_s + stage * kTile * kStride;
     [[maybe_unused]] const unsigned k_tile = static_cast<unsigned>(__cvta_generic_to_shared(ks));
@@ -637,7 +638,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     if constexpr (!kWg) tile_sync();  // this stage is refilled by the next iteration's load
   }
   cp_async_wait<0>();
-  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 4);
+  if (threadIdx.x == 0) timeline::mark(kTimelineId, 4);
 
   // Finish: the row sums were kept per thread; reduce over the 4 threads of each row.
   quad_sum_rows(l_run);
@@ -680,7 +681,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       const float inv = den > 0.0f ? 1.0f / den : 0.0f;
       store_scaled_bf16<kVec>(p.direct_out + rh * kD + lane * kVec, o, inv);
     }
-    if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 5);
+    if (threadIdx.x == 0) timeline::mark(kTimelineId, 5);
     return;
   }
   const int slice = p.slice_base + split;
@@ -707,12 +708,13 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     }
     store_state(h, p.o + (slice * plane + rh) * kD, p.lse + slice * plane + rh);
   }
-  if (threadIdx.x == 0) timeline::mark(timeline::kLevel, 5);
+  if (threadIdx.x == 0) timeline::mark(kTimelineId, 5);
 }
 
 template <int kD, int kWarps, bool kReadAhead = false, bool kWg = false, bool kShort = false, bool kCtaMerge = false>
 cudaError_t launch_typed(const AttentionLevelParams& p, cudaStream_t stream) {
   constexpr int kSmem = kLevelSmem<kD, kWarps, kWg, kShort>;
+  static_assert(!kCtaMerge || kMaxCtaSplits * kSmem <= 227 * 1024, "a merged CTA's slices fit an SM");
   constexpr auto kernel = attention_level_kernel<kD, kWarps, kReadAhead, kWg, kShort, kCtaMerge>;
   static bool configured = false;  // the attribute is per function; set once per process
   if (!configured) {
