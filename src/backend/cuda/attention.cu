@@ -585,13 +585,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     }
     float corr[2];
     online_softmax_step(s, tile_max, m_run, l_run, corr);
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      acc[n][0] *= corr[0];
-      acc[n][1] *= corr[0];
-      acc[n][2] *= corr[1];
-      acc[n][3] *= corr[1];
-    }
+    rescale_rows<kD / 8>([&](int n, int e) -> float& { return acc[n][e]; }, corr);
     // O += P V: P's accumulator layout is the A layout of the next mma (k = tokens).
     if constexpr (kWg) {
 #ifdef CASCADE_SM90A

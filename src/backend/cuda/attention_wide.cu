@@ -356,13 +356,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wide_kernel(const __gri
   // in every lane), as after a row's first tiles most do: a multiply by 1 changes no bit.
   const auto rescale = [&](const float (&corr)[2]) {
     if (__all_sync(0xffffffffu, corr[0] == 1.0f && corr[1] == 1.0f)) return;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      o[4 * n] *= corr[0];
-      o[4 * n + 1] *= corr[0];
-      o[4 * n + 2] *= corr[1];
-      o[4 * n + 3] *= corr[1];
-    }
+    rescale_rows<kD / 8>([&](int n, int e) -> float& { return o[4 * n + e]; }, corr);
   };
 
   // The two warpgroups take turns issuing their products (FlashAttention-3's ping-pong): a

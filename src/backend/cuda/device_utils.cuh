@@ -224,6 +224,19 @@ __device__ __forceinline__ void online_softmax_step_raw(float (&s)[kN][4], float
   online_softmax_step_impl<true>(s, tile_max, scale2, m_run, l_run, corr);
 }
 
+// Output accumulators times online_softmax_step's corr: acc(n, e) is accumulator e (row e >> 1)
+// of column group n < kN. (The wide form first skips it where no row of the warp moved its max.)
+template <int kN, typename Acc>
+__device__ __forceinline__ void rescale_rows(const Acc& acc, const float (&corr)[2]) {
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+    acc(n, 0) *= corr[0];
+    acc(n, 1) *= corr[0];
+    acc(n, 2) *= corr[1];
+    acc(n, 3) *= corr[1];
+  }
+}
+
 // log2 e and ln 2: the kernels' scores and running maxima are in log2 units (exp2), the states'
 // lse in natural log.
 inline constexpr float kLog2e = 1.4426950408889634f;
