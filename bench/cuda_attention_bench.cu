@@ -297,7 +297,13 @@ int main(int argc, char** argv) {
           op.lse_fill = static_cast<std::int64_t>(slices) * B * kHeads;
         }
       }
-      CK(level_fork.begin(cascade::cuda::busy_levels(op.pack.levels), st));
+      // Chained where every busy level after the first is one-warp (LevelFork::begin), as the engine.
+      bool chain_ok = true;
+      for (int l = 0, seen = 0; l < static_cast<int>(op.pack.levels.size()); ++l) {
+        if (op.pack.levels[l].num_items == 0) continue;
+        chain_ok = chain_ok && (seen++ == 0 || (op.pack.levels[l].warps == 1 && !op.pack.levels[l].direct_out));
+      }
+      CK(level_fork.begin(cascade::cuda::busy_levels(op.pack.levels), st, chain_ok));
       for (int l = 0; l < static_cast<int>(op.pack.levels.size()); ++l) {
         const cascade::cuda::LevelPack& lp = op.pack.levels[l];
         if (lp.num_items == 0) continue;  // launches nothing
@@ -323,7 +329,8 @@ int main(int argc, char** argv) {
         p.short_tiles = lp.short_tiles;
         p.num_slots = max_pages * kPage;
         if (direct_out) p.direct_out = out;
-        CK(cascade::cuda::launch_attention_level(p, level_fork.next_stream()));
+        const cudaStream_t level_stream = level_fork.next(&p);
+        CK(cascade::cuda::launch_attention_level(p, level_stream));
       }
       CK(level_fork.end());
       if (!direct_out) {

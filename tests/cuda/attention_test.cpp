@@ -85,6 +85,7 @@ struct RunOptions {
   const std::vector<std::int32_t>* written = nullptr;  // pack_plan's written slots (read ahead)
   bool no_wgmma = false;
   LevelFork* fork = nullptr;  // levels after the first busy one on its side stream, as the engine
+  bool chain = false;         // with fork: chained instead where the plan allows (LevelFork::begin)
   int short_tiles = -1;       // one-warp levels: -1 the pack's choice, 0 or 1 forced
   bool direct_out = false;    // a lone level the pack marks direct_out writes the output itself
   bool wide = false;          // pack_plan may take the wide form (attention_wide_usable must hold)
@@ -104,6 +105,8 @@ struct RunOptions {
 int cta_merges = 0;
 // Levels run in the wide form.
 int wide_levels = 0;
+// Plans whose levels ran chained (LevelFork::chained).
+int chained_runs = 0;
 
 // Runs every level on the GPU and merges; returns the merged fp32 output [rows, heads, head_dim].
 std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const std::vector<float>& q,
@@ -128,8 +131,17 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
   bool direct = false, roped = false;
   if (fork != nullptr) {
     const int busy = busy_levels(pack.levels);
-    EXPECT_EQ(fork->begin(busy, nullptr), cudaSuccess);
-    EXPECT_TRUE(fork->forked() || busy < 2) << "a plan of " << busy << " busy levels ran unforked";
+    // The engine's rule: every busy level after the first one-warp (none is read ahead here).
+    bool chain_ok = opt.chain && written == nullptr;
+    for (int l = 0, seen = 0; l < static_cast<int>(pack.levels.size()); ++l) {
+      const LevelPack& lp = pack.levels[l];
+      if (lp.num_items > 0) chain_ok = chain_ok && (seen++ == 0 || (lp.warps == 1 && !lp.direct_out && !lp.qk_rope));
+    }
+    EXPECT_EQ(fork->begin(busy, nullptr, chain_ok), cudaSuccess);
+    const bool chained = chain_ok && attention_chain_enabled();
+    EXPECT_EQ(fork->chained(), chained && busy > 1);
+    EXPECT_TRUE(fork->forked() || chained || busy < 2) << "a plan of " << busy << " busy levels ran unforked";
+    chained_runs += fork->chained() ? 1 : 0;
   }
   for (int l = 0; l < static_cast<int>(pack.levels.size()); ++l) {
     const LevelPack& lp = pack.levels[l];
@@ -171,7 +183,8 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
       p.rope.v_cache = d_v.get();
       roped = true;
     }
-    EXPECT_EQ(launch_attention_level(p, fork != nullptr ? fork->next_stream() : nullptr), cudaSuccess);
+    const cudaStream_t stream = fork != nullptr ? fork->next(&p) : nullptr;
+    EXPECT_EQ(launch_attention_level(p, stream), cudaSuccess);
   }
   if (fork != nullptr) EXPECT_EQ(fork->end(), cudaSuccess);
   if (opt.wrote_directly != nullptr) *opt.wrote_directly = direct;
@@ -295,15 +308,25 @@ struct Fixture {
                                            << " H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
       if (short_tiles == 0) tiles32 = got;
     }
-    // Levels side by side (LevelFork, as the engine and the benchmark run them): the same bits.
+    // Levels side by side (LevelFork, as the engine and the benchmark run them), forked and
+    // chained: the same bits; chained with the shared levels in the wide form too.
     if (!ab_switch_on("CASCADE_ATTENTION_NO_FORK")) {
       LevelFork fork;
       if (fork.init() != cudaSuccess) {
         ADD_FAILURE() << "LevelFork::init failed";
         return 0;
       }
-      const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, {.fork = &fork});
-      EXPECT_EQ(got, split) << what << " (levels forked) H=" << m.heads << " KVH=" << m.kv_heads << " D=" << m.head_dim;
+      for (const bool chain : {false, true}) {
+        const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, {.fork = &fork, .chain = chain});
+        EXPECT_EQ(got, split) << what << (chain ? " (levels chained)" : " (levels forked)") << " H=" << m.heads
+                              << " KVH=" << m.kv_heads << " D=" << m.head_dim;
+      }
+      if (attention_wide_usable(m.head_dim, m.page_size)) {
+        const auto alone = gpu_attention(m, plan, q, kpool, vpool, 132, {.wide = true});
+        const auto got = gpu_attention(m, plan, q, kpool, vpool, 132, {.fork = &fork, .chain = true, .wide = true});
+        EXPECT_EQ(got, alone) << what << " (wide form, levels chained) H=" << m.heads << " KVH=" << m.kv_heads
+                              << " D=" << m.head_dim;
+      }
     }
     // Keys read ahead of the wait (kv_fresh): with nothing written this step every tile may be,
     // with each row's last key written only those before its page; the same bits either way as
@@ -405,7 +428,7 @@ TEST(CudaAttention, LongSharedPrefixAtLargePositions) {
 // at page size 4 (not taken) the other forms.
 TEST(CudaAttention, WideFormOnSharedLevels) {
   SKIP_WITHOUT_GPU();
-  const int before = wide_levels;
+  const int before = wide_levels, chained_before = chained_runs;
   struct Case {
     Model model;
     int rows, shared;
@@ -435,6 +458,8 @@ TEST(CudaAttention, WideFormOnSharedLevels) {
   if (device_is_sm90() && !ab_switch_on("CASCADE_ATTENTION_NO_WIDE") && !ab_switch_on("CASCADE_ATTENTION_NO_WGMMA")) {
     EXPECT_GT(wide_levels, before);
   }
+  // These plans' unique levels are one-warp: with PDL on they ran chained too (check's fork runs).
+  if (attention_chain_enabled() && !ab_switch_on("CASCADE_ATTENTION_NO_FORK")) EXPECT_GT(chained_runs, chained_before);
 }
 
 TEST(CudaAttention, FlatDecodeWithPartialPagesAndSplitK) {

@@ -279,6 +279,20 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   static_assert(!kCtaMerge || kShort, "the CTA merge is a short-tile one-warp form");
   constexpr int kTimelineId = kWarps == 1 ? timeline::kLevel : timeline::kFourWarp;  // diagnostics
   if (threadIdx.x == 0) timeline::mark(kTimelineId, 0);
+  // A later level of a chained plan (AttentionLevelParams::beside; the launcher allows it only
+  // in this form): its successor may launch at once, and it takes no wait but end_beside's.
+  const bool beside = kWarps == 1 && !kReadAhead && !kCtaMerge && p.beside;
+  if (beside) pdl_release();
+  // The chain's join (launch.cuh): the grid's last CTA waits, before it exits, for the previous
+  // level to complete, so that this grid completes after it. Only one CTA holds its SM slot
+  // that long; the previous level's CTAs are all resident by then (this grid launched after
+  // each of them had started), so its completion needs no slot of ours.
+  const auto end_beside = [&] {
+    if (beside && threadIdx.x == 0 && blockIdx.x == gridDim.x - 1 && blockIdx.y == gridDim.y - 1 &&
+        blockIdx.z == gridDim.z - 1) {
+      pdl_wait();
+    }
+  };
   // Shared-memory row (bf16), swizzled for conflict-free fragment loads (tile_elem).
   constexpr int kStride = kD;
   constexpr int kThreads = kWarps * 32;
@@ -321,6 +335,10 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   const int num_items = L.counts[0], num_splits = L.counts[1], per_split = L.counts[2];
   // (kCtaMerge: warps past num_splits stay, over an empty range, for the CTA's barrier.)
   if (static_cast<int>(blockIdx.x) >= num_items || (!kCtaMerge && static_cast<int>(blockIdx.z) >= num_splits)) {
+    if (beside) {
+      end_beside();
+      return;
+    }
     pdl_wait();  // launch.cuh: wait before any early return
     pdl_release();
     return;
@@ -433,8 +451,10 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   }
 
   if (threadIdx.x == 0) timeline::mark(kTimelineId, 1);
-  pdl_wait();  // launch.cuh: q (or qkv) and this layer's new K/V are written by the previous kernels
-  pdl_release();
+  if (!beside) {
+    pdl_wait();  // launch.cuh: q (or qkv) and this layer's new K/V are written by the previous kernels
+    pdl_release();
+  }
   if (threadIdx.x == 0) timeline::mark(kTimelineId, 2);
 
   auto load_tile = CASCADE_LOAD_TILE_LAMBDA;
@@ -453,7 +473,9 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
         const int col = kk * 16 + tig * 2 + (r >> 1) * 8;
         const __nv_bfloat16* src =
             p.q + (static_cast<std::int64_t>(row_id[h]) * p.num_heads + head[h]) * kD + col;
-        qa[kk][r] = valid[h] ? *reinterpret_cast<const unsigned*>(src) : 0u;
+        // Beside (no wait of ours): from L2, never a line an earlier layer's q left in L1.
+        const unsigned* src32 = reinterpret_cast<const unsigned*>(src);
+        qa[kk][r] = valid[h] ? (beside ? __ldcg(src32) : *src32) : 0u;
       }
     }
   } else if constexpr (kWarps == 1 && !kReadAhead) {
@@ -702,6 +724,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
     }
     store_state(h, p.o + (slice * plane + rh) * kD, p.lse + slice * plane + rh);
   }
+  end_beside();
   if (threadIdx.x == 0) timeline::mark(kTimelineId, 5);
 }
 
@@ -742,6 +765,14 @@ bool attention_fork_enabled() {
   return !off;
 }
 
+bool attention_chain_enabled() {
+  // Without PDL the chain's levels would run one after another (ordinary stream order): correct,
+  // but nothing beside anything. The one-warp form the chain's later levels take decides.
+  static const bool on = !ab_switch_on("CASCADE_ATTENTION_NO_CHAIN") && pdl_enabled() &&
+                         pdl_kernel_ok(reinterpret_cast<const void*>(attention_level_kernel<128, 1, false, false, true>));
+  return on;
+}
+
 bool attention_direct_out_enabled() {
   static const bool off = ab_switch_on("CASCADE_ATTENTION_MERGE_KERNEL");
   return !off;
@@ -753,6 +784,9 @@ cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t s
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 ||
       p.num_heads / p.num_kv_heads > 8) {
     return cudaErrorInvalidValue;
+  }
+  if (p.beside && (p.warps != 1 || p.read_ahead || p.rope.qkv != nullptr || p.direct_out != nullptr)) {
+    return cudaErrorInvalidValue;  // AttentionLevelParams::beside: the one-warp form only
   }
   if (p.rope.qkv != nullptr &&
       (p.warps != 1 || p.read_ahead || p.rope.bias != nullptr || p.rope.k_cache == nullptr ||

@@ -86,6 +86,14 @@ struct AttentionLevelParams {
   // Slots in each KV pool (k_cache / v_cache hold num_slots x num_kv_heads x head_dim): the
   // extent of the wide form's tensor maps (warps == kWideWarps); other forms ignore it.
   int num_slots = 0;
+  // A later level of a chained plan (LevelFork's chain, launch.cuh): launched right after the
+  // plan's previous level on the same stream, it runs beside it instead of after it. Its CTAs
+  // release their successor at once and skip the wait (the previous level's CTAs all passed
+  // theirs before this grid could launch, so q and the step's K/V are complete; q is then read
+  // from L2, as the K/V tiles always are), and its last CTA waits for the previous level before
+  // it exits, so that this grid completes after it and the merge's wait covers both. One-warp
+  // levels only, not read ahead, without rope or direct_out (the launcher refuses the rest).
+  bool beside = false;
 };
 
 // `warps` of a level in the wide form (LevelPack, AttentionLevelParams): CTAs of 128 stacked rows
@@ -118,6 +126,9 @@ bool attention_qk_rope_enabled();
 /// \brief False with CASCADE_ATTENTION_NO_FORK=1 (A/B): LevelFork keeps every level on the
 /// caller's stream, and pack_plan splits levels as if each ran alone.
 bool attention_fork_enabled();
+/// \brief Whether LevelFork may chain a plan's levels (LevelFork::begin): PDL is on and the
+/// one-warp kernels carry it (launch.cuh), and CASCADE_ATTENTION_NO_CHAIN=1 is not set (A/B).
+bool attention_chain_enabled();
 
 /// \brief Runs one level: per (row, head) covered by the level writes the state of attending to
 /// the group's KV (causal by q_pos vs kv_start_pos + offset) into its split's slice, or with
@@ -185,10 +196,16 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
 // the KV pools (a level that writes K/V itself, qk_rope, is the plan's only busy one), so none
 // waits for another: only the merge needs them all. A shared level of many
 // rows is bound by tensor-core work and the unique levels by memory, so running them side by side
-// overlaps the two (v11). LevelFork queues levels after the first on a second stream that waits
-// for the caller's stream (fork) and that the caller's stream waits for before the merge (join);
-// under CUDA-graph capture the two become parallel branches of the graph.
-// CASCADE_ATTENTION_NO_FORK=1 keeps every level on the caller's stream (A/B timing).
+// overlaps the two (v11). LevelFork runs them so in one of two ways:
+// - chained (v30; where the caller says every level after the first busy one may run `beside`,
+//   AttentionLevelParams, and PDL is on): all on the caller's stream, each later level marked
+//   beside, so that it launches as soon as the previous level's CTAs have all started (they take
+//   their SMs first) and the merge follows the last level by PDL, not by a graph join;
+// - forked (v11): levels after the first on a second stream that waits for the caller's stream
+//   (fork) and that the caller's stream waits for before the merge (join); under CUDA-graph
+//   capture the two become parallel branches of the graph, which the driver starts in either
+//   order. CASCADE_ATTENTION_NO_CHAIN=1 forks wherever it would chain (A/B timing).
+// CASCADE_ATTENTION_NO_FORK=1 keeps every level on the caller's stream, one after another (A/B).
 class LevelFork {
  public:
   LevelFork() = default;
@@ -198,14 +215,23 @@ class LevelFork {
   /// \brief Creates the side stream and the events (once; call outside graph capture).
   cudaError_t init();
   /// \brief Starts a plan's levels on `main`. With `busy_levels` (levels that launch a grid,
-  /// busy_levels()) of two or more, init() done and the switch not set, the side stream waits
+  /// busy_levels()) of two or more and CASCADE_ATTENTION_NO_FORK not set: chained where
+  /// `chain_ok` (every busy level after the first is one-warp, not read ahead, without rope or
+  /// direct_out) and attention_chain_enabled(); else, init() done, forked: the side stream waits
   /// for the work queued so far on `main`.
-  cudaError_t begin(int busy_levels, cudaStream_t main);
-  /// \brief The stream for the next busy level: `main` for the first, the side stream for the
-  /// others when begin() forked.
-  cudaStream_t next_stream() { return forked_now_ && launched_++ > 0 ? side_ : main_; }
+  cudaError_t begin(int busy_levels, cudaStream_t main, bool chain_ok = false);
+  /// \brief The stream for the next busy level, whose params it marks (AttentionLevelParams::
+  /// beside): `main` for the first; for the others `main`, beside, when chained, the side stream
+  /// when forked.
+  cudaStream_t next(AttentionLevelParams* p) {
+    const bool later = launched_++ > 0;
+    p->beside = chained_now_ && later;
+    return forked_now_ && later ? side_ : main_;
+  }
   /// \brief Whether the plan in progress (begin() to end()) runs forked.
   bool forked() const { return forked_now_; }
+  /// \brief Whether the plan in progress (begin() to end()) runs chained.
+  bool chained() const { return chained_now_; }
   /// \brief `main` waits for the side stream's levels. Call it after begin() even when a level's
   /// launch failed, so that nothing is left unjoined (graph capture needs every fork joined).
   cudaError_t end();
@@ -217,7 +243,7 @@ class LevelFork {
   cudaEvent_t forked_ = nullptr, joined_ = nullptr;
   // The plan in progress (begin() to end()).
   cudaStream_t main_ = nullptr;
-  bool forked_now_ = false;
+  bool forked_now_ = false, chained_now_ = false;
   int launched_ = 0;
 };
 

@@ -24,7 +24,7 @@ int one_warp_ctas_per_sm() {
 constexpr int kFourWarpCtasPerSm = 3;
 
 // The split model of a four-warp level that runs beside one-warp levels (a cascade's shared
-// level beside its unique one, on LevelFork's second stream): an H100 fit (bench/NOTES_cuda.md
+// level beside its unique one, LevelFork's chain or fork): an H100 fit (bench/NOTES_cuda.md
 // v17) of the time in us to
 //   max(shared level, one-warp work)
 //   shared level  = waves x (64-key tiles per CTA + kBesideFixedTiles) x kBesideTileUs,
@@ -108,7 +108,7 @@ double beside_makespan(long long ctas, int tiles, int num_sms, double beside_byt
 // Alone (no bytes beside it), as many splits of whole 128-key tiles as make one CTA per SM (v24's
 // rule: one wide CTA holds an SM's registers and most of its shared memory; two waves of shorter
 // CTAs measured 8-23% slower in v24's first form).
-// Beside one-warp work that LevelFork runs on its second stream, the split count at most that one
+// Beside one-warp work that LevelFork runs beside it (chained or forked), the split count at most that one
 // that minimises beside_makespan(): fewer, longer CTAs leave SMs to the work beside them (v24 run
 // 5: at 16384/128/256 the unique level waited 83 us for the wide level's 128 CTAs, then took 55).
 // Ties go to the more splits. CASCADE_ATTENTION_WIDE_FILL=1 keeps v24's rule beside work too, and
@@ -248,7 +248,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   }
   int used_slices = 0;
   // LevelFork runs the first busy level on the step's stream and the others, one after another,
-  // on a second stream beside it. Where that first level is four-warp, its split count weighs the
+  // beside it (chained on that stream, or forked onto a second one). Where that first level is four-warp, its split count weighs the
   // one-warp levels' work beside it (the model above), in us at head_dim 128: the fit's shape.
   // CASCADE_ATTENTION_SPLIT_ALONE=1 splits it as if alone (the rule before v17, A/B).
   static const bool split_alone = ab_switch_on("CASCADE_ATTENTION_SPLIT_ALONE");
@@ -312,7 +312,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       max_m = std::max(max_m, (lv.q_indptr[g + 1] - lv.q_indptr[g]) * gqa);
     }
     // The wide form's work against the one-warp levels' beside it (wide_min_ratio(); they run beside
-    // only the first busy level, and only on LevelFork's second stream).
+    // only the first busy level, chained or forked by LevelFork).
     bool wide = uncut && max_m > 64;
     if (wide && l == first_busy && attention_fork_enabled()) {
       long long rows_keys = 0;
@@ -471,10 +471,12 @@ cudaError_t LevelFork::synchronize() const {
   return side_ != nullptr ? cudaStreamSynchronize(side_) : cudaSuccess;
 }
 
-cudaError_t LevelFork::begin(int busy_levels, cudaStream_t main) {
+cudaError_t LevelFork::begin(int busy_levels, cudaStream_t main, bool chain_ok) {
   main_ = main;
   launched_ = 0;
-  forked_now_ = side_ != nullptr && busy_levels > 1 && attention_fork_enabled();
+  const bool together = busy_levels > 1 && attention_fork_enabled();
+  chained_now_ = together && chain_ok && attention_chain_enabled();
+  forked_now_ = side_ != nullptr && together && !chained_now_;
   if (!forked_now_) return cudaSuccess;
   cudaError_t e = cudaEventRecord(forked_, main);
   if (e == cudaSuccess) e = cudaStreamWaitEvent(side_, forked_, 0);
@@ -483,6 +485,7 @@ cudaError_t LevelFork::begin(int busy_levels, cudaStream_t main) {
 }
 
 cudaError_t LevelFork::end() {
+  chained_now_ = false;  // a chain joins by itself: the merge's wait covers every level (launch.cuh)
   if (!forked_now_) return cudaSuccess;
   forked_now_ = false;
   const cudaError_t e = cudaEventRecord(joined_, side_);

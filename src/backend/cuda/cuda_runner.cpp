@@ -911,7 +911,16 @@ class CudaRunner final : public ModelRunner {
       qp.head_dim = D;
       qp.early_release = early;
       if (!level_rope) CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
-      CUDA_TRY(level_fork_.begin(busy_levels, stream_));
+      // Chained (LevelFork::begin) where every busy level after the first may run beside: one-warp,
+      // not read ahead, without direct_out or qk_rope (a bucket's graph launches a grid for a level
+      // with no items, so the pack's lone level, which may take those, can come second here).
+      bool chain_ok = !early;
+      for (std::size_t i = 0, seen = 0; i < s.levels.size(); ++i) {
+        const LevelLaunch& lv = s.levels[i];
+        if (lv.grid_items <= 0) continue;
+        chain_ok = chain_ok && (seen++ == 0 || (lv.warps == 1 && !lv.direct_out && !lv.qk_rope));
+      }
+      CUDA_TRY(level_fork_.begin(busy_levels, stream_, chain_ok));
       cudaError_t level_err = cudaSuccess;  // joined before it is thrown (LevelFork::end)
       for (const LevelLaunch& lv : s.levels) {
         if (lv.grid_items <= 0 || level_err != cudaSuccess) continue;  // nothing to launch
@@ -943,7 +952,8 @@ class CudaRunner final : public ModelRunner {
         // independent from o_proj to the logits, and padding rows' logits are never read.
         if (lv.direct_out) ap.direct_out = xb_.get();
         if (lv.qk_rope) ap.rope = qp;  // the level does qk_norm_rope's work (LevelPack::qk_rope)
-        level_err = cuda::launch_attention_level(ap, level_fork_.next_stream());
+        const cudaStream_t level_stream = level_fork_.next(&ap);
+        level_err = cuda::launch_attention_level(ap, level_stream);
       }
       const cudaError_t joined = level_fork_.end();
       CUDA_TRY(level_err);

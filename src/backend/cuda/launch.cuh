@@ -25,6 +25,13 @@
 // taken where keys are read ahead), attention levels, merge (early; none where a lone
 // level writes its rows itself, LevelPack::direct_out), o_proj, gate_up, down (early), as
 // measured (v7); CASCADE_PDL_NO_EARLY_RELEASE=1 turns it off (A/B).
+// Levels chained on one stream (LevelFork's chain, attention.h; v30): the first level waits and
+// then releases, as every kernel; each later one is `beside` (AttentionLevelParams): it releases
+// at its start and takes no wait there, since it can launch only after every CTA of the level
+// before it has passed its own wait (so q and the step's K/V are complete; it reads q from L2
+// and K/V through cp.async.cg); its last CTA waits before it exits, so that the grid completes
+// only after the level before it, and the merge's wait covers every level by transitivity. No
+// deadlock: the level a last CTA waits for is wholly resident by then (its CTAs all started).
 // Levels forked onto a second stream (LevelFork, attention.h) are ordered by events: the side
 // stream waits for the event recorded after qk_norm_rope (or the qkv projection where a lone
 // level forms q itself, LevelPack::qk_rope; its levels, like every kernel, read
