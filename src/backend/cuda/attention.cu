@@ -780,13 +780,13 @@ bool attention_direct_out_enabled() {
 
 cudaError_t launch_attention_level(const AttentionLevelParams& p, cudaStream_t stream) {
   if (p.grid_items <= 0 || p.grid_splits <= 0) return cudaSuccess;
+  if (p.beside && (p.warps != 1 || p.read_ahead || p.rope.qkv != nullptr || p.direct_out != nullptr)) {
+    return cudaErrorInvalidValue;  // AttentionLevelParams::beside: the one-warp form only
+  }
   if (p.warps == kWideWarps) return launch_attention_wide(p, stream);
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 ||
       p.num_heads / p.num_kv_heads > 8) {
     return cudaErrorInvalidValue;
-  }
-  if (p.beside && (p.warps != 1 || p.read_ahead || p.rope.qkv != nullptr || p.direct_out != nullptr)) {
-    return cudaErrorInvalidValue;  // AttentionLevelParams::beside: the one-warp form only
   }
   if (p.rope.qkv != nullptr &&
       (p.warps != 1 || p.read_ahead || p.rope.bias != nullptr || p.rope.k_cache == nullptr ||
