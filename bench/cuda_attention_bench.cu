@@ -297,13 +297,9 @@ int main(int argc, char** argv) {
           op.lse_fill = static_cast<std::int64_t>(slices) * B * kHeads;
         }
       }
-      // Chained where every busy level after the first is one-warp (LevelFork::begin), as the engine.
-      bool chain_ok = true;
-      for (int l = 0, seen = 0; l < static_cast<int>(op.pack.levels.size()); ++l) {
-        if (op.pack.levels[l].num_items == 0) continue;
-        chain_ok = chain_ok && (seen++ == 0 || (op.pack.levels[l].warps == 1 && !op.pack.levels[l].direct_out));
-      }
-      CK(level_fork.begin(cascade::cuda::busy_levels(op.pack.levels), st, chain_ok));
+      // Chained where the pack allows (LevelFork::begin), as the engine.
+      CK(level_fork.begin(cascade::cuda::busy_levels(op.pack.levels), st,
+                          cascade::cuda::levels_may_chain(op.pack.levels)));
       for (int l = 0; l < static_cast<int>(op.pack.levels.size()); ++l) {
         const cascade::cuda::LevelPack& lp = op.pack.levels[l];
         if (lp.num_items == 0) continue;  // launches nothing

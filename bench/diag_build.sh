@@ -15,12 +15,11 @@
 #   -DCASCADE_TIMELINE=1           the kernels stamp the global timer per CTA (timeline.cuh) and
 #                                  cuda_attention_bench prints, per shape, where one replay's
 #                                  time went.
-#   -DCASCADE_SHORT_TILE_STAGES=S  stages of the short-tile one-warp form (attention.cu; 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="$(mkdir -p "$1" && cd "$1" && pwd)"
 shift
-[[ $# -ge 1 ]] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
 DEFS="$*"
 BUILD="$(cd "${BUILD:-build-gpu}" && pwd)"
 TMP="$(mktemp -d)"

@@ -627,6 +627,30 @@ TEST(CudaPlanPack, QkRopeOnlyForALoneLevelOfDecodeRows) {
   EXPECT_FALSE(qk_rope_slots_match(cascade, pk, std::vector<std::int32_t>(12, 0), 16));
 }
 
+// LevelFork's chain takes a pack whose busy levels after the first may each run beside it
+// (AttentionLevelParams::beside): one-warp, without direct output or rope. Levels without items
+// launch nothing and do not count; the first busy level may be of any form.
+TEST(CudaPlanPack, ChainOnlyWhereEveryLaterLevelMayRunBeside) {
+  const auto level = [](int items, int warps, bool direct_out = false, bool qk_rope = false) {
+    LevelPack lp;
+    lp.num_items = items;
+    lp.warps = warps;
+    lp.direct_out = direct_out;
+    lp.qk_rope = qk_rope;
+    return lp;
+  };
+  EXPECT_TRUE(levels_may_chain({}));
+  EXPECT_TRUE(levels_may_chain({level(4, kWideWarps), level(64, 1)}));
+  EXPECT_TRUE(levels_may_chain({level(4, 4), level(8, 1), level(64, 1)}));
+  EXPECT_TRUE(levels_may_chain({level(0, 4), level(64, 1, true, true)}));  // the lone level is first
+  EXPECT_TRUE(levels_may_chain({level(4, 4), level(0, 4), level(64, 1)}));  // no items, no launch
+  EXPECT_FALSE(levels_may_chain({level(4, 1), level(8, 4)}));
+  EXPECT_FALSE(levels_may_chain({level(4, 1), level(8, kWideWarps)}));
+  EXPECT_FALSE(levels_may_chain({level(4, 4), level(64, 1, true)}));
+  EXPECT_FALSE(levels_may_chain({level(4, 4), level(64, 1, false, true)}));
+  EXPECT_FALSE(levels_may_chain({level(4, 4), level(8, 1), level(64, 4)}));
+}
+
 TEST(CudaPlanPack, MalformedPlansAreRefusedWithAReason) {
   std::mt19937_64 rng(43);
   const CascadePlan good = random_plan(rng, 5, 100, 16);

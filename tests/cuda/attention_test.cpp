@@ -131,12 +131,8 @@ std::vector<float> gpu_attention(const Model& m, const CascadePlan& plan, const 
   bool direct = false, roped = false;
   if (fork != nullptr) {
     const int busy = busy_levels(pack.levels);
-    // The engine's rule: every busy level after the first one-warp (none is read ahead here).
-    bool chain_ok = opt.chain && written == nullptr;
-    for (int l = 0, seen = 0; l < static_cast<int>(pack.levels.size()); ++l) {
-      const LevelPack& lp = pack.levels[l];
-      if (lp.num_items > 0) chain_ok = chain_ok && (seen++ == 0 || (lp.warps == 1 && !lp.direct_out && !lp.qk_rope));
-    }
+    // The engine's rule (nothing is read ahead in these runs).
+    const bool chain_ok = opt.chain && written == nullptr && levels_may_chain(pack.levels);
     EXPECT_EQ(fork->begin(busy, nullptr, chain_ok), cudaSuccess);
     const bool chained = chain_ok && attention_chain_enabled();
     EXPECT_EQ(fork->chained(), chained && busy > 1);

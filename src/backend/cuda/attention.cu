@@ -24,22 +24,12 @@ inline constexpr int kTileFor = kWarps == 1 ? (kShort ? 16 : 32) : 64;
 // Stages of K/V tiles in shared memory. (For the wgmma form, 8-warp CTAs of 128 rows with four
 // stages, one CTA per SM, were 3-6% slower at batch 256 than this with three CTAs per SM, v9.)
 constexpr int kTileStages = 2;
-// Stages of the short-tile one-warp form: 2 as well, but diagnostic builds may try more
-// (bench/diag_build.sh -DCASCADE_SHORT_TILE_STAGES=S): S - 1 tiles in flight a warp, at 8.3 KiB a
-// stage (head_dim 128: 8 CTAs an SM at 3 stages, not 12; attention_plan.cpp's kOneWarpCtasPerSm
-// stays 12), for unique levels that read beside the wide form on few SMs (NOTES v29).
-#ifndef CASCADE_SHORT_TILE_STAGES
-#define CASCADE_SHORT_TILE_STAGES 2
-#endif
-template <bool kShort>
-inline constexpr int kStagesFor = kShort ? CASCADE_SHORT_TILE_STAGES : kTileStages;
-static_assert(CASCADE_SHORT_TILE_STAGES >= 2, "a tile loads while the one before it is used");
 // Shared memory of a CTA (for kCtaMerge, of each of its warps): the stages of K and V tiles and
 // their slots (+ slack to align the tiles to 1024 for kWg's descriptors, 256 for the swizzle
 // the others form on shared addresses).
 template <int kD, int kWarps, bool kWg, bool kShort>
 inline constexpr int kLevelSmem =
-    kStagesFor<kShort> * (2 * kTileFor<kWarps, kShort> * kD * 2 + kTileFor<kWarps, kShort> * 4) + (kWg ? 1024 : 256);
+    kTileStages * (2 * kTileFor<kWarps, kShort> * kD * 2 + kTileFor<kWarps, kShort> * 4) + (kWg ? 1024 : 256);
 
 __device__ inline void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm volatile(
@@ -298,7 +288,7 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunks = kD / 8;  // 16-byte chunks per KV row
   constexpr int kTile = kTileFor<kWarps, kShort>;
-  constexpr int kStages = kStagesFor<kShort>;
+  constexpr int kStages = kTileStages;
 #ifndef CASCADE_SM90A
   if constexpr (kWg) {
     __trap();  // launch_attention_level takes this form only where the sm_90a code runs
@@ -503,11 +493,6 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
   } else {
     if (num_tiles > 0 && !first_loaded) load_tile(0, 0);
     cp_async_commit();
-#pragma unroll
-    for (int s = 1; s < kStages - 1; ++s) {
-      if (s < num_tiles) load_tile(s, s);
-      cp_async_commit();
-    }
   }
   // This lane's ldmatrix offsets in a K and a V tile (bytes; tile_elem's swizzle): K row lane & 7
   // at chunk (lane >> 3) ^ (lane & 7); V row (lane & 7) + ((lane >> 3) & 1) * 8 at chunk
@@ -526,11 +511,10 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       if constexpr (kReadAhead) {
         if (tile + 1 < num_tiles && !(tile == 0 && pre1)) load_tile(tile + 1, stage ^ 1);
       } else {
-        const int ahead = tile + kStages - 1;  // into the stage tile - 1 used
-        if (ahead < num_tiles) load_tile(ahead, kStages == 2 ? stage ^ 1 : ahead % kStages);
+        if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
       }
       cp_async_commit();
-      cp_async_wait<kStages - 1>();
+      cp_async_wait<1>();
       tile_sync();
     }
 

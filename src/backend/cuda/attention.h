@@ -249,6 +249,9 @@ class LevelFork {
 
 /// \brief Levels of a pack that launch a grid (those with items), for LevelFork::begin.
 int busy_levels(const std::vector<LevelPack>& levels);
+/// \brief LevelFork::begin's chain_ok for a pack launched as packed, none read ahead: every busy
+/// level after the first one-warp, without direct_out or qk_rope (AttentionLevelParams::beside).
+bool levels_may_chain(const std::vector<LevelPack>& levels);
 
 /// \brief Settles a packed plan's direct output once, for its callers to follow: clears every
 /// LevelPack::direct_out where the caller does not take it (`take` false: CudaRunnerOptions for

@@ -12,8 +12,8 @@ constexpr int kTile = 64;  // split granularity: a multiple of attention.cu's ti
 // thread at head_dim 128): the split target; a merged CTA of s splits fits 12 / s times.
 constexpr int kOneWarpCtasPerSm = 12;
 // The count that the one-warp split target and the CTA-merge rule take: kOneWarpCtasPerSm, or N
-// with CASCADE_ATTENTION_ONE_WARP_PER_SM=N (A/B: a diagnostic build's short tiles of 3 stages
-// fit 8 an SM, NOTES v29). The four-warp model below keeps its fit's 12.
+// with CASCADE_ATTENTION_ONE_WARP_PER_SM=N (A/B: other split targets, e.g. 9 for one wave of
+// 0/512/64's splits, NOTES v30). The four-warp model below keeps its fit's 12.
 int one_warp_ctas_per_sm() {
   static const int n = static_cast<int>(
       std::max(1LL, ab_switch_value("CASCADE_ATTENTION_ONE_WARP_PER_SM", kOneWarpCtasPerSm)));
@@ -495,6 +495,15 @@ cudaError_t LevelFork::end() {
 int busy_levels(const std::vector<LevelPack>& levels) {
   return static_cast<int>(
       std::count_if(levels.begin(), levels.end(), [](const LevelPack& lp) { return lp.num_items > 0; }));
+}
+
+bool levels_may_chain(const std::vector<LevelPack>& levels) {
+  bool ok = true;
+  int seen = 0;
+  for (const LevelPack& lp : levels) {
+    if (lp.num_items > 0) ok = ok && (seen++ == 0 || (lp.warps == 1 && !lp.direct_out && !lp.qk_rope));
+  }
+  return ok;
 }
 
 bool resolve_direct_out(PlanPack* pack, bool take) {

@@ -858,6 +858,17 @@ class CudaRunner final : public ModelRunner {
     // Levels that launch a grid: with two or more, LevelFork runs them side by side.
     const int busy_levels = static_cast<int>(
         std::count_if(s.levels.begin(), s.levels.end(), [](const LevelLaunch& lv) { return lv.grid_items > 0; }));
+    // Chained (LevelFork::begin) where every busy level after the first may run beside: one-warp,
+    // without direct_out or qk_rope (a bucket's graph launches a grid for a level with no items,
+    // so the pack's lone level, which may take those, can come second here), and not read ahead
+    // (per layer, below). cuda::levels_may_chain's rule, over the launches.
+    bool levels_may_chain = true;
+    for (std::size_t i = 0, seen = 0; i < s.levels.size(); ++i) {
+      const LevelLaunch& lv = s.levels[i];
+      if (lv.grid_items > 0) {
+        levels_may_chain = levels_may_chain && (seen++ == 0 || (lv.warps == 1 && !lv.direct_out && !lv.qk_rope));
+      }
+    }
     const int ssq_tiles = (hidden + 63) / 64;
     auto residual_fusion = [&](const bf16* gamma) {  // the same residual ping-pong as the norms
       const cuda::ResidualNorm nm = residual_norm(nullptr, gamma);
@@ -911,16 +922,7 @@ class CudaRunner final : public ModelRunner {
       qp.head_dim = D;
       qp.early_release = early;
       if (!level_rope) CUDA_TRY(cuda::launch_qk_norm_rope_kv_write(qp, stream_));
-      // Chained (LevelFork::begin) where every busy level after the first may run beside: one-warp,
-      // not read ahead, without direct_out or qk_rope (a bucket's graph launches a grid for a level
-      // with no items, so the pack's lone level, which may take those, can come second here).
-      bool chain_ok = !early;
-      for (std::size_t i = 0, seen = 0; i < s.levels.size(); ++i) {
-        const LevelLaunch& lv = s.levels[i];
-        if (lv.grid_items <= 0) continue;
-        chain_ok = chain_ok && (seen++ == 0 || (lv.warps == 1 && !lv.direct_out && !lv.qk_rope));
-      }
-      CUDA_TRY(level_fork_.begin(busy_levels, stream_, chain_ok));
+      CUDA_TRY(level_fork_.begin(busy_levels, stream_, levels_may_chain && !early));  // read-ahead levels fork
       cudaError_t level_err = cudaSuccess;  // joined before it is thrown (LevelFork::end)
       for (const LevelLaunch& lv : s.levels) {
         if (lv.grid_items <= 0 || level_err != cudaSuccess) continue;  // nothing to launch
