@@ -368,6 +368,11 @@ __global__ void __launch_bounds__(kCtaMerge ? 32 * kMaxCtaSplits : kWarps * 32, 
       max_q = max(max_q, p.q_pos[p.row_order[q_begin + r]]);
     }
     max_q = __reduce_max_sync(0xffffffffu, max_q);
+  } else if constexpr (kWarps == 1) {
+    // The warp's 16 stacked rows are the CTA's (with kCtaMerge every warp holds the same ones),
+    // and each lane has loaded the q positions of its two (qpos, invalid rows at the minimum):
+    // their maximum is the loop below's, without its chain of dependent loads per row.
+    max_q = __reduce_max_sync(0xffffffffu, max(qpos[0], qpos[1]));
   } else {
     for (int r = m_base / gqa; r <= m_last / gqa; ++r) {
       max_q = max(max_q, p.q_pos[p.row_order[q_begin + r]]);
