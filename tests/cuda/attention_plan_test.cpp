@@ -245,6 +245,42 @@ TEST(CudaPlanPack, SplitsOnlyLevelsThatLeaveTheChipIdle) {
   }
 }
 
+// one_warp_wave_splits (CASCADE_ATTENTION_ONE_WARP_WAVES=1) takes the split count of the least
+// modelled time, waves x (64-key tiles per CTA + 2), where the default's target of 12 CTAs an SM
+// rounded up adds a mostly idle wave. 132 SMs: a wave is 1584 one-warp CTAs.
+TEST(CudaPlanPack, OneWarpWaveSplitsAvoidAMostlyIdleWave) {
+  if (std::getenv("CASCADE_ATTENTION_ONE_WARP_PER_SM") != nullptr) GTEST_SKIP() << "the CTAs an SM are switched";
+  struct Case {
+    int ctas, max_len, most, want;
+    bool may_merge;
+  };
+  for (const Case c : {
+           // 4 splits of 128 keys merge 4 to a CTA, 3 CTAs an SM: 1.29 waves, 2 x (2 + 2); 3 of
+           // 192 at 4 CTAs an SM: one wave, 3 + 2.
+           Case{512, 512, 4, 3, true},
+           // Not merged: 2048 one-warp CTAs, 2 x (2 + 2), against 1536, 3 + 2.
+           Case{512, 512, 4, 3, false},
+           // 2048 CTAs of 17 tiles: 2 x 19; 1536 of 22 (not short tiles, never merged): 24.
+           Case{512, 4224, 4, 3, true},
+           // All in one wave: the most splits, capped at the 9 tiles.
+           Case{16, 576, 9, 9, true},
+           // 13 splits (1664 CTAs of 20 tiles): 2 x 22; 12 (1536 of 22): 24.
+           Case{128, 16384, 13, 12, false},
+           // 2 splits of 512 keys (1600 CTAs): 2 x 10; unsplit (800): 16 + 2.
+           Case{800, 1024, 2, 1, true},
+           // 3 merged splits of 192 (768 CTAs, 4 an SM): 2 x 5; 2 of 320 (1536 one-warp CTAs): 5 + 2.
+           Case{768, 513, 3, 2, true},
+       }) {
+    EXPECT_EQ(one_warp_wave_splits(c.ctas, c.max_len, c.most, 132, true, c.may_merge), c.want)
+        << c.ctas << " CTAs over " << c.max_len << " keys, at most " << c.most;
+  }
+  // Read ahead (no short tiles): 4 splits of 128 keys are 2048 one-warp CTAs, 2 waves.
+  EXPECT_EQ(one_warp_wave_splits(512, 512, 4, 132, false, true), 3);
+  // Nothing to split, or no SMs to fill: one split.
+  EXPECT_EQ(one_warp_wave_splits(8, 0, 4, 132, true, true), 1);
+  EXPECT_EQ(one_warp_wave_splits(8, 512, 4, 0, true, true), 1);
+}
+
 // A shared prefix of `prefix` keys over all `seqs` rows (one group) and a unique part of `unique`
 // keys per row (the attention bench's cascade plan; unique 0: that level has no keys).
 CascadePlan prefix_unique_plan(int seqs, int prefix, int unique) {
@@ -485,6 +521,10 @@ TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {
 // over at least one CTA per SM and no more waves (12 / splits CTAs per SM) than the one-warp CTAs
 // would take (12 per SM), which the CTA's warps run and merge.
 TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevel) {
+  if (std::getenv("CASCADE_ATTENTION_ONE_WARP_WAVES") != nullptr ||
+      std::getenv("CASCADE_ATTENTION_ONE_WARP_PER_SM") != nullptr) {
+    GTEST_SKIP() << "the cases' split counts are the default split rule's";
+  }
   struct Case {
     int seqs, tokens, want_splits;
     bool want;

@@ -192,6 +192,23 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
                const std::vector<std::int32_t>* written_slots = nullptr, int page_size = 0,
                bool wide_ok = false);
 
+// The split count of a one-warp level of `ctas` CTAs (items x KV heads) over at most `max_len`
+// keys that pack_plan takes with CASCADE_ATTENTION_ONE_WARP_WAVES=1 (A/B, v31), given `most`: its
+// default, the target of 12 CTAs an SM rounded up (v11: two waves of the 6 per SM that 32-token
+// tiles allow, one of the 12 that 16-token tiles allow), capped by the 64-key tiles and slices.
+// Rounding up can add a mostly idle wave: at 0/512/64 (512 CTAs), 4 splits make 2048 one-warp
+// CTAs (1.29 waves of 12 an SM), or 512 merged CTAs of 4 warps at 3 an SM (1.29 waves again),
+// where 3 splits make one wave of either. So of 1..most, the count with the least modelled time,
+// waves x (64-key tiles per CTA + 2 for its fixed costs), in waves of 12 one-warp CTAs an SM
+// (CASCADE_ATTENTION_ONE_WARP_PER_SM=N: N) or, where the splits merge in their CTA (`may_merge`:
+// the plan's lone level, writing its rows itself), of 12 / splits merged CTAs; ties go to the
+// more splits. `short_ok`: splits of at most
+// kShortTileMaxTokens keys take 16-token tiles (not read ahead). On the H100 a target of 9 CTAs
+// an SM, which makes the same picks at 512 CTAs, ran 0/512/64 in 53.3 us against 58.8 and the
+// bench's other levels of 512 one-warp CTAs 1-4% faster (bench/NOTES_cuda.md v31); where the two
+// rules differ elsewhere (e.g. one split instead of two for 792-1583 CTAs) is not yet measured.
+int one_warp_wave_splits(int ctas, int max_len, int most, int num_sms, bool short_ok, bool may_merge);
+
 // Concurrent levels. A plan's levels write disjoint state slices and read only q, the plan and
 // the KV pools (a level that writes K/V itself, qk_rope, is the plan's only busy one), so none
 // waits for another: only the merge needs them all. A shared level of many

@@ -87,6 +87,33 @@ int whole_tile_splits(int max_len, int s, int unit, int* tiles) {
   return (max_len + *tiles * unit - 1) / (*tiles * unit);
 }
 
+// Waves of `n` CTAs at `per_sm` CTAs per SM.
+long long waves_of(long long n, long long per_sm, int num_sms) {
+  return (n + per_sm * num_sms - 1) / (per_sm * num_sms);
+}
+
+// Whether a lone one-warp level of `ctas` CTAs runs its `splits` short-tile splits as CTAs of
+// `splits` warps that merge them (direct output; pack_plan's cta_merge): where those CTAs fill
+// every SM and take no more waves (one_warp_ctas_per_sm() / splits of them per SM) than the
+// separate one-warp CTAs would: fewer CTAs would put a small batch's whole KV read on a few SMs,
+// and e.g. 136 CTAs of 8 splits (one fits per SM) would take two waves where their 1088 one-warp
+// CTAs take one.
+bool cta_merges(bool short_tiles, int splits, int ctas, int num_sms) {
+  const int per_sm = one_warp_ctas_per_sm();
+  return short_tiles && splits <= kMaxCtaSplits && num_sms > 0 && ctas >= num_sms &&
+         waves_of(ctas, std::max(1, per_sm / splits), num_sms) <=
+             waves_of(static_cast<long long>(ctas) * splits, per_sm, num_sms);
+}
+
+// A one-warp CTA's fixed costs (start-up, first loads, its state written and merged) in 64-key
+// tiles, as in the four-warp model of pack_plan.
+constexpr double kOneWarpFixedTiles = 2.0;
+// CASCADE_ATTENTION_ONE_WARP_WAVES=1 splits one-warp levels by one_warp_wave_splits (A/B; v31).
+bool one_warp_waves() {
+  static const bool on = ab_switch_on("CASCADE_ATTENTION_ONE_WARP_WAVES");
+  return on;
+}
+
 // The modelled time (us) until both the wide level (`ctas` CTAs of `tiles` 128-key tiles each)
 // and the one-warp work beside it (`beside_bytes` of K/V) are done.
 double beside_makespan(long long ctas, int tiles, int num_sms, double beside_bytes) {
@@ -198,6 +225,28 @@ int append(std::vector<std::int32_t>& data, const std::vector<std::int32_t>& v) 
 }
 }  // namespace
 
+int one_warp_wave_splits(int ctas, int max_len, int most, int num_sms, bool short_ok, bool may_merge) {
+  if (ctas <= 0 || max_len <= 0 || num_sms <= 0) return 1;
+  const int per_sm = one_warp_ctas_per_sm();
+  int best = 1;
+  double best_cost = -1;
+  for (int s = 1; s <= most; ++s) {
+    int tiles = 0;
+    const int real = whole_tile_splits(max_len, s, kTile, &tiles);
+    const int per_split = real == 1 ? max_len : tiles * kTile;
+    const bool short_tiles = short_ok && per_split <= kShortTileMaxTokens;
+    const bool merged = may_merge && real > 1 && cta_merges(short_tiles, real, ctas, num_sms);
+    const long long w = merged ? waves_of(ctas, std::max(1, per_sm / real), num_sms)
+                               : waves_of(static_cast<long long>(ctas) * real, per_sm, num_sms);
+    const double cost = static_cast<double>(w) * (tiles + kOneWarpFixedTiles);
+    if (best_cost < 0 || cost <= best_cost) {  // s grows and `real` never falls: ties to more splits
+      best_cost = cost;
+      best = real;
+    }
+  }
+  return best;
+}
+
 bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num_sms,
                int max_slices, PlanPack* out, const char** why,
                const std::vector<std::int32_t>* written_slots, int page_size, bool wide_ok) {
@@ -252,11 +301,12 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
   // one-warp levels' work beside it (the model above), in us at head_dim 128: the fit's shape.
   // CASCADE_ATTENTION_SPLIT_ALONE=1 splits it as if alone (the rule before v17, A/B).
   static const bool split_alone = ab_switch_on("CASCADE_ATTENTION_SPLIT_ALONE");
-  int first_busy = -1;
+  int first_busy = -1, busy_count = 0;
   long long beside_keys = 0;
   for (int l = 0; l < num_levels; ++l) {
     const LevelWork w = level_work(plan.levels[l], level_keys[l], gqa, num_kv_heads);
     if (!w.busy) continue;
+    ++busy_count;
     if (first_busy < 0) {
       first_busy = l;
     } else if (w.one_warp) {
@@ -344,7 +394,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // parts of 512 keys for 256 sequences, whose one-warp CTAs then run beside the shared ones).
     int splits = 1;
     const int ctas = lp.num_items * num_kv_heads;
-    const auto waves = [&](long long n, long long per_sm) { return (n + per_sm * num_sms - 1) / (per_sm * num_sms); };
+    const auto waves = [&](long long n, long long per_sm) { return waves_of(n, per_sm, num_sms); };
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
     const bool beside = l == first_busy && beside_us > 0.0;  // one-warp work runs beside this level
     if (lp.warps == kWideWarps) {
@@ -354,6 +404,10 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
       if (num_sms > 0 && ctas > 0 && ctas < target) {
         splits = std::min((target + ctas - 1) / ctas, (max_len + kTile - 1) / kTile);
         splits = std::max(1, std::min(splits, slice_budget));
+        if (one_warp_waves()) {
+          const bool may_merge = busy_count == 1 && all_keyed && attention_direct_out_enabled();
+          splits = one_warp_wave_splits(ctas, max_len, splits, num_sms, written_slots == nullptr, may_merge);
+        }
       }
     } else {
       const int slots = kFourWarpCtasPerSm * num_sms;
@@ -407,13 +461,8 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     lp.short_tiles = lp.warps == 1 && written_slots == nullptr && max_len > 0 &&
                      std::min(per_split, max_len) <= kShortTileMaxTokens;
     // Provisional: cleared below unless this is the plan's only busy level. Several splits merge
-    // inside their CTA where the CTAs (one per item and KV head) fill every SM and take no more
-    // waves than the separate one-warp CTAs: fewer CTAs would put a small batch's whole KV read
-    // on a few SMs, and e.g. 136 CTAs of 8 splits (one fits per SM) would take two waves where
-    // their 1088 one-warp CTAs take one.
-    const bool cta_merge = lp.short_tiles && splits <= kMaxCtaSplits && num_sms > 0 && ctas >= num_sms &&
-                           waves(ctas, std::max(1, one_warp_ctas_per_sm() / splits)) <=
-                               waves(static_cast<long long>(ctas) * splits, one_warp_ctas_per_sm());
+    // inside their CTA where cta_merges says so.
+    const bool cta_merge = cta_merges(lp.short_tiles, splits, ctas, num_sms);
     lp.direct_out = all_keyed && lp.warps == 1 && (splits == 1 || cta_merge);
     // Not where the caller may read keys ahead (batches of 1-2): their read-ahead form keeps
     // qk_norm_rope, which releases its successor early (v13: taken in, batch 1 was 8% slower).
