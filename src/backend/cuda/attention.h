@@ -203,10 +203,11 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
 // (CASCADE_ATTENTION_ONE_WARP_PER_SM=N: N) or, where the splits merge in their CTA (`may_merge`:
 // the plan's lone level, writing its rows itself), of 12 / splits merged CTAs; ties go to the
 // more splits. `short_ok`: splits of at most
-// kShortTileMaxTokens keys take 16-token tiles (not read ahead). On the H100 a target of 9 CTAs
-// an SM, which makes the same picks at 512 CTAs, ran 0/512/64 in 53.3 us against 58.8 and the
-// bench's other levels of 512 one-warp CTAs 1-4% faster (bench/NOTES_cuda.md v31); where the two
-// rules differ elsewhere (e.g. one split instead of two for 792-1583 CTAs) is not yet measured.
+// kShortTileMaxTokens keys take 16-token tiles (not read ahead); `may_merge` does not know
+// whether the runner takes direct output (resolve_direct_out). On the H100 a target of 9 CTAs
+// an SM, which makes the same picks at 512 CTAs, ran 0/512/64 in 53.4 us against 58.8 and the
+// bench's other levels of 512 one-warp CTAs 0.8-3.7% faster (bench/NOTES_cuda.md v31); where the
+// two rules differ elsewhere (e.g. one split instead of two for 793-1583 CTAs) is not yet measured.
 int one_warp_wave_splits(int ctas, int max_len, int most, int num_sms, bool short_ok, bool may_merge);
 
 // Concurrent levels. A plan's levels write disjoint state slices and read only q, the plan and
