@@ -267,9 +267,23 @@ class LevelFork {
 
 /// \brief Levels of a pack that launch a grid (those with items), for LevelFork::begin.
 int busy_levels(const std::vector<LevelPack>& levels);
-/// \brief LevelFork::begin's chain_ok for a pack launched as packed, none read ahead: every busy
-/// level after the first one-warp, without direct_out or qk_rope (AttentionLevelParams::beside).
-bool levels_may_chain(const std::vector<LevelPack>& levels);
+/// \brief LevelFork::begin's chain_ok for levels none of which is read ahead: every busy level
+/// after the first one-warp, without direct_out or qk_rope (AttentionLevelParams::beside). Any
+/// record with those fields (`warps`, `direct_out`, `qk_rope`) and a `busy` test: the runner's
+/// launch records, whose busy test is its own (a bucket's graph launches levels without items).
+template <typename Level, typename Busy>
+bool levels_may_chain(const std::vector<Level>& levels, Busy busy) {
+  bool ok = true;
+  int seen = 0;
+  for (const Level& lv : levels) {
+    if (busy(lv)) ok = ok && (seen++ == 0 || (lv.warps == 1 && !lv.direct_out && !lv.qk_rope));
+  }
+  return ok;
+}
+/// \brief levels_may_chain of a pack launched as packed (busy: the levels with items).
+inline bool levels_may_chain(const std::vector<LevelPack>& levels) {
+  return levels_may_chain(levels, [](const LevelPack& lp) { return lp.num_items > 0; });
+}
 
 /// \brief Settles a packed plan's direct output once, for its callers to follow: clears every
 /// LevelPack::direct_out where the caller does not take it (`take` false: CudaRunnerOptions for

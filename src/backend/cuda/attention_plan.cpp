@@ -394,7 +394,6 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
     // parts of 512 keys for 256 sequences, whose one-warp CTAs then run beside the shared ones).
     int splits = 1;
     const int ctas = lp.num_items * num_kv_heads;
-    const auto waves = [&](long long n, long long per_sm) { return waves_of(n, per_sm, num_sms); };
     const int slice_budget = max_slices - used_slices - (num_levels - l - 1);
     const bool beside = l == first_busy && beside_us > 0.0;  // one-warp work runs beside this level
     if (lp.warps == kWideWarps) {
@@ -418,7 +417,7 @@ bool pack_plan(const CascadePlan& plan, int num_heads, int num_kv_heads, int num
           int tiles = 0;
           const int real = whole_tile_splits(max_len, s, kTile, &tiles);
           const long long n = static_cast<long long>(ctas) * real;
-          const long long w = waves(n, kFourWarpCtasPerSm);
+          const long long w = waves_of(n, kFourWarpCtasPerSm, num_sms);
           double cost;
           if (!beside) {
             // + 2 tiles per CTA for its fixed costs (start-up, first loads, its state written
@@ -544,15 +543,6 @@ cudaError_t LevelFork::end() {
 int busy_levels(const std::vector<LevelPack>& levels) {
   return static_cast<int>(
       std::count_if(levels.begin(), levels.end(), [](const LevelPack& lp) { return lp.num_items > 0; }));
-}
-
-bool levels_may_chain(const std::vector<LevelPack>& levels) {
-  bool ok = true;
-  int seen = 0;
-  for (const LevelPack& lp : levels) {
-    if (lp.num_items > 0) ok = ok && (seen++ == 0 || (lp.warps == 1 && !lp.direct_out && !lp.qk_rope));
-  }
-  return ok;
 }
 
 bool resolve_direct_out(PlanPack* pack, bool take) {

@@ -858,17 +858,12 @@ class CudaRunner final : public ModelRunner {
     // Levels that launch a grid: with two or more, LevelFork runs them side by side.
     const int busy_levels = static_cast<int>(
         std::count_if(s.levels.begin(), s.levels.end(), [](const LevelLaunch& lv) { return lv.grid_items > 0; }));
-    // Chained (LevelFork::begin) where every busy level after the first may run beside: one-warp,
-    // without direct_out or qk_rope (a bucket's graph launches a grid for a level with no items,
-    // so the pack's lone level, which may take those, can come second here), and not read ahead
-    // (per layer, below). cuda::levels_may_chain's rule, over the launches.
-    bool levels_may_chain = true;
-    for (std::size_t i = 0, seen = 0; i < s.levels.size(); ++i) {
-      const LevelLaunch& lv = s.levels[i];
-      if (lv.grid_items > 0) {
-        levels_may_chain = levels_may_chain && (seen++ == 0 || (lv.warps == 1 && !lv.direct_out && !lv.qk_rope));
-      }
-    }
+    // Chained (LevelFork::begin) where every busy level after the first may run beside, over the
+    // launches (a bucket's graph launches a grid for a level with no items, so the pack's lone
+    // level, which may take direct_out or qk_rope, can come second here), and not read ahead
+    // (per layer, below).
+    const bool levels_may_chain =
+        cuda::levels_may_chain(s.levels, [](const LevelLaunch& lv) { return lv.grid_items > 0; });
     const int ssq_tiles = (hidden + 63) / 64;
     auto residual_fusion = [&](const bf16* gamma) {  // the same residual ping-pong as the norms
       const cuda::ResidualNorm nm = residual_norm(nullptr, gamma);
