@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/ab_switch.h"
 #include "backend/cuda/attention.h"
 #include "bench/bench_json.h"
 #include "sched/cascade_plan.h"
@@ -521,7 +522,7 @@ TEST(CudaPlanPack, ShortTilesForOneWarpCtasOfFewKeys) {
 // over at least one CTA per SM and no more waves (12 / splits CTAs per SM) than the one-warp CTAs
 // would take (12 per SM), which the CTA's warps run and merge.
 TEST(CudaPlanPack, DirectOutputOnlyForALoneOneWarpLevel) {
-  if (std::getenv("CASCADE_ATTENTION_ONE_WARP_WAVES") != nullptr ||
+  if (ab_switch_on("CASCADE_ATTENTION_ONE_WARP_WAVES") ||
       std::getenv("CASCADE_ATTENTION_ONE_WARP_PER_SM") != nullptr) {
     GTEST_SKIP() << "the cases' split counts are the default split rule's";
   }
